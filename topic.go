@@ -1,0 +1,207 @@
+package pollsse
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// An eventLog is the shared state that the subscribers of one topic read: the
+// current document, the recent events as encoded frames, the ids, and the
+// wake-up of subscribers when something is appended. The poller appends; each
+// subscriber keeps only a cursor into the log and reads what lies after it.
+//
+// This is the seam between producing events and delivering them: the log in
+// this file lives in one process's memory; a log shared through a store by
+// several Caddy instances implements the same methods.
+type eventLog interface {
+	// appendDocument records a new current document. event and data make the
+	// event that turns the previous document into doc; an empty event means
+	// there is none (the first document), and a subscriber that reaches it
+	// reads a snapshot.
+	appendDocument(doc *document, event string, data []byte)
+	// appendStatus records a change of the upstream's state. data is the
+	// status event's data; down tells whether the upstream is now failing,
+	// which subscribers that start from a snapshot are told after it.
+	appendStatus(data []byte, down bool)
+	// resume returns the cursor for a subscriber that last saw the event with
+	// the given id, or 0 when the id is unknown, malformed or too old, in
+	// which case the subscriber starts with a snapshot.
+	resume(lastEventID string) uint64
+	// read appends to buf the frames that a subscriber at cursor has not yet
+	// received, at most cap(buf), and returns them, the subscriber's new
+	// cursor and a channel that is closed when the log next changes. Cursor
+	// 0, or a cursor that has fallen out of the history, reads a snapshot of
+	// the current document (nothing while there is none yet).
+	read(cursor uint64, buf [][]byte) (frames [][]byte, next uint64, wake <-chan struct{})
+}
+
+// An entry is one event in a memoryLog.
+type entry struct {
+	// frame is the event as written to subscribers, shared by all of them;
+	// nil for a document that has no patch from the one before.
+	frame []byte
+}
+
+// A snapshotFrame is the snapshot event of one version of the document,
+// encoded the first time a subscriber needs it and then shared.
+type snapshotFrame struct {
+	once  sync.Once
+	doc   *document
+	id    string
+	frame []byte
+}
+
+func (s *snapshotFrame) get() []byte {
+	s.once.Do(func() { s.frame = encodeEvent(eventSnapshot, s.id, s.doc.data) })
+	return s.frame
+}
+
+// epochs makes every memoryLog's epoch distinct within the process even when
+// two are created within one tick of the clock.
+var epochs atomic.Uint64
+
+// memoryLog is an eventLog held in this process's memory. Its ids are
+// "<epoch>-<position>": the epoch is taken from the clock when the log is
+// created, so that an id issued before a restart of Caddy (or before the
+// topic was stopped for being idle) is never taken for a newer event.
+type memoryLog struct {
+	epoch string
+
+	mu sync.RWMutex
+	// ring holds the last len(ring) entries; the entry at position p is
+	// ring[p%len(ring)]. Positions start at 1.
+	ring []entry
+	// head is the position of the newest entry, 0 while there is none.
+	head uint64
+	// snap is the snapshot of the current document, nil while there is none.
+	snap *snapshotFrame
+	// down is the status event of a failing upstream, sent after a snapshot.
+	down []byte
+	wake chan struct{}
+}
+
+func newMemoryLog(history int) *memoryLog {
+	now := uint64(time.Now().UnixNano()) + epochs.Add(1)
+	return &memoryLog{
+		epoch: strconv.FormatUint(now, 36),
+		ring:  make([]entry, history),
+		wake:  make(chan struct{}),
+	}
+}
+
+func (l *memoryLog) id(pos uint64) string {
+	return l.epoch + "-" + strconv.FormatUint(pos, 10)
+}
+
+// push appends one entry and wakes the subscribers. l.mu must be held.
+func (l *memoryLog) push(e entry) uint64 {
+	l.head++
+	l.ring[l.head%uint64(len(l.ring))] = e
+	close(l.wake)
+	l.wake = make(chan struct{})
+	return l.head
+}
+
+func (l *memoryLog) appendDocument(doc *document, event string, data []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pos := l.head + 1
+	var frame []byte
+	if event != "" {
+		frame = encodeEvent(event, l.id(pos), data)
+	}
+	l.snap = &snapshotFrame{doc: doc, id: l.id(pos)}
+	l.push(entry{frame: frame})
+}
+
+func (l *memoryLog) appendStatus(data []byte, down bool) {
+	frame := encodeEvent(eventStatus, "", data)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.down = nil
+	if down {
+		l.down = frame
+	}
+	l.push(entry{frame: frame})
+}
+
+// oldest is the position of the oldest entry still held. l.mu must be held.
+func (l *memoryLog) oldest() uint64 {
+	if n := uint64(len(l.ring)); l.head > n {
+		return l.head - n + 1
+	}
+	return 1
+}
+
+// maxIDLength bounds the Last-Event-ID values worth parsing; longer ones are
+// never ours.
+const maxIDLength = 64
+
+func (l *memoryLog) resume(lastEventID string) uint64 {
+	if len(lastEventID) > maxIDLength {
+		return 0
+	}
+	epoch, p, ok := strings.Cut(lastEventID, "-")
+	if !ok || epoch != l.epoch {
+		return 0
+	}
+	pos, err := strconv.ParseUint(p, 10, 64)
+	if err != nil || pos == 0 || strconv.FormatUint(pos, 10) != p {
+		return 0
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	// Every entry after pos must still be held, and none of them may be a
+	// document without a patch, or the subscriber needs a snapshot.
+	if pos > l.head || pos+1 < l.oldest() {
+		return 0
+	}
+	for q := pos + 1; q <= l.head; q++ {
+		if l.ring[q%uint64(len(l.ring))].frame == nil {
+			return 0
+		}
+	}
+	return pos
+}
+
+func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan struct{}) {
+	l.mu.RLock()
+	wake := l.wake
+	if cursor == l.head {
+		l.mu.RUnlock()
+		return buf, cursor, wake
+	}
+	if cursor != 0 && cursor+1 >= l.oldest() {
+		for cursor < l.head && len(buf) < cap(buf) {
+			e := l.ring[(cursor+1)%uint64(len(l.ring))]
+			if e.frame == nil {
+				// A document without a patch: start again from a snapshot.
+				buf, cursor = buf[:0], 0
+				break
+			}
+			buf = append(buf, e.frame)
+			cursor++
+		}
+		if cursor != 0 {
+			l.mu.RUnlock()
+			return buf, cursor, wake
+		}
+	}
+	// A new subscriber, or one that fell behind the history: a snapshot of
+	// the current document, then the upstream's state if it is failing.
+	snap, down, head := l.snap, l.down, l.head
+	l.mu.RUnlock()
+	if snap == nil {
+		return buf, 0, wake
+	}
+	buf = append(buf, snap.get())
+	if down != nil {
+		buf = append(buf, down)
+	}
+	return buf, head, wake
+}
+
+var _ eventLog = (*memoryLog)(nil)
