@@ -1,0 +1,134 @@
+package pollsse
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files with the current output")
+
+// adapt adapts a Caddyfile as `caddy adapt` does.
+func adapt(t *testing.T, caddyfile string) ([]byte, error) {
+	t.Helper()
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	out, _, err := adapter.Adapt([]byte(caddyfile), nil)
+	return out, err
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	tests := []struct {
+		name, block string
+		wantErr     []string
+	}{
+		{"no upstream", `poll_sse { interval 1s }`, []string{"upstream: required"}},
+		{"an upstream that does not parse", `poll_sse { upstream "http://api.test:port/x" }`, []string{"upstream", "http://api.test:port/x", "invalid port"}},
+		{"a relative upstream", `poll_sse { upstream /api }`, []string{"upstream", "/api", "absolute"}},
+		{"a placeholder in the host", `poll_sse { upstream http://{query.host}/x }`, []string{"upstream", "http://{http.request.uri.query.host}/x", "only in the path and query"}},
+		{"a placeholder in the scheme", `poll_sse { upstream {env.S}://api.test/x }`, []string{"{env.S}://api.test/x", "only in the path and query"}},
+		{"upstream given twice", `poll_sse http://a.test/x { upstream http://b.test/y }`, []string{"upstream: given twice", "http://a.test/x", "http://b.test/y"}},
+		{"an unknown subdirective", `poll_sse { upstream http://a.test/x; intervall 1s }`, []string{"unrecognized subdirective 'intervall'"}},
+		{"a missing argument", `poll_sse { upstream http://a.test/x; interval }`, []string{"interval: want a duration"}},
+		{"an extra argument", `poll_sse { upstream http://a.test/x; interval 1s 2s }`, []string{"interval: unexpected argument '2s'"}},
+		{"a bad duration", `poll_sse { upstream http://a.test/x; interval soon }`, []string{"interval: invalid duration 'soon'"}},
+		{"a zero interval", `poll_sse { upstream http://a.test/x; interval 0s }`, []string{"interval: must be positive, not '0s'"}},
+		{"a negative retry", `poll_sse { upstream http://a.test/x; retry -1s }`, []string{"retry: must be positive, not '-1s'"}},
+		{"a zero heartbeat", `poll_sse { upstream http://a.test/x; heartbeat 0 }`, []string{"heartbeat: must be positive, not '0'"}},
+		{"a negative idle_timeout", `poll_sse { upstream http://a.test/x; idle_timeout -5m }`, []string{"idle_timeout: must be positive, not '-5m'"}},
+		{"a bad timeout", `poll_sse { upstream http://a.test/x; timeout 10 }`, []string{"timeout: invalid duration '10'"}},
+		{"a zero write_timeout", `poll_sse { upstream http://a.test/x; write_timeout 0s }`, []string{"write_timeout: must be positive, not '0s'"}},
+		{"a zero history", `poll_sse { upstream http://a.test/x; history 0 }`, []string{"history: want a positive number of events, not '0'"}},
+		{"a history that is not a number", `poll_sse { upstream http://a.test/x; history lots }`, []string{"history: want a positive number of events, not 'lots'"}},
+		{"header_up without a value", `poll_sse { upstream http://a.test/x; header_up X-Key }`, []string{"header_up: want a value for header 'X-Key'"}},
+		{"upstream without a URL", `poll_sse { upstream }`, []string{"upstream: want a URL"}},
+		{"an argument after the inline upstream", `poll_sse http://a.test/x extra`, []string{"unexpected argument 'extra' after the upstream URL"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Blocks are written on one line in the table, with ";" for
+			// line breaks.
+			block := strings.NewReplacer("{ ", "{\n", ";", "\n", " }", "\n}").Replace(tt.block)
+			out, err := adapt(t, ":8080 {\n"+block+"\n}\n")
+			if err == nil {
+				t.Fatalf("adapted without error: %s", out)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestJSONConfigErrors(t *testing.T) {
+	tests := []struct {
+		name, handler, wantErr string
+	}{
+		{"no upstream", `{"handler":"poll_sse"}`, "upstream: required"},
+		{"a negative interval", `{"handler":"poll_sse","upstream":"http://a.test/x","interval":-1}`, "interval: must be positive"},
+		{"a negative history", `{"handler":"poll_sse","upstream":"http://a.test/x","history":-3}`, "history: must be positive, not -3"},
+		{"a placeholder in the host", `{"handler":"poll_sse","upstream":"http://{http.request.host}/x"}`, "placeholders are allowed only in the path and query"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := `{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[` + tt.handler + `]}]}}}}}`
+			var c caddy.Config
+			if err := json.Unmarshal([]byte(cfg), &c); err != nil {
+				t.Fatal(err)
+			}
+			err := caddy.Validate(&c)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("caddy validate = %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestCaddyfileAdapt checks each testdata/caddyfile/*.caddyfiletest: a
+// Caddyfile, a line "----------", and the JSON that `caddy adapt` makes of
+// it. Run with -update to rewrite the JSON.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, want, ok := strings.Cut(string(raw), "\n----------\n")
+			if !ok {
+				t.Fatal("no ---------- line")
+			}
+			out, err := adapt(t, input)
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			var got bytes.Buffer
+			if err := json.Indent(&got, out, "", "\t"); err != nil {
+				t.Fatal(err)
+			}
+			got.WriteByte('\n')
+			if *update {
+				if err := os.WriteFile(file, []byte(input+"\n----------\n"+got.String()), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if got.String() != want {
+				t.Errorf("adapted JSON differs from %s (run go test -run TestCaddyfileAdapt -update to accept):\n%s", file, got.String())
+			}
+		})
+	}
+}

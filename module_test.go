@@ -1,0 +1,374 @@
+package pollsse
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestStreamProtocol(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1,"s":"x"}`)
+	release := make(chan struct{})
+	var once sync.Once
+	api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release // the first poll answers only when the test says
+		api.serve(w, r)
+	})
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","retry":"2500ms"`, api.URL))+"]")
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+
+	resp, err := http.Get(base + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// Headers and the retry field arrive before the upstream has answered.
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	for name, want := range map[string]string{
+		"Content-Type":      "text/event-stream",
+		"Cache-Control":     "no-cache",
+		"X-Accel-Buffering": "no",
+	} {
+		if got := resp.Header.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	br := bufio.NewReader(resp.Body)
+	first, err := readEvent(br)
+	if err != nil || first.retry != "2500" || first.name != "" || first.data != "" {
+		t.Fatalf("first block = %+v, %v; want only retry: 2500", first, err)
+	}
+	once.Do(func() { close(release) })
+
+	snap, err := readEvent(br)
+	if err != nil || snap.name != "snapshot" || snap.data != `{"a":1,"s":"x"}` || snap.id == "" {
+		t.Fatalf("second block = %+v, %v; want the snapshot", snap, err)
+	}
+	api.set(`{"a":2,"s":"x"}`)
+	patch, err := readEvent(br)
+	if err != nil || patch.name != "patch" || patch.data != `[{"value":2,"op":"replace","path":"/a"}]` {
+		t.Fatalf("third block = %+v, %v; want a patch", patch, err)
+	}
+	if patch.id <= snap.id && len(patch.id) <= len(snap.id) {
+		t.Errorf("patch id %q does not come after snapshot id %q", patch.id, snap.id)
+	}
+	for _, id := range []string{snap.id, patch.id} {
+		if strings.ContainsAny(id, " \r\n\x00") || strings.ContainsFunc(id, func(r rune) bool { return r > 127 }) {
+			t.Errorf("id %q is not ASCII without spaces", id)
+		}
+	}
+}
+
+func TestUnchangedPollsSendNothing(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms"`, api.URL))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	sc.next(5 * time.Second)
+	// The same document in other bytes is no change either.
+	api.set("{ \"a\" : 1 }\n")
+	start := api.count.Load()
+	waitFor(t, 5*time.Second, "10 more polls", func() bool { return api.count.Load() > start+10 })
+	if ev, ok := sc.nextOrTimeout(100 * time.Millisecond); ok {
+		t.Fatalf("unchanged polls sent %+v", ev)
+	}
+}
+
+func TestResume(t *testing.T) {
+	api := newFakeAPI(t, `{"v":0}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","history":4`, api.URL))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	snap := sc.next(5 * time.Second)
+	var ids []string
+	for v := 1; v <= 3; v++ {
+		api.set(fmt.Sprintf(`{"v":%d}`, v))
+		ev := sc.next(5 * time.Second)
+		if ev.name != "patch" {
+			t.Fatalf("got %+v", ev)
+		}
+		ids = append(ids, ev.id)
+	}
+	sc.close()
+
+	tests := []struct {
+		name     string
+		header   string
+		query    string
+		wantName string
+		wantData string
+	}{
+		{"a known id replays the events after it", ids[0], "", "patch", `[{"value":2,"op":"replace","path":"/v"}]`},
+		{"the query parameter works like the header", "", ids[1], "patch", `[{"value":3,"op":"replace","path":"/v"}]`},
+		{"the header wins over the query parameter", ids[0], ids[1], "patch", `[{"value":2,"op":"replace","path":"/v"}]`},
+		{"an unknown id gets a snapshot", "nope-1", "", "snapshot", `{"v":3}`},
+		{"an oversized id gets a snapshot", strings.Repeat("9", 5000), "", "snapshot", `{"v":3}`},
+		{"an id with odd bytes gets a snapshot", "\xff\xfe-1", "", "snapshot", `{"v":3}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url := base + "/events"
+			if tt.query != "" {
+				url += "?last_event_id=" + tt.query
+			}
+			sc := openStream(t, http.DefaultClient, url, tt.header)
+			ev := sc.next(5 * time.Second)
+			if ev.name != tt.wantName || ev.data != tt.wantData {
+				t.Errorf("first event %+v, want %s %s", ev, tt.wantName, tt.wantData)
+			}
+		})
+	}
+
+	t.Run("the latest id gets nothing until the next change", func(t *testing.T) {
+		sc := openStream(t, http.DefaultClient, base+"/events", ids[2])
+		if ev, ok := sc.nextOrTimeout(200 * time.Millisecond); ok {
+			t.Fatalf("got %+v before any change", ev)
+		}
+		api.set(`{"v":4}`)
+		if ev := sc.next(5 * time.Second); ev.name != "patch" || ev.data != `[{"value":4,"op":"replace","path":"/v"}]` {
+			t.Fatalf("got %+v", ev)
+		}
+	})
+	t.Run("an id older than the history gets a snapshot", func(t *testing.T) {
+		for v := 5; v <= 10; v++ {
+			api.set(fmt.Sprintf(`{"v":%d}`, v))
+			waitFor(t, 5*time.Second, "the change", func() bool {
+				sc := openStream(t, http.DefaultClient, base+"/events", "")
+				defer sc.close()
+				return sc.next(5*time.Second).data == fmt.Sprintf(`{"v":%d}`, v)
+			})
+		}
+		sc := openStream(t, http.DefaultClient, base+"/events", snap.id)
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"v":10}` {
+			t.Fatalf("got %+v", ev)
+		}
+	})
+}
+
+func TestStatusEventsOncePerTransition(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms"`, api.URL))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	api.setStatus(http.StatusServiceUnavailable)
+	down := sc.next(5 * time.Second)
+	if down.name != "status" || down.hasID || down.data != `{"upstream":"down","status":503,"error":"upstream answered 503 Service Unavailable"}` {
+		t.Fatalf("got %+v, want a down status without id", down)
+	}
+	start := api.count.Load()
+	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+10 })
+	// A body that is not JSON is a failure too, and the same outage.
+	api.setStatus(http.StatusOK)
+	api.set(`<html>maintenance</html>`)
+	start = api.count.Load()
+	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+10 })
+	// A subscriber that arrives during the outage is told after its snapshot.
+	late := openStream(t, http.DefaultClient, base+"/events", "")
+	if ev := late.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":1}` {
+		t.Fatalf("late subscriber got %+v", ev)
+	}
+	if ev := late.next(5 * time.Second); ev.name != "status" || !strings.Contains(ev.data, `"down"`) {
+		t.Fatalf("late subscriber got %+v, want the down status", ev)
+	}
+	api.set(`{"a":2}`)
+	for _, c := range []*streamClient{sc, late} {
+		if ev := c.next(5 * time.Second); ev.name != "status" || ev.data != `{"upstream":"up"}` {
+			t.Fatalf("got %+v, want up", ev)
+		}
+		if ev := c.next(5 * time.Second); ev.name != "patch" {
+			t.Fatalf("got %+v, want the patch", ev)
+		}
+	}
+	if ev, ok := sc.nextOrTimeout(100 * time.Millisecond); ok {
+		t.Fatalf("extra event %+v", ev)
+	}
+}
+
+func TestSubscriberWaitsForFirstSuccess(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	api.setStatus(http.StatusBadGateway)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"100ms"`, api.URL))+"]")
+	resp, err := http.Get(base + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	readEvent(br) // retry
+	// Heartbeats go on while no poll has succeeded, and nothing else comes.
+	for range 2 {
+		ev, err := readEvent(br)
+		if err != nil || !ev.comment {
+			t.Fatalf("got %+v, %v; want a heartbeat", ev, err)
+		}
+	}
+	api.setStatus(http.StatusOK)
+	for {
+		ev, err := readEvent(br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.comment {
+			continue
+		}
+		if ev.name != "snapshot" || ev.data != `{"a":1}` {
+			t.Fatalf("got %+v, want the snapshot and no status before it", ev)
+		}
+		break
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"80ms"`, api.URL))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	sc.next(5 * time.Second)
+	beats := 0
+	for beats < 3 {
+		select {
+		case ev := <-sc.events:
+			if !ev.comment {
+				t.Fatalf("got %+v, want heartbeats only", ev)
+			}
+			beats++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d heartbeats in 5s", beats)
+		}
+	}
+}
+
+func TestManySubscribersOnePoller(t *testing.T) {
+	const window = 2 * time.Second
+	count := func(subscribers int) int64 {
+		api := newFakeAPI(t, `{"a":1}`)
+		base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
+		defer stopCaddy(t)
+		for range subscribers {
+			sc := openStream(t, http.DefaultClient, base+"/events", "")
+			sc.next(5 * time.Second)
+			defer sc.close()
+		}
+		start := api.count.Load()
+		time.Sleep(window)
+		return api.count.Load() - start
+	}
+	one, hundred := count(1), count(100)
+	t.Logf("upstream requests in %s at a 100ms interval: %d for 1 subscriber, %d for 100", window, one, hundred)
+	if one < 15 || one > 21 {
+		t.Errorf("1 subscriber: %d requests in %s, want about 20", one, window)
+	}
+	if d := hundred - one; d < -1 || d > 1 {
+		t.Errorf("100 subscribers caused %d requests, 1 caused %d", hundred, one)
+	}
+}
+
+func TestAtMostOneRequestInFlight(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	api.setDelay(60 * time.Millisecond)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms"`, api.URL))+"]")
+	for range 20 {
+		sc := openStream(t, http.DefaultClient, base+"/events", "")
+		defer sc.close()
+	}
+	waitFor(t, 5*time.Second, "10 polls", func() bool { return api.count.Load() >= 10 })
+	if m := api.maxInFlight.Load(); m != 1 {
+		t.Errorf("%d upstream requests in flight at once, want 1", m)
+	}
+}
+
+func TestIdleTopicStops(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"300ms"`, api.URL))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	first := sc.next(5 * time.Second)
+	sc.close()
+	left := time.Now()
+	// Polling goes on for the idle timeout, then stops.
+	var stopped int64
+	waitFor(t, 5*time.Second, "polling to stop", func() bool {
+		n := api.count.Load()
+		time.Sleep(200 * time.Millisecond)
+		stopped = api.count.Load()
+		return n == stopped
+	})
+	if since := time.Since(left); since < 300*time.Millisecond {
+		t.Errorf("polling stopped %s after the last subscriber left, before the idle timeout", since)
+	}
+	// A new subscriber starts the topic again, with ids of a new epoch, so
+	// the old id is unknown.
+	sc = openStream(t, http.DefaultClient, base+"/events", first.id)
+	ev := sc.next(5 * time.Second)
+	if ev.name != "snapshot" || ev.id == first.id {
+		t.Errorf("after the idle stop got %+v, want a snapshot with a new id", ev)
+	}
+	if api.count.Load() <= stopped {
+		t.Error("the new subscriber did not start polling again")
+	}
+}
+
+func TestUpstreamRequest(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"header_up":{"X-Api-Key":["k1"],"Accept-Language":["en","fr"]}`, api.URL+"/items/{http.request.uri.query.id}?page={http.request.uri.query.page}"))+"]")
+	req, _ := http.NewRequest(http.MethodGet, base+"/events?id=a%20b/c&page=1%262&other=x", nil)
+	req.Header.Set("Authorization", "Bearer user-secret")
+	req.Header.Set("Cookie", "session=user-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	waitFor(t, 5*time.Second, "a poll", func() bool { return api.count.Load() > 0 })
+	got := api.requestLog()[0]
+	if got.Method != http.MethodGet || got.URL.RawPath+"?"+got.URL.RawQuery != "/items/a%20b/c?page=1%262" && got.URL.EscapedPath()+"?"+got.URL.RawQuery != "/items/a%20b/c?page=1%262" {
+		t.Errorf("upstream got %s %s", got.Method, got.URL)
+	}
+	if got.Header.Get("Accept") != "application/json" || got.Header.Get("X-Api-Key") != "k1" || strings.Join(got.Header.Values("Accept-Language"), ",") != "en,fr" {
+		t.Errorf("upstream got headers %v", got.Header)
+	}
+	for name, values := range got.Header {
+		if strings.Contains(strings.Join(values, " "), "user-secret") {
+			t.Errorf("the subscriber's %s reached the upstream", name)
+		}
+	}
+}
+
+func TestRefusedPlaceholderValues(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
+	for _, id := range []string{"..", "%2e%2e", "../admin", "x%0d%0aHost:%20evil", "%ff%fe"} {
+		resp, err := http.Get(base + "/events?id=" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("id=%s: status %d %q, want 400", id, resp.StatusCode, body)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := api.count.Load(); n != 0 {
+		t.Errorf("the upstream received %d requests", n)
+	}
+}
+
+func TestMethodNotAllowed(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q`, api.URL))+"]")
+	resp, err := http.Post(base+"/events", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+		t.Errorf("POST: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+}

@@ -1,0 +1,193 @@
+package pollsse
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func doc(data string) *document { return &document{body: []byte(data), data: []byte(data)} }
+
+// readAll reads a log from cursor as a subscriber does, until nothing is
+// left, and returns the parsed events and the final cursor.
+func readAll(t *testing.T, l eventLog, cursor uint64) ([]sseEvent, uint64) {
+	t.Helper()
+	var out []sseEvent
+	for range 100 {
+		frames, next, _ := l.read(cursor, make([][]byte, 0, 4))
+		cursor = next
+		if len(frames) == 0 {
+			return out, cursor
+		}
+		for _, f := range frames {
+			out = append(out, parseFrames(t, f)...)
+		}
+	}
+	t.Fatal("read did not settle")
+	return nil, 0
+}
+
+func names(evs []sseEvent) string {
+	var s []string
+	for _, ev := range evs {
+		s = append(s, ev.name+":"+ev.data)
+	}
+	return strings.Join(s, " ")
+}
+
+func TestMemoryLogSnapshotThenPatches(t *testing.T) {
+	l := newMemoryLog(8)
+	evs, cursor := readAll(t, l, 0)
+	if len(evs) != 0 || cursor != 0 {
+		t.Fatalf("before any document: %v at %d, want nothing", names(evs), cursor)
+	}
+	l.appendDocument(doc(`{"v":1}`), "", nil)
+	evs, cursor = readAll(t, l, 0)
+	if got := names(evs); got != `snapshot:{"v":1}` {
+		t.Fatalf("first read = %s", got)
+	}
+	if evs[0].id != l.id(1) {
+		t.Errorf("snapshot id = %q, want %q", evs[0].id, l.id(1))
+	}
+	l.appendDocument(doc(`{"v":2}`), "patch", []byte(`[2]`))
+	l.appendDocument(doc(`{"v":3}`), "patch", []byte(`[3]`))
+	evs, _ = readAll(t, l, cursor)
+	if got := names(evs); got != "patch:[2] patch:[3]" {
+		t.Fatalf("live read = %s", got)
+	}
+	if evs[0].id != l.id(2) || evs[1].id != l.id(3) {
+		t.Errorf("ids = %q %q", evs[0].id, evs[1].id)
+	}
+}
+
+func TestMemoryLogResume(t *testing.T) {
+	l := newMemoryLog(4)
+	l.appendDocument(doc(`1`), "", nil) // 1
+	for v := 2; v <= 7; v++ {
+		l.appendDocument(doc(fmt.Sprint(v)), "patch", []byte(fmt.Sprintf("[%d]", v)))
+	}
+	// The ring holds 4..7.
+	other := newMemoryLog(4)
+	tests := []struct {
+		name string
+		id   string
+		want string
+	}{
+		{"an id in history replays the events after it", l.id(5), "patch:[6] patch:[7]"},
+		{"the id just before the oldest held event replays all held", l.id(3), "patch:[4] patch:[5] patch:[6] patch:[7]"},
+		{"the latest id gets nothing until the next change", l.id(7), ""},
+		{"an expired id gets a snapshot", l.id(2), "snapshot:7"},
+		{"an id before the first document gets a snapshot", l.id(0), "snapshot:7"},
+		{"a future id gets a snapshot", l.id(8), "snapshot:7"},
+		{"an id of another epoch gets a snapshot", other.id(5), "snapshot:7"},
+		{"an empty id gets a snapshot", "", "snapshot:7"},
+		{"a malformed id gets a snapshot", "garbage", "snapshot:7"},
+		{"a number with a leading zero gets a snapshot", l.epoch + "-05", "snapshot:7"},
+		{"a signed number gets a snapshot", l.epoch + "-+5", "snapshot:7"},
+		{"an oversized id gets a snapshot", l.id(5) + strings.Repeat("0", 100), "snapshot:7"},
+		{"an overflowing number gets a snapshot", l.epoch + "-99999999999999999999999", "snapshot:7"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			evs, _ := readAll(t, l, l.resume(tt.id))
+			if got := names(evs); got != tt.want {
+				t.Errorf("resume(%q) reads %q, want %q", tt.id, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMemoryLogResumeAcrossADocumentWithoutPatch(t *testing.T) {
+	l := newMemoryLog(8)
+	l.appendDocument(doc(`1`), "", nil)
+	l.appendDocument(doc(`2`), "patch", []byte(`[2]`))
+	l.appendDocument(doc(`3`), "", nil) // no patch from 2 to 3
+	l.appendDocument(doc(`4`), "patch", []byte(`[4]`))
+	if evs, _ := readAll(t, l, l.resume(l.id(2))); names(evs) != "snapshot:4" {
+		t.Errorf("resume across a document without patch reads %q, want a snapshot", names(evs))
+	}
+	if evs, _ := readAll(t, l, l.resume(l.id(3))); names(evs) != "patch:[4]" {
+		t.Errorf("resume after it reads %q", names(evs))
+	}
+}
+
+func TestMemoryLogSubscriberBehindHistoryGetsSnapshot(t *testing.T) {
+	l := newMemoryLog(2)
+	l.appendDocument(doc(`1`), "", nil)
+	_, cursor := readAll(t, l, 0)
+	for v := 2; v <= 5; v++ {
+		l.appendDocument(doc(fmt.Sprint(v)), "patch", []byte(fmt.Sprintf("[%d]", v)))
+	}
+	evs, cursor := readAll(t, l, cursor)
+	if got := names(evs); got != "snapshot:5" {
+		t.Fatalf("a subscriber that missed more than the history reads %q, want a snapshot", got)
+	}
+	l.appendDocument(doc(`6`), "patch", []byte(`[6]`))
+	if evs, _ := readAll(t, l, cursor); names(evs) != "patch:[6]" {
+		t.Errorf("after the resync it reads %q", names(evs))
+	}
+}
+
+func TestMemoryLogStatus(t *testing.T) {
+	l := newMemoryLog(8)
+	l.appendDocument(doc(`1`), "", nil)
+	_, live := readAll(t, l, 0)
+	l.appendStatus([]byte(`{"upstream":"down"}`), true)
+
+	evs, _ := readAll(t, l, live)
+	if got := names(evs); got != `status:{"upstream":"down"}` {
+		t.Errorf("live subscriber reads %q", got)
+	}
+	if evs[0].hasID {
+		t.Errorf("status event has an id: %q", evs[0].id)
+	}
+	evs, cursor := readAll(t, l, 0)
+	if got := names(evs); got != `snapshot:1 status:{"upstream":"down"}` {
+		t.Errorf("new subscriber during an outage reads %q", got)
+	}
+	l.appendStatus([]byte(`{"upstream":"up"}`), false)
+	l.appendDocument(doc(`2`), "patch", []byte(`[2]`))
+	if evs, _ := readAll(t, l, cursor); names(evs) != `status:{"upstream":"up"} patch:[2]` {
+		t.Errorf("recovery reads %q", names(evs))
+	}
+	if evs, _ := readAll(t, l, 0); names(evs) != `snapshot:2` {
+		t.Errorf("new subscriber after recovery reads %q", names(evs))
+	}
+}
+
+func TestMemoryLogWakesReaders(t *testing.T) {
+	l := newMemoryLog(8)
+	_, _, wake := l.read(0, nil)
+	select {
+	case <-wake:
+		t.Fatal("woken before anything was appended")
+	default:
+	}
+	l.appendDocument(doc(`1`), "", nil)
+	select {
+	case <-wake:
+	default:
+		t.Fatal("not woken by an append")
+	}
+}
+
+func TestSnapshotFrameIsEncodedOncePerVersion(t *testing.T) {
+	l := newMemoryLog(8)
+	l.appendDocument(doc(`{"big":true}`), "", nil)
+	a, _, _ := l.read(0, nil)
+	b, _, _ := l.read(0, nil)
+	if &a[0][0] != &b[0][0] {
+		t.Error("two subscribers at one version got separately encoded snapshots")
+	}
+}
+
+func TestEpochsDiffer(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		e := newMemoryLog(1).epoch
+		if seen[e] {
+			t.Fatalf("epoch %q issued twice", e)
+		}
+		seen[e] = true
+	}
+}
