@@ -11,7 +11,7 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("poll_sse", parseCaddyfile)
-	httpcaddyfile.RegisterDirectiveOrder("poll_sse", httpcaddyfile.Before, "respond")
+	httpcaddyfile.RegisterDirectiveOrder("poll_sse", httpcaddyfile.After, "encode")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
