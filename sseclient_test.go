@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -103,6 +105,16 @@ func parseFrames(t testing.TB, b []byte) []sseEvent {
 		}
 		out = append(out, ev)
 	}
+}
+
+// sameJSON tells whether a and b are the same JSON value, whatever the order
+// of object keys.
+func sameJSON(a, b string) bool {
+	var va, vb any
+	if json.Unmarshal([]byte(a), &va) != nil || json.Unmarshal([]byte(b), &vb) != nil {
+		return false
+	}
+	return reflect.DeepEqual(va, vb)
 }
 
 // A streamClient is one SSE connection of a test, read on its own goroutine.

@@ -1,0 +1,151 @@
+package pollsse
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	caddyBinaryOnce sync.Once
+	caddyBinaryPath string
+	caddyBinaryErr  error
+)
+
+// caddyBinary builds ./cmd/caddy once per test run (with the race detector
+// when the tests have it, which also reuses their build cache) and returns
+// its path.
+func caddyBinary(t testing.TB) string {
+	t.Helper()
+	caddyBinaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pollsse-caddy-")
+		if err != nil {
+			caddyBinaryErr = err
+			return
+		}
+		caddyBinaryPath = filepath.Join(dir, "caddy")
+		args := []string{"build", "-o", caddyBinaryPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "./cmd/caddy")...).CombinedOutput()
+		if err != nil {
+			caddyBinaryErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+		}
+	})
+	if caddyBinaryErr != nil {
+		t.Fatal(caddyBinaryErr)
+	}
+	return caddyBinaryPath
+}
+
+// A caddyProcess is the caddy binary running a Caddyfile.
+type caddyProcess struct {
+	bin, config, admin string
+	cmd                *exec.Cmd
+	output             *bytes.Buffer
+	exited             chan error
+}
+
+func startCaddyProcess(t *testing.T, caddyfile string) *caddyProcess {
+	t.Helper()
+	p := &caddyProcess{bin: caddyBinary(t), config: filepath.Join(t.TempDir(), "Caddyfile"), output: new(bytes.Buffer), exited: make(chan error, 1)}
+	p.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	caddyfile = fmt.Sprintf("{\n\tadmin %s\n\tstorage file_system %s\n}\n", p.admin, t.TempDir()) + caddyfile
+	if err := os.WriteFile(p.config, []byte(caddyfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(p.bin, "run", "--config", p.config)
+	p.cmd.Stdout, p.cmd.Stderr = p.output, p.output
+	p.cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("caddy output:\n%s", p.output)
+		}
+	})
+	waitFor(t, 30*time.Second, "caddy's admin endpoint", func() bool {
+		c, err := net.Dial("tcp", p.admin)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return p
+}
+
+// command runs a caddy subcommand against the running process and fails the
+// test if it does not return within 10 seconds.
+func (p *caddyProcess) command(t *testing.T, args ...string) {
+	t.Helper()
+	cmd := exec.Command(p.bin, append(args, "--address", p.admin)...)
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("caddy %s: %v\n%s", strings.Join(args, " "), err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("caddy %s hung with streams open", strings.Join(args, " "))
+	}
+}
+
+func TestCaddyCommandReloadAndStopWithOpenStreams(t *testing.T) {
+	api := newFakeAPI(t, `{"v":0}`)
+	port := freePort(t)
+	site := fmt.Sprintf("http://127.0.0.1:%d {\n\tpoll_sse /events %s {\n\t\tinterval 20ms\n\t}\n}\n", port, api.URL)
+	p := startCaddyProcess(t, site)
+	url := fmt.Sprintf("http://127.0.0.1:%d/events", port)
+
+	var streams []*streamClient
+	for range 5 {
+		sc := openStream(t, http.DefaultClient, url, "")
+		if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("got %+v", ev)
+		}
+		streams = append(streams, sc)
+	}
+
+	p.command(t, "reload", "--config", p.config, "--force")
+	for _, sc := range streams {
+		expectEnd(t, sc)
+	}
+	api.set(`{"v":1}`)
+	sc := openStream(t, http.DefaultClient, url, "")
+	if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("after the reload got %+v", ev)
+	}
+
+	p.command(t, "stop")
+	expectEnd(t, sc)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Errorf("caddy exited with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("caddy did not exit after caddy stop")
+	}
+	if strings.Contains(p.output.String(), "DATA RACE") {
+		t.Errorf("the race detector found a race in caddy:\n%s", p.output)
+	}
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package pollsse
+
+const raceEnabled = true
