@@ -1,0 +1,27 @@
+# make test: install what the tests need when it is missing, then vet and
+# run every test (Go with the race detector, and the browser client's tests
+# under Node).
+
+GO ?= go
+# apt-get needs root; use sudo when not root.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: test deps vet go-test client-test demo
+
+test: deps vet go-test client-test
+
+deps:
+	@command -v node >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends nodejs; }
+
+vet:
+	$(GO) vet ./...
+
+go-test:
+	$(GO) test -race -count=1 ./...
+
+client-test:
+	node --test client/
+
+demo:
+	$(GO) run ./cmd/caddy run --config examples/Caddyfile
