@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -370,5 +371,38 @@ func TestMethodNotAllowed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
 		t.Errorf("POST: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+}
+
+// streamGoroutines counts the goroutines serving a stream.
+func streamGoroutines() int {
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	return strings.Count(stacks, "caddy-pollsse.(*Handler).stream(")
+}
+
+func TestClientDisconnectEndsItsStream(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
+	var streams []*streamClient
+	for range 10 {
+		sc := openStream(t, http.DefaultClient, base+"/events", "")
+		sc.next(5 * time.Second)
+		streams = append(streams, sc)
+	}
+	if n := streamGoroutines(); n != 10 {
+		t.Fatalf("%d stream goroutines for 10 clients", n)
+	}
+	for _, sc := range streams[:7] {
+		sc.close()
+	}
+	// The server notices a disconnect on its next write or when the
+	// connection's context ends; a change makes it write.
+	api.set(`{"a":2}`)
+	waitFor(t, 5*time.Second, "the streams of the disconnected clients to end", func() bool { return streamGoroutines() == 3 })
+	for _, sc := range streams[7:] {
+		if ev := sc.next(5 * time.Second); ev.name != "patch" {
+			t.Fatalf("a remaining client got %+v", ev)
+		}
 	}
 }

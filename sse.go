@@ -125,7 +125,7 @@ const heartbeatTicks = 4
 func newHeartbeatTicker(ctx context.Context, heartbeat time.Duration) *heartbeatTicker {
 	t := &heartbeatTicker{ch: make(chan struct{})}
 	go func() {
-		ticker := time.NewTicker(heartbeat / heartbeatTicks)
+		ticker := time.NewTicker(max(heartbeat/heartbeatTicks, time.Millisecond))
 		defer ticker.Stop()
 		for {
 			select {
