@@ -2,20 +2,79 @@ package pollsse
 
 import (
 	"bytes"
-	"encoding/json"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/maphash"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
 
-	"github.com/wI2L/jsondiff"
+// The diff engine turns each upstream response into a document and says how
+// one document changed into the next, as the data of one event.
+//
+// A response is parsed once, by the scanner below, into a compact copy of the
+// JSON (whitespace dropped, every other byte kept as sent: numbers keep their
+// exact text, strings their escapes) and a tree of nodes that point into it.
+// Each node has a hash of its value, so that comparing two documents skips
+// every subtree whose hash and bytes are unchanged, and arrays are aligned on
+// their elements' hashes: an element inserted, removed or moved is one
+// operation, not a rewrite of the elements after it.
+//
+// Rules that apply to every mode:
+//   - A leading UTF-8 byte order mark is dropped. A body that is not UTF-8 or
+//     not JSON (a document of any type, top-level strings, numbers and null
+//     included) is a failed poll; nothing is sent.
+//   - An object with the same key more than once keeps the last member of
+//     that key, as JavaScript's JSON.parse does: the others are dropped from
+//     the snapshot, and patches are computed on what is left.
+//   - Two documents that differ only in whitespace, in the order of an
+//     object's members or in how a string is escaped are equal: no event.
+//     Numbers are compared by their text, so 1.0 and 1 differ.
+
+// Modes of the diff engine, the values of the mode option.
+const (
+	modeJSONPatch  = "json_patch"
+	modeMergePatch = "merge_patch"
+	modeSnapshot   = "snapshot"
 )
 
 // A document is one upstream response that parsed, kept between polls so that
 // the next response is compared with it.
 type document struct {
 	// body is the response body as the upstream sent it: a body identical
-	// to the previous one is unchanged without being parsed.
+	// to the previous one is unchanged without being parsed. When the body
+	// is already compact JSON, buf and data share its bytes.
 	body []byte
-	// data is the data of the document's snapshot event: compact JSON.
+	// data is the data of the document's snapshot event: compact JSON, or
+	// text in snapshot mode.
 	data []byte
+	// buf is the compact JSON of the whole response, which the nodes point
+	// into; data is the part of it that select chose. buf and nodes are nil
+	// for a text document.
+	buf   []byte
+	nodes []node
+	// root is the index of the node of data.
+	root uint32
+}
+
+// A node is one JSON value of a document. The nodes of a document are in
+// document order: a container's first child, if any, follows it, and each
+// child's next is the index of its next sibling.
+type node struct {
+	// hash is a hash of the value: equal values written alike have equal
+	// hashes. Objects hash their members in order.
+	hash uint64
+	// start and end are the value's span in the document's buf.
+	start, end uint32
+	// next is the index of the node after this value and all of its
+	// descendants.
+	next uint32
+	// n is the number of elements or members of an array or object.
+	n uint32
 }
 
 // A differ parses upstream bodies into documents and says how one document
@@ -31,37 +90,1770 @@ type differ interface {
 	diff(prev, next *document) (event string, data []byte, err error)
 }
 
-// jsonPatchDiffer is the json_patch mode: changes are RFC 6902 JSON Patch
-// arrays.
-type jsonPatchDiffer struct{}
-
-func (jsonPatchDiffer) parse(body []byte) (*document, error) {
-	trimmed := bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
-	if !json.Valid(trimmed) {
-		return nil, fmt.Errorf("response body is not valid JSON")
+// newDiffer returns the differ of a mode ("" is json_patch) that streams the
+// part of each response at the JSON pointer sel ("" for all of it) without
+// the parts that the ignore patterns match. Its errors name the option and
+// the bad value.
+func newDiffer(mode, sel string, ignore []string) (differ, error) {
+	if err := checkMode(mode); err != nil {
+		return nil, err
 	}
-	var buf bytes.Buffer
-	buf.Grow(len(trimmed))
-	if err := json.Compact(&buf, trimmed); err != nil {
-		return nil, fmt.Errorf("compacting response body: %w", err)
+	f, err := newFilter(sel, ignore)
+	if err != nil {
+		return nil, err
 	}
-	return &document{body: body, data: buf.Bytes()}, nil
+	switch mode {
+	case modeMergePatch:
+		return mergePatchDiffer{f}, nil
+	case modeSnapshot:
+		return snapshotDiffer{f}, nil
+	}
+	return jsonPatchDiffer{f}, nil
 }
 
+// checkMode checks the value of the mode option.
+func checkMode(mode string) error {
+	switch mode {
+	case "", modeJSONPatch, modeMergePatch, modeSnapshot:
+		return nil
+	}
+	return fmt.Errorf("mode: unknown mode %q, want %s, %s or %s", mode, modeJSONPatch, modeMergePatch, modeSnapshot)
+}
+
+// patchSlack is how much longer than the new document a patch may be before
+// a snapshot is sent instead: a patch is what clients expect after the first
+// snapshot, but not at any price.
+const patchSlack = 1 << 10
+
+// jsonPatchDiffer is the json_patch mode: changes are RFC 6902 JSON Patch
+// arrays. A change that replaces the whole document (a new top-level scalar,
+// an array that was an object), or whose patch would be more than
+// patchSlack longer than the new document, is sent as a snapshot instead.
+type jsonPatchDiffer struct{ f filter }
+
+func (d jsonPatchDiffer) parse(body []byte) (*document, error) { return d.f.parseJSON(body) }
+
 func (jsonPatchDiffer) diff(prev, next *document) (string, []byte, error) {
-	if bytes.Equal(prev.data, next.data) {
+	if prev.nodes == nil || next.nodes == nil {
+		return diffSnapshots(prev, next)
+	}
+	a, b := prev.root, next.root
+	if sameValue(prev, a, next, b) {
 		return "", nil, nil
 	}
-	patch, err := jsondiff.CompareJSON(prev.data, next.data)
-	if err != nil {
-		return "", nil, fmt.Errorf("comparing documents: %w", err)
+	ka, kb := prev.kind(a), next.kind(b)
+	if ka != kb || (ka != kindObject && ka != kindArray) {
+		// Only a replacement of the whole document would do: the snapshot
+		// says the same in fewer bytes.
+		return diffSnapshots(prev, next)
 	}
-	if len(patch) == 0 {
+	w := patchWriter{a: prev, b: next, limit: len(next.data) + patchSlack}
+	w.out = make([]byte, 1, 256)
+	w.out[0] = '['
+	if ka == kindObject {
+		w.object(a, b)
+	} else {
+		w.array(a, b)
+	}
+	if len(w.out) == 1 {
+		// Equal but written differently: no operation.
 		return "", nil, nil
 	}
-	data, err := json.Marshal(patch)
-	if err != nil {
-		return "", nil, fmt.Errorf("encoding patch: %w", err)
+	w.out = append(w.out, ']')
+	if len(w.out) > w.limit {
+		return eventSnapshot, next.data, nil
 	}
-	return eventPatch, data, nil
+	return eventPatch, w.out, nil
+}
+
+// mergePatchDiffer is the merge_patch mode: changes are RFC 7386 merge
+// patches. A change that a merge patch cannot say (a member set to null, a
+// new value holding an object with a null member, a document that is not an
+// object), or whose merge patch would be more than patchSlack longer than
+// the new document, is sent as a snapshot instead.
+type mergePatchDiffer struct{ f filter }
+
+func (d mergePatchDiffer) parse(body []byte) (*document, error) { return d.f.parseJSON(body) }
+
+func (mergePatchDiffer) diff(prev, next *document) (string, []byte, error) {
+	if prev.nodes == nil || next.nodes == nil {
+		return diffSnapshots(prev, next)
+	}
+	a, b := prev.root, next.root
+	if sameValue(prev, a, next, b) {
+		return "", nil, nil
+	}
+	if prev.kind(a) != kindObject || next.kind(b) != kindObject {
+		return diffSnapshots(prev, next)
+	}
+	w := mergeWriter{a: prev, b: next, limit: len(next.data) + patchSlack}
+	wrote, err := w.object(a, b)
+	switch {
+	case errors.Is(err, errNoMerge):
+		return eventSnapshot, next.data, nil
+	case err != nil:
+		return "", nil, err
+	case !wrote:
+		return "", nil, nil
+	case len(w.out) > w.limit:
+		return eventSnapshot, next.data, nil
+	}
+	return eventMerge, w.out, nil
+}
+
+// snapshotDiffer is the snapshot mode: every change is a snapshot. A body
+// that is not JSON is a text document, compared byte for byte and sent as it
+// is, unless select or ignore is configured.
+type snapshotDiffer struct{ f filter }
+
+func (d snapshotDiffer) parse(body []byte) (*document, error) {
+	doc, err := d.f.parseJSON(body)
+	if err == nil || d.f.sel != nil || d.f.ignore != nil {
+		return doc, err
+	}
+	text := bytes.TrimPrefix(body, utf8BOM)
+	if !utf8.Valid(text) {
+		return nil, errors.New("response body is neither JSON nor UTF-8 text")
+	}
+	return &document{body: body, data: text}, nil
+}
+
+func (snapshotDiffer) diff(prev, next *document) (string, []byte, error) {
+	return diffSnapshots(prev, next)
+}
+
+// diffSnapshots says no event for equal documents and a snapshot otherwise.
+func diffSnapshots(prev, next *document) (string, []byte, error) {
+	if prev.nodes != nil && next.nodes != nil {
+		if equalValue(prev, prev.root, next, next.root) {
+			return "", nil, nil
+		}
+	} else if prev.nodes == nil && next.nodes == nil && bytes.Equal(prev.data, next.data) {
+		return "", nil, nil
+	}
+	return eventSnapshot, next.data, nil
+}
+
+// ---- select and ignore ----
+
+// A pointer is a parsed JSON Pointer (RFC 6901).
+type pointer struct {
+	text   string
+	tokens []string
+}
+
+// parsePointer parses a JSON Pointer; option names the option in errors.
+func parsePointer(option, s string) (pointer, error) {
+	p := pointer{text: s}
+	if s == "" {
+		return p, nil
+	}
+	if s[0] != '/' {
+		return p, fmt.Errorf("%s: invalid JSON pointer %q: must be empty or start with \"/\"", option, s)
+	}
+	for _, tok := range strings.Split(s[1:], "/") {
+		for i := 0; i < len(tok); i++ {
+			if tok[i] == '~' && (i+1 == len(tok) || (tok[i+1] != '0' && tok[i+1] != '1')) {
+				return p, fmt.Errorf("%s: invalid JSON pointer %q: \"~\" must be followed by \"0\" or \"1\"", option, s)
+			}
+		}
+		p.tokens = append(p.tokens, strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~"))
+	}
+	return p, nil
+}
+
+// prefix returns the text of the pointer's first n tokens.
+func (p pointer) prefix(n int) string {
+	if n == 0 {
+		return ""
+	}
+	i := 0
+	for ; n > 0; n-- {
+		j := strings.IndexByte(p.text[i+1:], '/')
+		if j < 0 {
+			return p.text
+		}
+		i += 1 + j
+	}
+	return p.text[:i]
+}
+
+// A filter holds the select and ignore options: what part of a response a
+// document holds.
+type filter struct {
+	// sel is the pointer to the streamed part; nil for the whole response.
+	sel *pointer
+	// ignore are patterns of the parts removed, relative to the response;
+	// a token "*" matches every member or element.
+	ignore []pointer
+}
+
+func newFilter(sel string, ignore []string) (filter, error) {
+	var f filter
+	if sel != "" {
+		p, err := parsePointer("select", sel)
+		if err != nil {
+			return f, err
+		}
+		f.sel = &p
+	}
+	for _, s := range ignore {
+		p, err := parsePointer("ignore", s)
+		if err != nil {
+			return f, err
+		}
+		if s == "" {
+			return f, errors.New(`ignore: "" would remove the whole response`)
+		}
+		if f.sel != nil && len(p.tokens) <= len(f.sel.tokens) {
+			covers := true
+			for i, tok := range p.tokens {
+				covers = covers && (tok == "*" || tok == f.sel.tokens[i])
+			}
+			if covers {
+				return f, fmt.Errorf("ignore: %q removes all of select %q", s, sel)
+			}
+		}
+		f.ignore = append(f.ignore, p)
+	}
+	return f, nil
+}
+
+var utf8BOM = []byte("\xef\xbb\xbf")
+
+// parseJSON parses a response body as JSON and applies the filter.
+func (f filter) parseJSON(body []byte) (*document, error) {
+	if cap(body)-len(body) > len(body)/4 {
+		// The document keeps the body: do not keep much slack that reading
+		// it left.
+		body = bytes.Clone(body)
+	}
+	src, bom := body, 0
+	if bytes.HasPrefix(src, utf8BOM) {
+		src, bom = src[len(utf8BOM):], len(utf8BOM)
+	}
+	if len(src) > math.MaxUint32/2 {
+		return nil, fmt.Errorf("response body of %d bytes is too large to compare", len(body))
+	}
+	s := scanner{src: src, bom: bom}
+	if err := s.run(); err != nil {
+		return nil, err
+	}
+	doc := &document{body: body, buf: s.result(), nodes: s.nodes}
+	if cap(doc.nodes)-len(doc.nodes) > len(doc.nodes)/4 {
+		// The estimate counted the commas in strings too: keep at most a
+		// quarter more room than the nodes need.
+		doc.nodes = slices.Clone(doc.nodes)
+	}
+	// Select and ignore both point into the response as it came.
+	if f.sel != nil {
+		root, err := doc.resolve(*f.sel)
+		if err != nil {
+			return nil, err
+		}
+		doc.root = root
+	}
+	drop := s.dropped
+	for _, p := range f.ignore {
+		drop = doc.match(0, p.tokens, drop)
+	}
+	if len(drop) > 0 {
+		doc.buf, doc.nodes, doc.root = doc.without(drop, doc.root)
+	}
+	doc.data = doc.text(doc.root)
+	return doc, nil
+}
+
+// match appends to out the nodes under i that the pattern toks matches.
+func (d *document) match(i uint32, toks []string, out []uint32) []uint32 {
+	tok := toks[0]
+	found := func(child uint32) {
+		if len(toks) == 1 {
+			out = append(out, child)
+		} else {
+			out = d.match(child, toks[1:], out)
+		}
+	}
+	switch d.kind(i) {
+	case kindObject:
+		for m := range d.members(i) {
+			if tok == "*" || keyIs(m.key, tok) {
+				found(m.val)
+			}
+		}
+	case kindArray:
+		idx, ok := arrayIndex(tok)
+		k := 0
+		for c := range d.children(i) {
+			if tok == "*" || (ok && k == idx) {
+				found(c)
+			}
+			k++
+		}
+	}
+	return out
+}
+
+// resolve returns the node that p points at.
+func (d *document) resolve(p pointer) (uint32, error) {
+	i := uint32(0)
+	for k, tok := range p.tokens {
+		at := p.prefix(k)
+		if at == "" {
+			at = "the document"
+		} else {
+			at = strconv.Quote(at)
+		}
+		switch d.kind(i) {
+		case kindObject:
+			// Of duplicate keys, the last member is the one kept.
+			next, ok := uint32(0), false
+			for m := range d.members(i) {
+				if keyIs(m.key, tok) {
+					next, ok = m.val, true
+				}
+			}
+			if !ok {
+				return 0, fmt.Errorf("select %q: %s has no member %q", p.text, at, tok)
+			}
+			i = next
+		case kindArray:
+			idx, ok := arrayIndex(tok)
+			if !ok {
+				return 0, fmt.Errorf("select %q: %s is an array and %q is not an index", p.text, at, tok)
+			}
+			if idx >= int(d.nodes[i].n) {
+				return 0, fmt.Errorf("select %q: %s has %d elements, no index %d", p.text, at, d.nodes[i].n, idx)
+			}
+			c := i + 1
+			for ; idx > 0; idx-- {
+				c = d.nodes[c].next
+			}
+			i = c
+		default:
+			return 0, fmt.Errorf("select %q: %s is %s, not an object or array", p.text, at, d.kindName(i))
+		}
+	}
+	return i, nil
+}
+
+// arrayIndex parses a reference token as an array index.
+func arrayIndex(tok string) (int, bool) {
+	if tok == "" || len(tok) > 9 || (tok[0] == '0' && len(tok) > 1) {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(tok); i++ {
+		if tok[i] < '0' || tok[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(tok[i]-'0')
+	}
+	return n, true
+}
+
+// without returns the document's buf and nodes without the values of drop,
+// which are object members or array elements, and the new index of node
+// keep, which must not be in a dropped value.
+func (d *document) without(drop []uint32, keep uint32) ([]byte, []node, uint32) {
+	r := rewriter{d: d, drop: make([]bool, len(d.nodes)), keep: keep}
+	for _, i := range drop {
+		r.drop[i] = true
+	}
+	r.buf = make([]byte, 0, len(d.buf))
+	r.nodes = make([]node, 0, len(d.nodes))
+	r.value(0)
+	return r.buf, r.nodes, r.kept
+}
+
+type rewriter struct {
+	d          *document
+	drop       []bool
+	keep, kept uint32
+	buf        []byte
+	nodes      []node
+}
+
+func (r *rewriter) value(i uint32) uint64 {
+	n := r.d.nodes[i]
+	start := uint32(len(r.buf))
+	idx := len(r.nodes)
+	r.nodes = append(r.nodes, node{})
+	if i == r.keep {
+		r.kept = uint32(idx)
+	}
+	k := r.d.kind(i)
+	if k != kindObject && k != kindArray {
+		r.buf = append(r.buf, r.d.buf[n.start:n.end]...)
+		r.nodes[idx] = node{hash: n.hash, start: start, end: uint32(len(r.buf)), next: uint32(idx + 1)}
+		return n.hash
+	}
+	open := r.d.buf[n.start]
+	r.buf = append(r.buf, open)
+	h := containerSeed(open)
+	var count uint32
+	keyStart := n.start + 1
+	for c := i + 1; c < n.next; c = r.d.nodes[c].next {
+		cn := r.d.nodes[c]
+		ks := keyStart
+		keyStart = cn.end + 1
+		if r.drop[c] {
+			continue
+		}
+		if count > 0 {
+			r.buf = append(r.buf, ',')
+		}
+		if k == kindObject {
+			key := r.d.buf[ks : cn.start-1] // with its quotes
+			r.buf = append(r.buf, key...)
+			r.buf = append(r.buf, ':')
+			h = mix(h, hashKey(key[1:len(key)-1]))
+		}
+		h = mix(h, r.value(c))
+		count++
+	}
+	r.buf = append(r.buf, open+2) // '}' or ']'
+	h = mix(h, uint64(count))
+	r.nodes[idx] = node{hash: h, start: start, end: uint32(len(r.buf)), next: uint32(len(r.nodes)), n: count}
+	return h
+}
+
+// ---- the tree ----
+
+// Kinds of values, named by the first byte of their text except numbers.
+const (
+	kindObject = '{'
+	kindArray  = '['
+	kindString = '"'
+	kindTrue   = 't'
+	kindFalse  = 'f'
+	kindNull   = 'n'
+	kindNumber = '0'
+)
+
+func (d *document) kind(i uint32) byte {
+	c := d.buf[d.nodes[i].start]
+	if c == '-' || (c >= '0' && c <= '9') {
+		return kindNumber
+	}
+	return c
+}
+
+func (d *document) kindName(i uint32) string {
+	switch d.kind(i) {
+	case kindObject:
+		return "an object"
+	case kindArray:
+		return "an array"
+	case kindString:
+		return "a string"
+	case kindNumber:
+		return "a number"
+	case kindNull:
+		return "null"
+	}
+	return "a boolean"
+}
+
+// text returns the JSON text of value i.
+func (d *document) text(i uint32) []byte {
+	n := &d.nodes[i]
+	return d.buf[n.start:n.end]
+}
+
+// children yields the elements of an array or the member values of an
+// object.
+func (d *document) children(i uint32) func(yield func(uint32) bool) {
+	return func(yield func(uint32) bool) {
+		end := d.nodes[i].next
+		for c := i + 1; c < end; c = d.nodes[c].next {
+			if !yield(c) {
+				return
+			}
+		}
+	}
+}
+
+// A member is one member of an object: its key as written between the
+// quotes, and its value.
+type member struct {
+	key []byte
+	val uint32
+}
+
+// members yields the members of object i.
+func (d *document) members(i uint32) func(yield func(member) bool) {
+	return func(yield func(member) bool) {
+		keyStart := d.nodes[i].start + 1
+		end := d.nodes[i].next
+		for c := i + 1; c < end; c = d.nodes[c].next {
+			n := &d.nodes[c]
+			// In compact JSON a member is "key":value, after '{' or ','.
+			if !yield(member{key: d.buf[keyStart+1 : n.start-2], val: c}) {
+				return
+			}
+			keyStart = n.end + 1
+		}
+	}
+}
+
+// sameValue reports whether two values are written alike, which their
+// hashes say at once when they are not.
+func sameValue(a *document, ai uint32, b *document, bi uint32) bool {
+	na, nb := &a.nodes[ai], &b.nodes[bi]
+	return na.hash == nb.hash && bytes.Equal(a.buf[na.start:na.end], b.buf[nb.start:nb.end])
+}
+
+// equalValue reports whether two values are equal JSON values: members in
+// any order, strings however escaped, numbers by their text.
+func equalValue(a *document, ai uint32, b *document, bi uint32) bool {
+	if sameValue(a, ai, b, bi) {
+		return true
+	}
+	k := a.kind(ai)
+	if k != b.kind(bi) || a.nodes[ai].n != b.nodes[bi].n {
+		return false
+	}
+	switch k {
+	case kindString:
+		return equalStrings(a.text(ai), b.text(bi))
+	case kindArray:
+		be := slices.Collect(b.children(bi))
+		k := 0
+		for ac := range a.children(ai) {
+			if !equalValue(a, ac, b, be[k]) {
+				return false
+			}
+			k++
+		}
+		return true
+	case kindObject:
+		am := slices.Collect(a.members(ai))
+		for bm := range b.members(bi) {
+			j := findKey(am, bm.key)
+			if j < 0 || !equalValue(a, am[j].val, b, bm.val) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// findKey returns the index of the member of ms whose key equals key, or -1.
+func findKey(ms []member, key []byte) int {
+	for j := range ms {
+		if equalKeys(ms[j].key, key) {
+			return j
+		}
+	}
+	return -1
+}
+
+// equalStrings compares two JSON strings (with their quotes) by value.
+func equalStrings(a, b []byte) bool {
+	return equalKeys(a[1:len(a)-1], b[1:len(b)-1])
+}
+
+// equalKeys compares two JSON string contents (between the quotes) by value.
+func equalKeys(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	if bytes.IndexByte(a, '\\') < 0 && bytes.IndexByte(b, '\\') < 0 {
+		return false
+	}
+	return bytes.Equal(unescape(a), unescape(b))
+}
+
+// keyIs reports whether a JSON string content is the string tok.
+func keyIs(key []byte, tok string) bool {
+	if bytes.IndexByte(key, '\\') < 0 {
+		return string(key) == tok
+	}
+	return string(unescape(key)) == tok
+}
+
+// unescape decodes the content of a valid JSON string. An escaped lone
+// surrogate becomes its WTF-8 bytes, so that distinct strings stay distinct.
+func unescape(s []byte) []byte {
+	if bytes.IndexByte(s, '\\') < 0 {
+		return s
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c != '\\' {
+			out = append(out, c)
+			i++
+			continue
+		}
+		switch s[i+1] {
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			r := rune(hex4(s[i+2:]))
+			i += 6
+			if r >= 0xd800 && r < 0xdc00 && i+6 <= len(s) && s[i] == '\\' && s[i+1] == 'u' {
+				if lo := rune(hex4(s[i+2:])); lo >= 0xdc00 && lo < 0xe000 {
+					out = utf8.AppendRune(out, 0x10000+(r-0xd800)<<10+(lo-0xdc00))
+					i += 6
+					continue
+				}
+			}
+			if r >= 0xd800 && r < 0xe000 {
+				out = append(out, 0xe0|byte(r>>12), 0x80|byte(r>>6)&0x3f, 0x80|byte(r)&0x3f)
+			} else {
+				out = utf8.AppendRune(out, r)
+			}
+			continue
+		default: // '"', '\\', '/'
+			out = append(out, s[i+1])
+		}
+		i += 2
+	}
+	return out
+}
+
+func hex4(s []byte) uint32 {
+	var r uint32
+	for _, c := range s[:4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= uint32(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= uint32(c - 'a' + 10)
+		default:
+			r |= uint32(c - 'A' + 10)
+		}
+	}
+	return r
+}
+
+// appendToken appends a member's key (a JSON string content) to a JSON
+// string content as a JSON Pointer reference token: "~" as "~0", "/" as
+// "~1".
+func appendToken(dst, key []byte) []byte {
+	if bytes.IndexAny(key, `~/\`) < 0 {
+		return append(dst, key...)
+	}
+	s := unescape(key)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '~':
+			dst = append(dst, "~0"...)
+		case c == '/':
+			dst = append(dst, "~1"...)
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c < 0x20:
+			dst = append(dst, `\u00`...)
+			dst = append(dst, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
+		case c == 0xed && i+2 < len(s) && s[i+1] >= 0xa0:
+			// A lone surrogate, as unescape wrote it.
+			r := rune(c&0x0f)<<12 | rune(s[i+1]&0x3f)<<6 | rune(s[i+2]&0x3f)
+			dst = append(dst, `\u`...)
+			dst = strconv.AppendUint(dst, uint64(r), 16)
+			i += 2
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// ---- hashing ----
+
+var hashSeed = maphash.MakeSeed()
+
+// mix folds x into the hash h.
+func mix(h, x uint64) uint64 {
+	h ^= x
+	h *= 0xbf58476d1ce4e5b9
+	return h ^ h>>31
+}
+
+const (
+	tagString uint64 = 0x9e3779b97f4a7c15
+	tagNumber uint64 = 0xc2b2ae3d27d4eb4f
+	hashTrue  uint64 = 0x165667b19e3779f9
+	hashFalse uint64 = 0x27d4eb2f165667c5
+	hashNull  uint64 = 0x85ebca77c2b2ae63
+)
+
+func containerSeed(open byte) uint64 {
+	if open == '{' {
+		return 0x94d049bb133111eb
+	}
+	return 0x2545f4914f6cdd1d
+}
+
+// hashKey hashes a JSON string content by its value.
+func hashKey(content []byte) uint64 {
+	return maphash.Bytes(hashSeed, unescape(content))
+}
+
+// ---- the scanner ----
+
+// maxDepth bounds the nesting of arrays and objects, as encoding/json does.
+const maxDepth = 10000
+
+// A scanner checks a JSON text and builds its nodes and compact text in one
+// pass.
+type scanner struct {
+	src []byte
+	// bom is the length of the byte order mark before src in the body, for
+	// the offsets in errors.
+	bom int
+	pos int
+	// out is the compact text, nil while src[:pos] has had nothing left
+	// out; src[copied:pos] is yet to be appended to it.
+	out    []byte
+	copied int
+	// shift is the number of bytes left out before pos: a value at pos in
+	// src is at pos-shift in the compact text.
+	shift int
+	nodes []node
+	open  []openValue
+	// keys holds the keys of the members of the open objects.
+	keys []openKey
+	// dropped are the values of members whose key comes again later in
+	// their object.
+	dropped []uint32
+}
+
+// An openValue is an array or object whose end is not yet scanned.
+type openValue struct {
+	idx  uint32
+	keys int // index in scanner.keys of its first member's key
+	n    uint32
+	h    uint64
+	obj  bool
+}
+
+type openKey struct {
+	hash       uint64
+	start, end int // content in src
+	val        uint32
+}
+
+// result returns the compact text.
+func (s *scanner) result() []byte {
+	if s.out == nil {
+		return s.src
+	}
+	s.out = append(s.out, s.src[s.copied:]...)
+	if cap(s.out)-len(s.out) > len(s.out)/8 {
+		// It was sized for the body, which had whitespace.
+		return bytes.Clone(s.out)
+	}
+	return s.out
+}
+
+// run scans the whole of src.
+func (s *scanner) run() error {
+	src := s.src
+	// Every value has a node, and a value is followed by a comma or ends
+	// its container: this many nodes is enough, and not far off.
+	s.nodes = make([]node, 0, bytes.Count(src, []byte{','})+bytes.Count(src, []byte{'['})+bytes.Count(src, []byte{'{'})+1)
+	s.space()
+	for {
+		// A value starts at s.pos.
+		if s.pos >= len(src) {
+			return s.errEnd("a value")
+		}
+		at := s.pos
+		start := uint32(at - s.shift)
+		idx := uint32(len(s.nodes))
+		var h uint64
+		switch c := src[s.pos]; c {
+		case '{', '[':
+			if len(s.open) == maxDepth {
+				return fmt.Errorf("response body nests arrays and objects deeper than %d levels", maxDepth)
+			}
+			s.open = append(s.open, openValue{idx: idx, keys: len(s.keys), h: containerSeed(c), obj: c == '{'})
+			s.nodes = append(s.nodes, node{start: start})
+			s.pos++
+			s.space()
+			if s.pos < len(src) && src[s.pos] == c+2 { // '}' or ']'
+				s.pos++
+				h = s.close()
+				break
+			}
+			if c == '{' {
+				if err := s.key(); err != nil {
+					return err
+				}
+			}
+			continue
+		case '"':
+			escaped, err := s.string()
+			if err != nil {
+				return err
+			}
+			content := src[at+1 : s.pos-1]
+			if escaped {
+				content = unescape(content)
+			}
+			h = mix(tagString, maphash.Bytes(hashSeed, content))
+		case 't':
+			if err := s.literal("true"); err != nil {
+				return err
+			}
+			h = hashTrue
+		case 'f':
+			if err := s.literal("false"); err != nil {
+				return err
+			}
+			h = hashFalse
+		case 'n':
+			if err := s.literal("null"); err != nil {
+				return err
+			}
+			h = hashNull
+		default:
+			if err := s.number(); err != nil {
+				return err
+			}
+			h = mix(tagNumber, maphash.Bytes(hashSeed, src[at:s.pos]))
+		}
+		if len(s.nodes) == int(idx) {
+			// A scalar: an empty container has its node already.
+			s.nodes = append(s.nodes, node{hash: h, start: start, end: uint32(s.pos - s.shift), next: idx + 1})
+		}
+		// A value ended: end the containers that end with it.
+		for {
+			if len(s.open) == 0 {
+				s.space()
+				if s.pos < len(src) {
+					return s.errChar("after the end of the document")
+				}
+				return nil
+			}
+			o := &s.open[len(s.open)-1]
+			if o.obj {
+				o.h = mix(o.h, s.keys[len(s.keys)-1].hash)
+			}
+			o.h = mix(o.h, h)
+			o.n++
+			s.space()
+			if s.pos >= len(src) {
+				return s.errEnd("a comma or the end of an array or object")
+			}
+			c := src[s.pos]
+			if c == ',' {
+				s.pos++
+				s.space()
+				if o.obj {
+					if err := s.key(); err != nil {
+						return err
+					}
+				}
+				break
+			}
+			if (o.obj && c == '}') || (!o.obj && c == ']') {
+				s.pos++
+				h = s.close()
+				continue
+			}
+			if o.obj {
+				return s.errChar("after an object member, where a comma or '}' goes")
+			}
+			return s.errChar("after an array element, where a comma or ']' goes")
+		}
+	}
+}
+
+// close ends the innermost open container at s.pos and returns its hash.
+func (s *scanner) close() uint64 {
+	o := s.open[len(s.open)-1]
+	s.open = s.open[:len(s.open)-1]
+	if o.obj {
+		s.duplicates(s.keys[o.keys:])
+		s.keys = s.keys[:o.keys]
+	}
+	h := mix(o.h, uint64(o.n))
+	s.nodes[o.idx] = node{hash: h, start: s.nodes[o.idx].start, end: uint32(s.pos - s.shift), next: uint32(len(s.nodes)), n: o.n}
+	return h
+}
+
+// duplicates marks the members of one object whose key comes again later.
+func (s *scanner) duplicates(keys []openKey) {
+	if len(keys) < 2 {
+		return
+	}
+	same := func(a, b openKey) bool {
+		return a.hash == b.hash && equalKeys(s.src[a.start:a.end], s.src[b.start:b.end])
+	}
+	if len(keys) <= 32 {
+		for i := range keys {
+			for j := i + 1; j < len(keys); j++ {
+				if same(keys[i], keys[j]) {
+					s.dropped = append(s.dropped, keys[i].val)
+					break
+				}
+			}
+		}
+		return
+	}
+	order := make([]int, len(keys))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		if keys[a].hash != keys[b].hash {
+			if keys[a].hash < keys[b].hash {
+				return -1
+			}
+			return 1
+		}
+		return a - b
+	})
+	for g := 0; g < len(order); {
+		e := g + 1
+		for e < len(order) && keys[order[e]].hash == keys[order[g]].hash {
+			e++
+		}
+		for i := g; i < e; i++ {
+			for j := i + 1; j < e; j++ {
+				if same(keys[order[i]], keys[order[j]]) {
+					s.dropped = append(s.dropped, keys[order[i]].val)
+					break
+				}
+			}
+		}
+		g = e
+	}
+}
+
+// key scans an object member's key and colon; s.pos is at the key.
+func (s *scanner) key() error {
+	if s.pos >= len(s.src) {
+		return s.errEnd("an object member's key")
+	}
+	if s.src[s.pos] != '"' {
+		return s.errChar("where an object member's key goes")
+	}
+	start := s.pos + 1
+	escaped, err := s.string()
+	if err != nil {
+		return err
+	}
+	content := s.src[start : s.pos-1]
+	if escaped {
+		content = unescape(content)
+	}
+	s.keys = append(s.keys, openKey{hash: maphash.Bytes(hashSeed, content), start: start, end: s.pos - 1, val: uint32(len(s.nodes))})
+	s.space()
+	if s.pos >= len(s.src) {
+		return s.errEnd("a colon")
+	}
+	if s.src[s.pos] != ':' {
+		return s.errChar("after an object member's key, where a colon goes")
+	}
+	s.pos++
+	s.space()
+	return nil
+}
+
+// space skips whitespace, leaving it out of the compact text.
+func (s *scanner) space() {
+	i := s.pos
+	if i >= len(s.src) || s.src[i] > ' ' {
+		return
+	}
+	for i < len(s.src) {
+		if c := s.src[i]; c != ' ' && c != '\n' && c != '\r' && c != '\t' {
+			break
+		}
+		i++
+	}
+	if i == s.pos {
+		return
+	}
+	if s.out == nil {
+		s.out = make([]byte, 0, len(s.src)-(i-s.pos))
+	}
+	s.out = append(s.out, s.src[s.copied:s.pos]...)
+	s.copied = i
+	s.shift += i - s.pos
+	s.pos = i
+}
+
+// strByte classes the bytes of a string: 0 for a byte that stands for itself.
+var strByte = func() (t [256]uint8) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = 3
+	}
+	t['"'] = 1
+	t['\\'] = 2
+	for c := 0x80; c < 0x100; c++ {
+		t[c] = 4
+	}
+	return t
+}()
+
+// string scans a string; s.pos is at its opening quote. It reports whether
+// the string has escapes.
+func (s *scanner) string() (escaped bool, err error) {
+	src := s.src
+	i := s.pos + 1
+	for {
+		for i+8 <= len(src) && plain8(src[i:i+8]) {
+			i += 8
+		}
+		for i < len(src) && strByte[src[i]] == 0 {
+			i++
+		}
+		if i >= len(src) {
+			s.pos = i
+			return false, s.errEnd("the end of a string")
+		}
+		switch strByte[src[i]] {
+		case 1:
+			s.pos = i + 1
+			return escaped, nil
+		case 2:
+			escaped = true
+			if i+1 >= len(src) {
+				s.pos = len(src)
+				return false, s.errEnd("an escape sequence")
+			}
+			switch src[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				for k := i + 2; k < i+6; k++ {
+					if k >= len(src) {
+						s.pos = len(src)
+						return false, s.errEnd("an escape sequence")
+					}
+					if !isHex(src[k]) {
+						s.pos = k
+						return false, s.errChar("in a \\u escape, where a hexadecimal digit goes")
+					}
+				}
+				i += 6
+			default:
+				s.pos = i + 1
+				return false, s.errChar("after a backslash in a string")
+			}
+		case 3:
+			s.pos = i
+			return false, s.errChar("in a string, where control characters must be escaped")
+		case 4:
+			r, size := utf8.DecodeRune(src[i:])
+			if r == utf8.RuneError && size == 1 {
+				line, col := s.position(i)
+				return false, fmt.Errorf("response body is not valid UTF-8: byte 0x%02x at line %d, column %d (offset %d)", src[i], line, col, s.bom+i)
+			}
+			i += size
+		}
+	}
+}
+
+// plain8 reports whether 8 bytes are all ASCII that stands for itself in a
+// string: no quote, backslash, control character or non-ASCII byte.
+func plain8(b []byte) bool {
+	x := binary.LittleEndian.Uint64(b)
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	quote := x ^ (ones * '"')
+	slash := x ^ (ones * '\\')
+	// A byte is below 0x20, zero after the xor, or 0x80 and over when
+	// subtracting leaves its high bit set where it was clear.
+	bad := (x - ones*0x20) | (quote - ones) | (slash - ones) | x
+	return bad&highs == 0
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+// literal scans true, false or null.
+func (s *scanner) literal(word string) error {
+	for k := 0; k < len(word); k++ {
+		if s.pos >= len(s.src) {
+			return s.errEnd(strconv.Quote(word))
+		}
+		if s.src[s.pos] != word[k] {
+			if k == 0 {
+				return s.errChar("where a value goes")
+			}
+			return s.errChar("in " + word)
+		}
+		s.pos++
+	}
+	return nil
+}
+
+// number scans a number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?
+func (s *scanner) number() error {
+	src := s.src
+	digits := func(what string) error {
+		if s.pos >= len(src) {
+			return s.errEnd(what)
+		}
+		if src[s.pos] < '0' || src[s.pos] > '9' {
+			return s.errChar("where " + what + " goes")
+		}
+		for s.pos < len(src) && src[s.pos] >= '0' && src[s.pos] <= '9' {
+			s.pos++
+		}
+		return nil
+	}
+	if src[s.pos] == '-' {
+		s.pos++
+		if s.pos < len(src) && src[s.pos] == '0' {
+			s.pos++
+		} else if err := digits("a digit"); err != nil {
+			return err
+		}
+	} else if src[s.pos] == '0' {
+		s.pos++
+	} else if src[s.pos] >= '1' && src[s.pos] <= '9' {
+		for s.pos < len(src) && src[s.pos] >= '0' && src[s.pos] <= '9' {
+			s.pos++
+		}
+	} else {
+		return s.errChar("where a value goes")
+	}
+	if s.pos < len(src) && src[s.pos] == '.' {
+		s.pos++
+		if err := digits("a digit of a fraction"); err != nil {
+			return err
+		}
+	}
+	if s.pos < len(src) && (src[s.pos] == 'e' || src[s.pos] == 'E') {
+		s.pos++
+		if s.pos < len(src) && (src[s.pos] == '+' || src[s.pos] == '-') {
+			s.pos++
+		}
+		if err := digits("a digit of an exponent"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// position returns the line and column (in bytes, from 1) of src[i] in the
+// body.
+func (s *scanner) position(i int) (line, col int) {
+	line = 1 + bytes.Count(s.src[:i], []byte{'\n'})
+	col = i - bytes.LastIndexByte(s.src[:i], '\n')
+	if line == 1 {
+		col += s.bom
+	}
+	return line, col
+}
+
+func (s *scanner) errChar(where string) error {
+	line, col := s.position(s.pos)
+	r, _ := utf8.DecodeRune(s.src[s.pos:])
+	c := strconv.QuoteRune(r)
+	if r == utf8.RuneError || r < 0x20 {
+		c = fmt.Sprintf("byte 0x%02x", s.src[s.pos])
+	}
+	return fmt.Errorf("response body is not valid JSON: unexpected %s %s, at line %d, column %d (offset %d)", c, where, line, col, s.bom+s.pos)
+}
+
+func (s *scanner) errEnd(want string) error {
+	if len(s.src) == 0 {
+		return errors.New("response body is empty, not JSON")
+	}
+	return fmt.Errorf("response body is not valid JSON: it ends where %s should be (offset %d)", want, s.bom+len(s.src))
+}
+
+// ---- json_patch ----
+
+// A patchWriter writes the JSON Patch operations that turn values of a into
+// values of b.
+type patchWriter struct {
+	a, b *document
+	out  []byte
+	// path is the JSON Pointer of the values being compared, as JSON string
+	// content.
+	path []byte
+	// limit is the length of out after which the operations being written
+	// are too long to be worth it: a replacement of the value being
+	// compared, or a snapshot, is shorter.
+	limit int
+	mem   []member
+}
+
+func (w *patchWriter) over() bool { return len(w.out) > w.limit }
+
+// op starts an operation with its name and path.
+func (w *patchWriter) op(name string) {
+	if len(w.out) > 1 {
+		w.out = append(w.out, ',')
+	}
+	w.out = append(w.out, `{"op":"`...)
+	w.out = append(w.out, name...)
+	w.out = append(w.out, `","path":"`...)
+	w.out = append(w.out, w.path...)
+	w.out = append(w.out, '"')
+}
+
+func (w *patchWriter) withValue(name string, bi uint32) {
+	w.op(name)
+	w.out = append(w.out, `,"value":`...)
+	w.out = append(w.out, w.b.text(bi)...)
+	w.out = append(w.out, '}')
+}
+
+func (w *patchWriter) remove() {
+	w.op("remove")
+	w.out = append(w.out, '}')
+}
+
+// move writes a move within the array at w.path.
+func (w *patchWriter) move(from, to int) {
+	if len(w.out) > 1 {
+		w.out = append(w.out, ',')
+	}
+	w.out = append(w.out, `{"op":"move","from":"`...)
+	w.out = append(w.out, w.path...)
+	w.out = append(w.out, '/')
+	w.out = strconv.AppendInt(w.out, int64(from), 10)
+	w.out = append(w.out, `","path":"`...)
+	w.out = append(w.out, w.path...)
+	w.out = append(w.out, '/')
+	w.out = strconv.AppendInt(w.out, int64(to), 10)
+	w.out = append(w.out, `"}`...)
+}
+
+// moveKey writes a move between two members of the object at w.path.
+func (w *patchWriter) moveKey(from, to []byte) {
+	if len(w.out) > 1 {
+		w.out = append(w.out, ',')
+	}
+	w.out = append(w.out, `{"op":"move","from":"`...)
+	w.out = append(w.out, w.path...)
+	w.out = append(w.out, '/')
+	w.out = appendToken(w.out, from)
+	w.out = append(w.out, `","path":"`...)
+	w.out = append(w.out, w.path...)
+	w.out = append(w.out, '/')
+	w.out = appendToken(w.out, to)
+	w.out = append(w.out, `"}`...)
+}
+
+func (w *patchWriter) pushKey(key []byte) int {
+	n := len(w.path)
+	w.path = append(w.path, '/')
+	w.path = appendToken(w.path, key)
+	return n
+}
+
+func (w *patchWriter) pushIndex(i int) int {
+	n := len(w.path)
+	w.path = append(w.path, '/')
+	w.path = strconv.AppendInt(w.path, int64(i), 10)
+	return n
+}
+
+// value writes the operations that turn a's value ai into b's value bi, at
+// w.path.
+func (w *patchWriter) value(ai, bi uint32) {
+	if w.over() || sameValue(w.a, ai, w.b, bi) {
+		return
+	}
+	k := w.a.kind(ai)
+	if k != w.b.kind(bi) {
+		w.withValue("replace", bi)
+		return
+	}
+	switch k {
+	case kindString:
+		if !equalStrings(w.a.text(ai), w.b.text(bi)) {
+			w.withValue("replace", bi)
+		}
+	case kindObject, kindArray:
+		// Compare the members or elements, unless replacing the whole
+		// value says it in fewer bytes.
+		mark := len(w.out)
+		cost := len(`,{"op":"replace","path":"","value":}`) + len(w.path) + len(w.b.text(bi))
+		limit := w.limit
+		w.limit = min(limit, mark+cost)
+		if k == kindObject {
+			w.object(ai, bi)
+		} else {
+			w.array(ai, bi)
+		}
+		w.limit = limit
+		if len(w.out)-mark > cost {
+			w.out = w.out[:mark]
+			w.withValue("replace", bi)
+		}
+	default:
+		// Numbers differ in their text, true, false and null in their kind.
+		w.withValue("replace", bi)
+	}
+}
+
+// object writes the operations between two objects.
+func (w *patchWriter) object(ai, bi uint32) {
+	base := len(w.mem)
+	defer func() { w.mem = w.mem[:base] }()
+	for m := range w.a.members(ai) {
+		w.mem = append(w.mem, m)
+	}
+	na := len(w.mem) - base
+	for m := range w.b.members(bi) {
+		w.mem = append(w.mem, m)
+	}
+	am, bm := w.mem[base:base+na], w.mem[base+na:]
+
+	// Most often the keys are the same and in the same order.
+	inOrder := len(am) == len(bm)
+	for j := 0; inOrder && j < len(am); j++ {
+		inOrder = bytes.Equal(am[j].key, bm[j].key)
+	}
+	if inOrder {
+		for j := range am {
+			if w.over() {
+				return
+			}
+			n := w.pushKey(bm[j].key)
+			w.value(am[j].val, bm[j].val)
+			w.path = w.path[:n]
+		}
+		return
+	}
+
+	from := matchMembers(am, bm)
+	usedA := make([]bool, len(am))
+	for _, i := range from {
+		if i >= 0 {
+			usedA[i] = true
+		}
+	}
+	// A member renamed with its value unchanged is a move, which is
+	// shorter than removing it and adding the value again.
+	moved := make([]bool, len(bm))
+	if len(am)*len(bm) <= 1024 {
+		for j := range bm {
+			if from[j] >= 0 {
+				continue
+			}
+			for i := range am {
+				if !usedA[i] && sameValue(w.a, am[i].val, w.b, bm[j].val) {
+					w.moveKey(am[i].key, bm[j].key)
+					usedA[i], moved[j] = true, true
+					break
+				}
+			}
+		}
+	}
+	for i := range am {
+		if !usedA[i] {
+			n := w.pushKey(am[i].key)
+			w.remove()
+			w.path = w.path[:n]
+		}
+	}
+	for j := range bm {
+		if w.over() {
+			return
+		}
+		if moved[j] {
+			continue
+		}
+		n := w.pushKey(bm[j].key)
+		if from[j] < 0 {
+			w.withValue("add", bm[j].val)
+		} else {
+			w.value(am[from[j]].val, bm[j].val)
+		}
+		w.path = w.path[:n]
+	}
+}
+
+// matchMembers returns, for each member of bm, the index of the member of
+// am with the same key, or -1.
+func matchMembers(am, bm []member) []int {
+	from := make([]int, len(bm))
+	if len(am) <= 16 {
+		for j := range bm {
+			from[j] = findKey(am, bm[j].key)
+		}
+		return from
+	}
+	index := make(map[string]int, len(am))
+	for i := range am {
+		index[string(unescape(am[i].key))] = i
+	}
+	for j := range bm {
+		i, ok := index[string(unescape(bm[j].key))]
+		if !ok {
+			i = -1
+		}
+		from[j] = i
+	}
+	return from
+}
+
+// array writes the operations between two arrays.
+func (w *patchWriter) array(ai, bi uint32) {
+	ae := slices.AppendSeq(make([]uint32, 0, w.a.nodes[ai].n), w.a.children(ai))
+	be := slices.AppendSeq(make([]uint32, 0, w.b.nodes[bi].n), w.b.children(bi))
+	// The elements before and after the change are most of the array.
+	p := 0
+	for p < len(ae) && p < len(be) && sameValue(w.a, ae[p], w.b, be[p]) {
+		p++
+	}
+	s := 0
+	for s < len(ae)-p && s < len(be)-p && sameValue(w.a, ae[len(ae)-1-s], w.b, be[len(be)-1-s]) {
+		s++
+	}
+	A, B := ae[p:len(ae)-s], be[p:len(be)-s]
+	switch {
+	case len(A) == 0:
+		for j := range B {
+			if w.over() {
+				return
+			}
+			n := w.pushIndex(p + j)
+			w.withValue("add", B[j])
+			w.path = w.path[:n]
+		}
+	case len(B) == 0:
+		n := w.pushIndex(p)
+		for range A {
+			if w.over() {
+				break
+			}
+			w.remove()
+		}
+		w.path = w.path[:n]
+	case len(A) == 1 && len(B) == 1:
+		n := w.pushIndex(p)
+		w.value(A[0], B[0])
+		w.path = w.path[:n]
+	default:
+		w.align(p, A, B)
+	}
+}
+
+// Roles of an element of the old array in align.
+const (
+	roleRemoved = iota // not in the new array
+	roleKept           // in place, maybe changed
+	roleMoved          // equal to an element elsewhere in the new array
+)
+
+// align writes the operations that turn the elements A of an array into B,
+// where A and B start at index p. Elements equal in A and B are matched in
+// order; the longest run of matched elements that keep their order stays in
+// place, the other matched elements move, and the elements left between
+// two that stay are changed in place pairwise, then removed or added.
+func (w *patchWriter) align(p int, A, B []uint32) {
+	n, m := len(A), len(B)
+
+	// Match each element of B with the first unmatched equal element of A.
+	heads := make(map[uint64]int32, n)
+	sameNext := make([]int32, n)
+	for i := n - 1; i >= 0; i-- {
+		h := w.a.nodes[A[i]].hash
+		if j, ok := heads[h]; ok {
+			sameNext[i] = j
+		} else {
+			sameNext[i] = -1
+		}
+		heads[h] = int32(i)
+	}
+	from := make([]int32, m)
+	for j := range B {
+		from[j] = -1
+		h := w.b.nodes[B[j]].hash
+		if i, ok := heads[h]; ok && i >= 0 && sameValue(w.a, A[i], w.b, B[j]) {
+			from[j] = i
+			heads[h] = sameNext[i]
+		}
+	}
+	stay := increasingRun(from)
+
+	role := make([]uint8, n)
+	move := make([]bool, m)
+	for j, i := range from {
+		if i >= 0 {
+			if stay[j] {
+				role[i] = roleKept
+			} else {
+				role[i] = roleMoved
+				move[j] = true
+			}
+		}
+	}
+	// Between two elements that stay, pair the unmatched elements of A
+	// and B in order: each pair is one element changed in place.
+	ia, jb := 0, 0
+	for j := 0; j <= m; j++ {
+		if j < m && !stay[j] {
+			continue
+		}
+		end := n
+		if j < m {
+			end = int(from[j])
+		}
+		i := ia
+		for k := jb; k < j; k++ {
+			if from[k] >= 0 {
+				continue
+			}
+			for i < end && role[i] != roleRemoved {
+				i++
+			}
+			if i == end {
+				break
+			}
+			from[k] = int32(i)
+			role[i] = roleKept
+			i++
+		}
+		ia, jb = end+1, j+1
+	}
+
+	// Write the operations for B from left to right. The array is then
+	// the first p elements, the elements placed so far (the prefix),
+	// the elements of A not yet placed (the rest), in A's order, and the
+	// elements after the change. An element of A that moves further right
+	// than an element that stays is parked: left in the prefix until its
+	// place comes.
+	const (
+		inRest = iota
+		gone
+		parked
+	)
+	state := make([]uint8, n)
+	parkedAt := make([]int32, n)
+	rest := make(fenwick, n) // 1 for each element of A in the rest
+	for k := range rest {
+		rest[k] = int32((k + 1) & -(k + 1))
+	}
+	prefix := make(fenwick, n+m) // 1 for each element of the prefix, by time of placing
+	total, clock := 0, 0
+	place := func() {
+		prefix.add(clock, 1)
+		clock++
+		total++
+	}
+	rc := 0 // the elements of A before rc have left the rest
+	advance := func(to int) {
+		for ; rc < to; rc++ {
+			if state[rc] != inRest {
+				continue
+			}
+			rest.add(rc, -1)
+			if role[rc] == roleMoved {
+				state[rc], parkedAt[rc] = parked, int32(clock)
+				place()
+				continue
+			}
+			state[rc] = gone
+			if w.over() {
+				continue
+			}
+			n := w.pushIndex(p + total)
+			w.remove()
+			w.path = w.path[:n]
+		}
+	}
+	for j := range B {
+		if w.over() {
+			return
+		}
+		i := int(from[j])
+		switch {
+		case i < 0:
+			n := w.pushIndex(p + total)
+			w.withValue("add", B[j])
+			w.path = w.path[:n]
+		case move[j]:
+			var at int
+			if state[i] == parked {
+				at = int(prefix.sum(int(parkedAt[i])))
+				prefix.add(int(parkedAt[i]), -1)
+				total--
+			} else {
+				at = total + int(rest.sum(i))
+				rest.add(i, -1)
+			}
+			state[i] = gone
+			if at != total {
+				w.move(p+at, p+total)
+			}
+		default:
+			advance(i)
+			n := w.pushIndex(p + total)
+			w.value(A[i], B[j])
+			w.path = w.path[:n]
+			rest.add(i, -1)
+			state[i] = gone
+			rc = i + 1
+		}
+		place()
+	}
+	advance(n)
+}
+
+// increasingRun marks a longest subsequence of from whose values increase,
+// skipping the values below 0.
+func increasingRun(from []int32) []bool {
+	var tails []int // tails[k]: index in from of the end of the best run of length k+1
+	prev := make([]int, len(from))
+	for j, v := range from {
+		if v < 0 {
+			continue
+		}
+		k, _ := slices.BinarySearchFunc(tails, v, func(t int, v int32) int { return int(from[t] - v) })
+		if k > 0 {
+			prev[j] = tails[k-1]
+		} else {
+			prev[j] = -1
+		}
+		if k == len(tails) {
+			tails = append(tails, j)
+		} else {
+			tails[k] = j
+		}
+	}
+	run := make([]bool, len(from))
+	if len(tails) > 0 {
+		for j := tails[len(tails)-1]; j >= 0; j = prev[j] {
+			run[j] = true
+		}
+	}
+	return run
+}
+
+// A fenwick tree counts the elements of a set of small integers.
+type fenwick []int32
+
+func (f fenwick) add(i int, v int32) {
+	for i++; i <= len(f); i += i & -i {
+		f[i-1] += v
+	}
+}
+
+// sum returns the count of the elements below i.
+func (f fenwick) sum(i int) int32 {
+	var s int32
+	for ; i > 0; i -= i & -i {
+		s += f[i-1]
+	}
+	return s
+}
+
+// ---- merge_patch ----
+
+// errNoMerge says that a change cannot be a merge patch.
+var errNoMerge = errors.New("change cannot be said as a merge patch")
+
+// A mergeWriter writes the merge patch that turns an object of a into one
+// of b.
+type mergeWriter struct {
+	a, b  *document
+	out   []byte
+	limit int
+}
+
+// object writes the merge patch between two objects and reports whether it
+// wrote one: nothing is written for equal objects.
+func (w *mergeWriter) object(ai, bi uint32) (bool, error) {
+	mark := len(w.out)
+	w.out = append(w.out, '{')
+	am := slices.Collect(w.a.members(ai))
+	bm := slices.Collect(w.b.members(bi))
+	from := matchMembers(am, bm)
+	usedA := make([]bool, len(am))
+	for _, i := range from {
+		if i >= 0 {
+			usedA[i] = true
+		}
+	}
+	wrote := false
+	key := func(k []byte) {
+		if wrote {
+			w.out = append(w.out, ',')
+		}
+		w.out = append(w.out, '"')
+		w.out = append(w.out, k...)
+		w.out = append(w.out, '"', ':')
+	}
+	for i := range am {
+		if !usedA[i] {
+			key(am[i].key)
+			w.out = append(w.out, "null"...)
+			wrote = true
+		}
+	}
+	for j := range bm {
+		if len(w.out) > w.limit {
+			return false, errNoMerge
+		}
+		bv := bm[j].val
+		if from[j] >= 0 {
+			av := am[from[j]].val
+			if sameValue(w.a, av, w.b, bv) {
+				continue
+			}
+			if w.a.kind(av) == kindObject && w.b.kind(bv) == kindObject {
+				m := len(w.out)
+				key(bm[j].key)
+				ok, err := w.object(av, bv)
+				if err != nil {
+					return false, err
+				}
+				if ok {
+					wrote = true
+				} else {
+					w.out = w.out[:m]
+				}
+				continue
+			}
+			if equalValue(w.a, av, w.b, bv) {
+				continue
+			}
+		}
+		// A merge patch removes the members it sets to null, and the
+		// object members set to null in an object it sets, and some
+		// implementations those in arrays too.
+		if w.b.kind(bv) == kindNull || w.b.hasNullMember(bv) {
+			return false, errNoMerge
+		}
+		key(bm[j].key)
+		w.out = append(w.out, w.b.text(bv)...)
+		wrote = true
+	}
+	if !wrote {
+		w.out = w.out[:mark]
+		return false, nil
+	}
+	w.out = append(w.out, '}')
+	return true, nil
+}
+
+// hasNullMember reports whether a value holds an object member that is null,
+// at any depth.
+func (d *document) hasNullMember(i uint32) bool {
+	k := d.kind(i)
+	if (k != kindObject && k != kindArray) || !bytes.Contains(d.text(i), []byte("null")) {
+		return false
+	}
+	for c := range d.children(i) {
+		if (k == kindObject && d.kind(c) == kindNull) || d.hasNullMember(c) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,838 @@
+package pollsse
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+)
+
+// applyDiffEvent applies an event to the document a subscriber holds, as a
+// client does, with an implementation of RFC 6902 and RFC 7386 that is not
+// ours.
+func applyDiffEvent(held []byte, event string, data []byte) ([]byte, error) {
+	switch event {
+	case "":
+		return held, nil
+	case eventSnapshot:
+		return data, nil
+	case eventPatch:
+		held, data, err := withoutEmptyKeys(held, data)
+		if err != nil {
+			return nil, err
+		}
+		patch, err := jsonpatch.DecodePatch(data)
+		if err != nil {
+			return nil, fmt.Errorf("decoding patch: %w", err)
+		}
+		return patch.Apply(held)
+	case eventMerge:
+		return jsonpatch.MergePatch(held, data)
+	}
+	return nil, fmt.Errorf("unknown event %q", event)
+}
+
+// emptyKey stands for the empty key in documents and patches given to
+// evanphx/json-patch, which takes a path token "" for the object itself
+// (partialDoc.get), so that "//" means "/" there.
+const emptyKey = "\x00empty key"
+
+// withoutEmptyKeys renames the empty keys of a document and a JSON Patch to
+// emptyKey, in the keys of values and the tokens of paths alike.
+func withoutEmptyKeys(doc, patch []byte) ([]byte, []byte, error) {
+	if !bytes.Contains(doc, []byte(`"":`)) && !bytes.Contains(patch, []byte(`"":`)) &&
+		!bytes.Contains(patch, []byte(`/"`)) && !bytes.Contains(patch, []byte(`//`)) {
+		return doc, patch, nil // compact JSON without an empty key
+	}
+	var rename func(v any) any
+	rename = func(v any) any {
+		switch v := v.(type) {
+		case map[string]any:
+			m := make(map[string]any, len(v))
+			for k, e := range v {
+				if k == "" {
+					k = emptyKey
+				}
+				m[k] = rename(e)
+			}
+			return m
+		case []any:
+			for i := range v {
+				v[i] = rename(v[i])
+			}
+		}
+		return v
+	}
+	dv, err := exactJSONValue(doc)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ops []map[string]any
+	dec := json.NewDecoder(bytes.NewReader(patch))
+	dec.UseNumber()
+	if err := dec.Decode(&ops); err != nil {
+		return nil, nil, fmt.Errorf("decoding patch: %w", err)
+	}
+	for _, op := range ops {
+		for _, field := range []string{"path", "from"} {
+			if p, ok := op[field].(string); ok {
+				tokens := strings.Split(p, "/")
+				for i := 1; i < len(tokens); i++ {
+					if tokens[i] == "" {
+						tokens[i] = emptyKey
+					}
+				}
+				op[field] = strings.Join(tokens, "/")
+			}
+		}
+		if v, ok := op["value"]; ok {
+			op["value"] = rename(v)
+		}
+	}
+	doc, err = json.Marshal(rename(dv))
+	if err != nil {
+		return nil, nil, err
+	}
+	patch, err = json.Marshal(ops)
+	return doc, patch, err
+}
+
+// exactJSONValue decodes JSON with encoding/json, numbers as their text: the
+// equality that the engine is held to. Of duplicate keys the last wins.
+func exactJSONValue(data []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(bytes.TrimPrefix(data, utf8BOM)))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func sameJSONValue(a, b []byte) bool {
+	va, err := exactJSONValue(a)
+	if err != nil {
+		return false
+	}
+	vb, err := exactJSONValue(b)
+	return err == nil && reflect.DeepEqual(va, vb)
+}
+
+// checkDiff diffs body a into body b with d and checks that the event turns
+// a's snapshot into b's. It returns the event.
+func checkDiff(t testing.TB, d differ, a, b []byte) (string, []byte) {
+	t.Helper()
+	da, err := d.parse(a)
+	if err != nil {
+		t.Fatalf("parse a %q: %v", a, err)
+	}
+	db, err := d.parse(b)
+	if err != nil {
+		t.Fatalf("parse b %q: %v", b, err)
+	}
+	event, data, err := d.diff(da, db)
+	if err != nil {
+		t.Fatalf("diff %q → %q: %v", a, b, err)
+	}
+	if da.nodes == nil || db.nodes == nil {
+		// Text documents of the snapshot mode.
+		if event == "" && !bytes.Equal(da.data, db.data) {
+			t.Fatalf("diff %q → %q: no event", a, b)
+		}
+		if event != "" && (event != eventSnapshot || !bytes.Equal(data, db.data)) {
+			t.Fatalf("diff %q → %q: %s %q, want the snapshot", a, b, event, data)
+		}
+		return event, data
+	}
+	got, err := applyDiffEvent(da.data, event, data)
+	if err != nil {
+		t.Fatalf("diff %q → %q: applying %s %s to %s: %v", a, b, event, data, da.data, err)
+	}
+	want := db.data
+	if event == eventPatch {
+		got, _, _ = withoutEmptyKeys(got, []byte("[]"))
+		want, _, _ = withoutEmptyKeys(want, []byte("[]"))
+	}
+	if !bytes.Equal(got, want) && !sameJSONValue(got, want) {
+		t.Fatalf("diff %q → %q: %s %s turns %s into %s, want %s", a, b, event, data, da.data, got, db.data)
+	}
+	return event, data
+}
+
+// diffDocuments returns the documents of testdata/diff by file name.
+func diffDocuments(t testing.TB) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob("testdata/diff/*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no documents in testdata/diff: %v", err)
+	}
+	docs := make(map[string][]byte)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs[filepath.Base(f)] = b
+	}
+	return docs
+}
+
+// diffPairs returns pairs of documents to diff: every pair of the documents
+// in testdata/diff, and the documents before and after the patches of the
+// JSON Patch test suite.
+func diffPairs(t testing.TB) [][2][]byte {
+	t.Helper()
+	docs := diffDocuments(t)
+	names := slices.Sorted(func(yield func(string) bool) {
+		for n := range docs {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	var pairs [][2][]byte
+	for _, a := range names {
+		for _, b := range names {
+			pairs = append(pairs, [2][]byte{docs[a], docs[b]})
+		}
+	}
+	for _, f := range []string{"tests.json", "spec_tests.json"} {
+		raw, err := os.ReadFile(filepath.Join("testdata/json-patch-tests", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cases []struct {
+			Doc      json.RawMessage `json:"doc"`
+			Expected json.RawMessage `json:"expected"`
+		}
+		if err := json.Unmarshal(raw, &cases); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cases {
+			if c.Expected != nil {
+				pairs = append(pairs, [2][]byte{c.Doc, c.Expected})
+			}
+		}
+	}
+	return pairs
+}
+
+func mustDiffer(t testing.TB, mode, sel string, ignore ...string) differ {
+	t.Helper()
+	d, err := newDiffer(mode, sel, ignore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+var diffModes = []string{modeJSONPatch, modeMergePatch, modeSnapshot}
+
+func TestDiffTestdataPairsInEveryMode(t *testing.T) {
+	pairs := diffPairs(t)
+	for _, mode := range diffModes {
+		t.Run(mode, func(t *testing.T) {
+			d := mustDiffer(t, mode, "")
+			for _, p := range pairs {
+				checkDiff(t, d, p[0], p[1])
+			}
+		})
+	}
+}
+
+func TestDiffParse(t *testing.T) {
+	d := mustDiffer(t, modeJSONPatch, "")
+	tests := []struct {
+		name, body, want string
+	}{
+		{"whitespace is dropped", " {\n\t\"a\" : [ 1 , 2 ] ,\r\n \"b\":{ } }\n", `{"a":[1,2],"b":{}}`},
+		{"a leading byte order mark is dropped", "\xef\xbb\xbf{\"a\":1}", `{"a":1}`},
+		{"numbers keep their text", `[12345678901234567890, 1e400, 0.1, -0, 1.0, 1E+2, -0.0e-0]`, `[12345678901234567890,1e400,0.1,-0,1.0,1E+2,-0.0e-0]`},
+		{"strings keep their escapes", `["caf\u00e9", "\ud83d\ude00", "\/", "a\"b", "\ud800"]`, `["caf\u00e9","\ud83d\ude00","\/","a\"b","\ud800"]`},
+		{"unicode is kept as sent", `{"é": "😀 ü"}`, `{"é":"😀 ü"}`},
+		{"the last member of a key wins", `{"a":1,"b":2,"a":3}`, `{"b":2,"a":3}`},
+		{"keys are compared by value for duplicates", `{"a":1,"\u0061":2}`, `{"\u0061":2}`},
+		{"duplicates go at every depth", `[{"x":{"y":1,"y":2},"x":{"y":3,"y":4}}]`, `[{"x":{"y":4}}]`},
+		{"a top-level string", ` "s" `, `"s"`},
+		{"a top-level number", `-12.5e-3`, `-12.5e-3`},
+		{"a top-level null", `null`, `null`},
+		{"a top-level array", `[ ]`, `[]`},
+		{"an empty key", `{"":1}`, `{"":1}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc, err := d.parse([]byte(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(doc.data) != tt.want {
+				t.Errorf("snapshot %s, want %s", doc.data, tt.want)
+			}
+			if !sameJSONValue(doc.data, []byte(tt.body)) {
+				t.Errorf("snapshot %s is not the same JSON value as %s", doc.data, tt.body)
+			}
+		})
+	}
+}
+
+func TestDiffParseErrors(t *testing.T) {
+	d := mustDiffer(t, modeJSONPatch, "")
+	tests := []struct {
+		name, body, want string
+	}{
+		{"an empty body", "", "response body is empty, not JSON"},
+		{"only a byte order mark", "\xef\xbb\xbf", "response body is empty, not JSON"},
+		{"an unterminated object", `{"a":1`, "ends where a comma or the end of an array or object should be (offset 6)"},
+		{"a trailing comma in an object", `{"a":1,}`, `unexpected '}' where an object member's key goes, at line 1, column 8`},
+		{"a trailing comma in an array", `[1,]`, `unexpected ']' where a value goes, at line 1, column 4`},
+		{"a leading zero", `01`, `unexpected '1' after the end of the document`},
+		{"two documents", "[1]\n[2]", `unexpected '[' after the end of the document, at line 2, column 1`},
+		{"a control character in a string", "\"a\x01\"", `unexpected byte 0x01 in a string, where control characters must be escaped`},
+		{"invalid UTF-8", "{\"a\":\"\xff\"}", `response body is not valid UTF-8: byte 0xff at line 1, column 7 (offset 6)`},
+		{"a UTF-8 surrogate", "\"\xed\xa0\x80\"", `response body is not valid UTF-8: byte 0xed`},
+		{"a missing colon", `{"a" 1}`, `unexpected '1' after an object member's key, where a colon goes`},
+		{"a truncated literal", `tru`, `ends where "true" should be`},
+		{"a misspelt literal", `nul1`, `unexpected '1' in null`},
+		{"a fraction without digits", `1.`, `ends where a digit of a fraction should be`},
+		{"a lone minus", `-`, `ends where a digit should be`},
+		{"an exponent without digits", `1e+x`, `unexpected 'x' where a digit of an exponent goes`},
+		{"a bad escape", `"\x"`, `unexpected 'x' after a backslash in a string`},
+		{"a bad unicode escape", `"\u12g4"`, `unexpected 'g' in a \u escape, where a hexadecimal digit goes`},
+		{"NaN", `NaN`, `unexpected 'N' where a value goes`},
+		{"a single-quoted string", `{'a':1}`, `unexpected '\'' where an object member's key goes`},
+		{"two byte order marks", "\xef\xbb\xbf\xef\xbb\xbf1", `unexpected '\ufeff' where a value goes, at line 1, column 4 (offset 3)`},
+		{"nesting too deep", strings.Repeat("[", maxDepth+1) + strings.Repeat("]", maxDepth+1), "nests arrays and objects deeper than 10000 levels"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc, err := d.parse([]byte(tt.body))
+			if err == nil {
+				t.Fatalf("parsed into %s", doc.data)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("nesting as deep as allowed parses", func(t *testing.T) {
+		body := strings.Repeat("[", maxDepth) + strings.Repeat("]", maxDepth)
+		if _, err := d.parse([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestDiffJSONPatchEvents(t *testing.T) {
+	tests := []struct {
+		name, a, b, event, data string
+	}{
+		{"one changed field is one replace", `[{"id":1,"v":"a"},{"id":2,"v":"b"},{"id":3,"v":"c"}]`, `[{"id":1,"v":"a"},{"id":2,"v":"B"},{"id":3,"v":"c"}]`,
+			"patch", `[{"op":"replace","path":"/1/v","value":"B"}]`},
+		{"an element inserted in the middle is one add", `[1,2,3,4]`, `[1,2,9,3,4]`, "patch", `[{"op":"add","path":"/2","value":9}]`},
+		{"an element removed from the middle is one remove", `[1,2,3,4]`, `[1,3,4]`, "patch", `[{"op":"remove","path":"/1"}]`},
+		{"an element moved right is one move", `["A","B","C","D","E"]`, `["A","C","D","B","E"]`, "patch", `[{"op":"move","from":"/1","path":"/3"}]`},
+		{"an element moved left is one move", `["A","B","C","D","E"]`, `["A","D","B","C","E"]`, "patch", `[{"op":"move","from":"/3","path":"/1"}]`},
+		{"a swap is one move", `[{"a":1},{"b":2}]`, `[{"b":2},{"a":1}]`, "patch", `[{"op":"move","from":"/1","path":"/0"}]`},
+		{"an element changed and one inserted", `[{"id":1},{"id":2},{"id":3}]`, `[{"id":1},{"id":0},{"id":2},{"id":33}]`, "patch",
+			`[{"op":"add","path":"/1","value":{"id":0}},{"op":"replace","path":"/3/id","value":33}]`},
+		{"a renamed member is a move", `{"old":{"big":"value"},"k":1}`, `{"k":1,"new":{"big":"value"}}`, "patch", `[{"op":"move","from":"/old","path":"/new"}]`},
+		{"a removed and an added member", `{"a":1,"b":2}`, `{"a":1,"c":3}`, "patch", `[{"op":"remove","path":"/b"},{"op":"add","path":"/c","value":3}]`},
+		{"slash and tilde in keys are escaped", `{"a/b":1,"m~n":2}`, `{"a/b":2,"m~n":3}`, "patch",
+			`[{"op":"replace","path":"/a~1b","value":2},{"op":"replace","path":"/m~0n","value":3}]`},
+		{"escaped slash in a key is escaped", `{"a\/b":1}`, `{"a\/b":2}`, "patch", `[{"op":"replace","path":"/a~1b","value":2}]`},
+		{"an empty key", `{"":{"":1}}`, `{"":{"":2}}`, "patch", `[{"op":"replace","path":"//","value":2}]`},
+		{"unicode keys", `{"é😀":1}`, `{"é😀":2}`, "patch", `[{"op":"replace","path":"/é😀","value":2}]`},
+		{"a quote in a key", `{"q\"":1}`, `{"q\"":2}`, "patch", `[{"op":"replace","path":"/q\"","value":2}]`},
+		{"numbers keep their text in patches", `{"n":1,"m":0.1}`, `{"n":12345678901234567890,"m":1e400}`, "patch",
+			`[{"op":"replace","path":"/n","value":12345678901234567890},{"op":"replace","path":"/m","value":1e400}]`},
+		{"numbers are compared by their text", `{"n":1.0,"z":0}`, `{"n":1,"z":-0}`, "patch",
+			`[{"op":"replace","path":"/n","value":1},{"op":"replace","path":"/z","value":-0}]`},
+		{"whitespace alone is no change", `{"a":[1,2]}`, "{ \"a\" : [ 1 ,\n 2 ] }", "", ""},
+		{"member order alone is no change", `{"a":1,"b":{"c":2,"d":3}}`, `{"b":{"d":3,"c":2},"a":1}`, "", ""},
+		{"escapes alone are no change", `{"a":"é/"}`, `{"\u0061":"\u00e9\/"}`, "", ""},
+		{"a top-level scalar that changes is a snapshot", `"a"`, `"b"`, "snapshot", `"b"`},
+		{"an object that becomes an array is a snapshot", `{}`, `[]`, "snapshot", `[]`},
+		{"a patch much longer than the document is a snapshot", `[` + strings.Repeat(`1,`, 999) + `1]`, `[` + strings.Repeat(`2,`, 999) + `2]`,
+			"snapshot", `[` + strings.Repeat(`2,`, 999) + `2]`},
+		{"a changed array of scalars replaces what changed", `{"l":[1,2,3,4,5,6,7,8]}`, `{"l":[1,2,3,0,5,6,7,8]}`, "patch", `[{"op":"replace","path":"/l/3","value":0}]`},
+		{"a container that changed entirely is replaced", `{"o":{"a":1,"b":2,"c":3}}`, `{"o":{"x":1,"y":2,"z":3}}`, "patch",
+			`[{"op":"replace","path":"/o","value":{"x":1,"y":2,"z":3}}]`},
+	}
+	d := mustDiffer(t, modeJSONPatch, "")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			event, data := checkDiff(t, d, []byte(tt.a), []byte(tt.b))
+			if event != tt.event || string(data) != tt.data {
+				t.Errorf("got %s %s\nwant %s %s", event, data, tt.event, tt.data)
+			}
+		})
+	}
+}
+
+func TestDiffMergePatchEvents(t *testing.T) {
+	tests := []struct {
+		name, a, b, event, data string
+	}{
+		{"changed and added members", `{"a":1,"b":2}`, `{"a":1,"b":3,"c":4}`, "merge", `{"b":3,"c":4}`},
+		{"a removed member is null", `{"a":1,"b":2}`, `{"a":1}`, "merge", `{"b":null}`},
+		{"nested objects merge", `{"x":{"y":1,"z":2},"w":0}`, `{"x":{"y":1,"z":3},"w":0}`, "merge", `{"x":{"z":3}}`},
+		{"an array is sent whole", `{"l":[1,2,3]}`, `{"l":[1,2,4]}`, "merge", `{"l":[1,2,4]}`},
+		{"nulls in arrays are fine", `{"l":[1]}`, `{"l":[null]}`, "merge", `{"l":[null]}`},
+		{"numbers keep their text", `{"n":0}`, `{"n":1e400}`, "merge", `{"n":1e400}`},
+		{"keys keep their escapes", `{"a\/b":0}`, `{"a\/b":1}`, "merge", `{"a\/b":1}`},
+		{"an object replacing a scalar", `{"a":1}`, `{"a":{"b":2}}`, "merge", `{"a":{"b":2}}`},
+		{"an object emptied", `{"a":{"b":2}}`, `{"a":{}}`, "merge", `{"a":{"b":null}}`},
+		{"a member set to null is a snapshot", `{"a":1}`, `{"a":null}`, "snapshot", `{"a":null}`},
+		{"a null member in a new object is a snapshot", `{"a":1}`, `{"a":{"b":null}}`, "snapshot", `{"a":{"b":null}}`},
+		{"a null member in an object in an array is a snapshot", `{"a":[]}`, `{"a":[{"b":null}]}`, "snapshot", `{"a":[{"b":null}]}`},
+		{"a top-level array is a snapshot", `[1]`, `[2]`, "snapshot", `[2]`},
+		{"member order alone is no change", `{"a":{"x":1,"y":[{"p":1,"q":2}]}}`, `{"a":{"y":[{"q":2,"p":1}],"x":1}}`, "", ""},
+	}
+	d := mustDiffer(t, modeMergePatch, "")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			event, data := checkDiff(t, d, []byte(tt.a), []byte(tt.b))
+			if event != tt.event || string(data) != tt.data {
+				t.Errorf("got %s %s\nwant %s %s", event, data, tt.event, tt.data)
+			}
+		})
+	}
+}
+
+func TestDiffSnapshotModeEvents(t *testing.T) {
+	tests := []struct {
+		name, a, b, event, data string
+	}{
+		{"a change of JSON is a snapshot", `{"a":1}`, `{"a":2}`, "snapshot", `{"a":2}`},
+		{"JSON equal but written otherwise is no change", `{"a":1,"b":2}`, `{ "b":2, "a":1 }`, "", ""},
+		{"text is compared byte for byte", "id,name\n1,a\n", "id,name\n1,a\n2,b\n", "snapshot", "id,name\n1,a\n2,b\n"},
+		{"text that did not change", "<p>hi</p>", "<p>hi</p>", "", ""},
+		{"text keeps its whitespace", "a b", "a  b", "snapshot", "a  b"},
+		{"text loses its byte order mark", "\xef\xbb\xbfplain", "\xef\xbb\xbfplain!", "snapshot", "plain!"},
+		{"JSON that becomes text", `{"a":1}`, "{a:1}", "snapshot", "{a:1}"},
+	}
+	d := mustDiffer(t, modeSnapshot, "")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			event, data := checkDiff(t, d, []byte(tt.a), []byte(tt.b))
+			if event != tt.event || string(data) != tt.data {
+				t.Errorf("got %s %q\nwant %s %q", event, data, tt.event, tt.data)
+			}
+		})
+	}
+	t.Run("a body that is neither JSON nor UTF-8 fails", func(t *testing.T) {
+		if _, err := d.parse([]byte("caf\xe9")); err == nil || err.Error() != "response body is neither JSON nor UTF-8 text" {
+			t.Errorf("error %v", err)
+		}
+	})
+	t.Run("text fails when select is configured", func(t *testing.T) {
+		d := mustDiffer(t, modeSnapshot, "/a")
+		if _, err := d.parse([]byte("plain text")); err == nil || !strings.Contains(err.Error(), "not valid JSON") {
+			t.Errorf("error %v", err)
+		}
+	})
+}
+
+func TestDiffSelectAndIgnore(t *testing.T) {
+	docs := diffDocuments(t)
+	api, apiChanged := docs["api.json"], docs["api_changed.json"]
+	t.Run("select streams a part of the response", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "/data/items/1")
+		doc, err := d.parse(api)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"id":2,"name":"b","updated_at":"t1"}`; string(doc.data) != want {
+			t.Errorf("snapshot %s, want %s", doc.data, want)
+		}
+	})
+	t.Run("ignored parts are absent from snapshots and cause no events", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "", "/generated_at", "/request_id", "/data/items/*/updated_at")
+		doc, err := d.parse(api)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"data":{"items":[{"id":1,"name":"a"},{"id":2,"name":"b"}],"total":2}}`; string(doc.data) != want {
+			t.Errorf("snapshot %s, want %s", doc.data, want)
+		}
+		event, data := checkDiff(t, d, api, apiChanged)
+		// Three operations would be longer.
+		want := `[{"op":"replace","path":"/data","value":{"items":[{"id":1,"name":"a"},{"id":2,"name":"B"},{"id":3,"name":"c"}],"total":3}}]`
+		if event != eventPatch || string(data) != want {
+			t.Errorf("got %s %s, want patch %s", event, data, want)
+		}
+		event, data = checkDiff(t, d, api, bytes.ReplaceAll(api, []byte("t1"), []byte("t9")))
+		if event != "" {
+			t.Errorf("a change of ignored parts only made %s %s", event, data)
+		}
+	})
+	t.Run("ignore and select together", func(t *testing.T) {
+		d := mustDiffer(t, modeMergePatch, "/data", "/data/items/*/updated_at", "/data/items/0", "/nothing/here")
+		doc, err := d.parse(api)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"items":[{"id":2,"name":"b"}],"total":2}`; string(doc.data) != want {
+			t.Errorf("snapshot %s, want %s", doc.data, want)
+		}
+		checkDiff(t, d, api, apiChanged)
+	})
+	t.Run("select and ignore point into the response as it came", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "/data/items/1", "/data/items/0", "/data/items/1/updated_at")
+		doc, err := d.parse(api)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"id":2,"name":"b"}`; string(doc.data) != want {
+			t.Errorf("snapshot %s, want %s", doc.data, want)
+		}
+	})
+	t.Run("a star matches every key", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "", "/*/v")
+		doc, err := d.parse([]byte(`{"a":{"v":1,"w":2},"b":{"v":3},"c":[{"v":4}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"a":{"w":2},"b":{},"c":[{"v":4}]}`; string(doc.data) != want {
+			t.Errorf("snapshot %s, want %s", doc.data, want)
+		}
+	})
+	t.Run("ignore applies to duplicate keys before the last wins", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "", "/a/x")
+		doc, err := d.parse([]byte(`{"a":{"x":1,"y":1},"a":{"x":2,"y":2},"x":0}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"a":{"y":2},"x":0}`; string(doc.data) != want {
+			t.Errorf("snapshot %s, want %s", doc.data, want)
+		}
+	})
+
+	errs := []struct {
+		sel, body, want string
+	}{
+		{"/data/missing", `{"data":{}}`, `select "/data/missing": "/data" has no member "missing"`},
+		{"/data/items/5", `{"data":{"items":[1,2]}}`, `select "/data/items/5": "/data/items" has 2 elements, no index 5`},
+		{"/data/items/x", `{"data":{"items":[1,2]}}`, `select "/data/items/x": "/data/items" is an array and "x" is not an index`},
+		{"/data/items/01", `{"data":{"items":[1,2]}}`, `select "/data/items/01": "/data/items" is an array and "01" is not an index`},
+		{"/data/total/x", `{"data":{"total":3}}`, `select "/data/total/x": "/data/total" is a number, not an object or array`},
+		{"/a", `[]`, `select "/a": the document is an array and "a" is not an index`},
+		{"/a~1b/c", `{"a/b":null}`, `select "/a~1b/c": "/a~1b" is null, not an object or array`},
+	}
+	for _, tt := range errs {
+		t.Run("select "+tt.sel+" that points at nothing fails the poll", func(t *testing.T) {
+			d := mustDiffer(t, modeJSONPatch, tt.sel)
+			doc, err := d.parse([]byte(tt.body))
+			if err == nil {
+				t.Fatalf("parsed into %s", doc.data)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("error %q, want %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("select finds keys by value", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "/a~1b/m~0n/é/")
+		doc, err := d.parse([]byte(`{"a\/b":{"m~n":{"\u00e9":{"":[true]}}}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(doc.data) != `[true]` {
+			t.Errorf("snapshot %s", doc.data)
+		}
+	})
+}
+
+// TestDiffSmallOnTheWire checks the sizes of patches for common changes of
+// a long array; the benchmarks report them for the 1.3 MB document.
+func TestDiffSmallOnTheWire(t *testing.T) {
+	doc := diffArray(5000, 0)
+	snapshot := len(doc)
+	tests := []struct {
+		name   string
+		change func([]string) []string
+		ops    int
+	}{
+		{"one changed field", func(e []string) []string {
+			e[2500] = strings.Replace(e[2500], `"qty":2500`, `"qty":-1`, 1)
+			return e
+		}, 1},
+		{"an element inserted in the middle", func(e []string) []string { return slices.Insert(e, 2500, `{"id":-1}`) }, 1},
+		{"an element removed from the middle", func(e []string) []string { return slices.Delete(e, 2500, 2501) }, 1},
+		{"an element moved", func(e []string) []string {
+			x := e[100]
+			return slices.Insert(slices.Delete(e, 100, 101), 4000, x)
+		}, 1},
+		{"two elements swapped", func(e []string) []string {
+			e[10], e[4000] = e[4000], e[10]
+			return e
+		}, 2},
+		{"the first element moved to the end", func(e []string) []string { return append(e[1:], e[0]) }, 1},
+	}
+	d := mustDiffer(t, modeJSONPatch, "")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := diffArrayFrom(tt.change(diffElements(5000, 0)))
+			event, data := checkDiff(t, d, doc, b)
+			var ops []map[string]any
+			if err := json.Unmarshal(data, &ops); err != nil || event != eventPatch {
+				t.Fatalf("got %s %s", event, data)
+			}
+			if len(ops) != tt.ops || len(data)*100 >= snapshot {
+				t.Errorf("patch of %d operations and %d bytes (snapshot %d), want %d operations, under 1%%: %s", len(ops), len(data), snapshot, tt.ops, data)
+			}
+		})
+	}
+}
+
+// diffElements returns n small distinct objects as JSON texts.
+func diffElements(n, seed int) []string {
+	e := make([]string, n)
+	for i := range e {
+		e[i] = fmt.Sprintf(`{"id":%d,"qty":%d}`, i+seed, i)
+	}
+	return e
+}
+
+func diffArrayFrom(e []string) []byte { return []byte("[" + strings.Join(e, ",") + "]") }
+
+func diffArray(n, seed int) []byte { return diffArrayFrom(diffElements(n, seed)) }
+
+// TestDiffRandomDocuments diffs random documents and random changes of them
+// in every mode.
+func TestDiffRandomDocuments(t *testing.T) {
+	// The race detector finds nothing in this code, which runs on one
+	// goroutine, and makes it slow: fewer rounds then.
+	n := 400
+	if testing.Short() || raceEnabled {
+		n = 100
+	}
+	for _, mode := range diffModes {
+		t.Run(mode, func(t *testing.T) {
+			r := rand.New(rand.NewPCG(1, uint64(len(mode))))
+			d := mustDiffer(t, mode, "")
+			for range n {
+				a := randomJSON(r, 4)
+				b := a.clone()
+				if r.IntN(8) == 0 {
+					b = randomJSON(r, 4)
+				} else {
+					for range 1 + r.IntN(3) {
+						b = mutateJSON(r, b)
+					}
+				}
+				checkDiff(t, d, a.encode(r), b.encode(r))
+			}
+		})
+	}
+}
+
+// TestDiffRandomArrays diffs arrays of few distinct values, so that many
+// are equal, with random edits: alignment with duplicates, moves, and
+// changes around them.
+func TestDiffRandomArrays(t *testing.T) {
+	n := 2000
+	if testing.Short() || raceEnabled {
+		n = 500
+	}
+	r := rand.New(rand.NewPCG(2, 3))
+	d := mustDiffer(t, modeJSONPatch, "")
+	for range n {
+		a := make([]any, r.IntN(12))
+		for i := range a {
+			a[i] = r.IntN(5)
+			if r.IntN(4) == 0 {
+				a[i] = map[string]any{"k": r.IntN(3), "v": r.IntN(2)}
+			}
+		}
+		b := slices.Clone(a)
+		for range r.IntN(5) {
+			switch k := r.IntN(5); {
+			case k == 0 || len(b) == 0:
+				b = slices.Insert(b, r.IntN(len(b)+1), any(r.IntN(6)))
+			case k == 1:
+				i := r.IntN(len(b))
+				b = slices.Delete(b, i, i+1)
+			case k == 2:
+				i, j := r.IntN(len(b)), r.IntN(len(b))
+				b[i], b[j] = b[j], b[i]
+			case k == 3:
+				i := r.IntN(len(b))
+				x := b[i]
+				b = slices.Delete(b, i, i+1)
+				b = slices.Insert(b, r.IntN(len(b)+1), x)
+			default:
+				b[r.IntN(len(b))] = map[string]any{"k": r.IntN(3), "v": 9}
+			}
+		}
+		ja, _ := json.Marshal(a)
+		jb, _ := json.Marshal(b)
+		checkDiff(t, d, ja, jb)
+	}
+}
+
+// A jv is a JSON value for the random tests, kept as text where it is a
+// scalar so that numbers and strings can be written any valid way.
+type jv struct {
+	scalar string
+	arr    []*jv
+	keys   []string // raw string contents
+	vals   []*jv
+	isArr  bool
+	isObj  bool
+}
+
+var (
+	randomScalars = []string{`0`, `-0`, `1`, `1.0`, `0.1`, `1e400`, `12345678901234567890`, `-12.5e-3`, `1E+2`,
+		`""`, `"a"`, `"\u0061"`, `"é"`, `"\u00e9"`, `"😀"`, `"\ud83d\ude00"`, `"\ud800"`, `"a\/b"`, `"q\"\\"`, `"line\nbreak"`,
+		`true`, `false`, `null`}
+	randomKeys = []string{``, `a`, `\u0061`, `b`, `id`, `a/b`, `a\/b`, `m~n`, `~1`, `/`, `é`, `\u00e9`, `😀`, `q\"`, `\\`, `x y`}
+)
+
+func randomJSON(r *rand.Rand, depth int) *jv {
+	switch k := r.IntN(4); {
+	case depth == 0 || k == 0:
+		return &jv{scalar: randomScalars[r.IntN(len(randomScalars))]}
+	case k == 1:
+		v := &jv{isArr: true}
+		for range r.IntN(6) {
+			v.arr = append(v.arr, randomJSON(r, depth-1))
+		}
+		return v
+	default:
+		v := &jv{isObj: true}
+		for range r.IntN(5) {
+			v.keys = append(v.keys, randomKeys[r.IntN(len(randomKeys))])
+			v.vals = append(v.vals, randomJSON(r, depth-1))
+		}
+		return v
+	}
+}
+
+func (v *jv) clone() *jv {
+	c := *v
+	c.arr = nil
+	for _, e := range v.arr {
+		c.arr = append(c.arr, e.clone())
+	}
+	c.keys = slices.Clone(v.keys)
+	c.vals = nil
+	for _, e := range v.vals {
+		c.vals = append(c.vals, e.clone())
+	}
+	return &c
+}
+
+// containers returns v and the arrays and objects in it.
+func (v *jv) containers(out []*jv) []*jv {
+	if v.isArr || v.isObj {
+		out = append(out, v)
+	}
+	for _, e := range v.arr {
+		out = e.containers(out)
+	}
+	for _, e := range v.vals {
+		out = e.containers(out)
+	}
+	return out
+}
+
+// mutate makes one random change in v and returns the changed value.
+func mutateJSON(r *rand.Rand, v *jv) *jv {
+	cs := v.containers(nil)
+	if len(cs) == 0 {
+		return randomJSON(r, 2)
+	}
+	c := cs[r.IntN(len(cs))]
+	if c.isArr {
+		n := len(c.arr)
+		switch k := r.IntN(5); {
+		case k == 0 || n == 0:
+			c.arr = slices.Insert(c.arr, r.IntN(n+1), randomJSON(r, 2))
+		case k == 1:
+			i := r.IntN(n)
+			c.arr = slices.Delete(c.arr, i, i+1)
+		case k == 2:
+			i := r.IntN(n)
+			x := c.arr[i]
+			c.arr = slices.Delete(c.arr, i, i+1)
+			c.arr = slices.Insert(c.arr, r.IntN(n), x)
+		case k == 3:
+			c.arr[r.IntN(n)] = randomJSON(r, 2)
+		default:
+			c.arr = slices.Insert(c.arr, r.IntN(n+1), c.arr[r.IntN(n)].clone())
+		}
+		return v
+	}
+	n := len(c.keys)
+	switch k := r.IntN(5); {
+	case k == 0 || n == 0:
+		c.keys = append(c.keys, randomKeys[r.IntN(len(randomKeys))])
+		c.vals = append(c.vals, randomJSON(r, 2))
+	case k == 1:
+		i := r.IntN(n)
+		c.keys = slices.Delete(c.keys, i, i+1)
+		c.vals = slices.Delete(c.vals, i, i+1)
+	case k == 2:
+		c.keys[r.IntN(n)] = randomKeys[r.IntN(len(randomKeys))]
+	case k == 3:
+		c.vals[r.IntN(n)] = &jv{scalar: "null"}
+	default:
+		c.vals[r.IntN(n)] = randomJSON(r, 2)
+	}
+	return v
+}
+
+// encode writes v as JSON, with random whitespace.
+func (v *jv) encode(r *rand.Rand) []byte {
+	var b bytes.Buffer
+	pretty := r.IntN(3) == 0
+	sp := func() {
+		if pretty {
+			b.WriteString([]string{" ", "\n  ", "\t", "\r\n"}[r.IntN(4)])
+		}
+	}
+	var enc func(v *jv)
+	enc = func(v *jv) {
+		sp()
+		switch {
+		case v.isArr:
+			b.WriteByte('[')
+			for i, e := range v.arr {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				enc(e)
+			}
+			sp()
+			b.WriteByte(']')
+		case v.isObj:
+			b.WriteByte('{')
+			for i, k := range v.keys {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				sp()
+				b.WriteString(`"` + k + `"`)
+				sp()
+				b.WriteByte(':')
+				enc(v.vals[i])
+			}
+			sp()
+			b.WriteByte('}')
+		default:
+			b.WriteString(v.scalar)
+		}
+		sp()
+	}
+	enc(v)
+	return b.Bytes()
+}
