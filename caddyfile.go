@@ -1,12 +1,14 @@
 package pollsse
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -32,6 +34,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    timeout       <duration>       # upstream request timeout, default 10s
 //	    write_timeout <duration>       # drop a client whose write blocks this long, default 10s
 //	    header_up     <name> <value>   # static header on every upstream request (repeatable)
+//	    max_backoff   <duration>       # longest wait between polls of a failing upstream, default 1m
+//	    max_body      <size>           # largest upstream body read, such as 512KiB, default 10MiB
+//	    forward_headers <name>...      # subscriber headers sent upstream, part of the topic key (repeatable)
+//	    max_topics    <n>              # most topics polled at once, default 1000
+//	    max_subscribers <n>            # most open streams, default 10000
+//	    mode          <mode>           # json_patch (patch events, default), merge_patch (merge events) or snapshot
+//	    select        <json-pointer>   # stream only this part of each response
+//	    ignore        <json-pointer>...  # parts removed before comparing and sending; token * matches any key or index
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -55,7 +65,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if _, err := parseUpstream(h.Upstream); err != nil {
 				return d.Err(err.Error())
 			}
-		case "interval", "retry", "heartbeat", "idle_timeout", "timeout", "write_timeout":
+		case "interval", "retry", "heartbeat", "idle_timeout", "timeout", "write_timeout", "max_backoff":
 			if !d.NextArg() {
 				return d.Errf("%s: want a duration", name)
 			}
@@ -88,6 +98,64 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.HeaderUp = make(map[string][]string)
 			}
 			h.HeaderUp.Add(field, d.Val())
+		case "max_body":
+			if !d.NextArg() {
+				return d.Errf("max_body: want a size")
+			}
+			size, err := humanize.ParseBytes(d.Val())
+			if err != nil || size == 0 || size > math.MaxInt64 {
+				return d.Errf("max_body: want a positive size such as 512KiB or 10MB, not '%s'", d.Val())
+			}
+			h.MaxBody = int64(size)
+		case "forward_headers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("forward_headers: want one or more header names")
+			}
+			h.ForwardHeaders = append(h.ForwardHeaders, args...)
+			if err := checkForwardHeaders(h.ForwardHeaders, nil); err != nil {
+				return d.Err(err.Error())
+			}
+		case "max_topics", "max_subscribers":
+			if !d.NextArg() {
+				return d.Errf("%s: want a number", name)
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n <= 0 {
+				return d.Errf("%s: want a positive number, not '%s'", name, d.Val())
+			}
+			if name == "max_topics" {
+				h.MaxTopics = n
+			} else {
+				h.MaxSubscribers = n
+			}
+		case "mode":
+			if !d.NextArg() {
+				return d.Errf("mode: want %s, %s or %s", modeJSONPatch, modeMergePatch, modeSnapshot)
+			}
+			if err := checkMode(d.Val()); err != nil {
+				return d.Err(err.Error())
+			}
+			h.Mode = d.Val()
+		case "select":
+			if !d.NextArg() {
+				return d.Errf("select: want a JSON pointer")
+			}
+			if _, err := parsePointer("select", d.Val()); err != nil {
+				return d.Err(err.Error())
+			}
+			h.Select = d.Val()
+		case "ignore":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("ignore: want one or more JSON pointers")
+			}
+			for _, arg := range args {
+				if _, err := parsePointer("ignore", arg); err != nil {
+					return d.Err(err.Error())
+				}
+			}
+			h.Ignore = append(h.Ignore, args...)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", name)
 		}
@@ -99,6 +167,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("upstream: required")
 	}
 	if _, err := parseUpstream(h.Upstream); err != nil {
+		return d.Err(err.Error())
+	}
+	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil
@@ -113,6 +184,7 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 		"idle_timeout":  &h.IdleTimeout,
 		"timeout":       &h.Timeout,
 		"write_timeout": &h.WriteTimeout,
+		"max_backoff":   &h.MaxBackoff,
 	}[name]
 }
 

@@ -7,15 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 )
-
-// maxBodySize bounds how much of a response body is read.
-const maxBodySize = 10 << 20
 
 // A poller fetches one topic's upstream and appends what changed to the
 // topic's log. It runs on one goroutine, so at most one upstream request of a
@@ -23,27 +23,46 @@ const maxBodySize = 10 << 20
 type poller struct {
 	t      *topic
 	logger *zap.Logger
+	sched  schedule
 	// prev is the last document that parsed, nil until the first success.
 	prev *document
+	// etag and lastModified are the validators of the response that made
+	// prev, sent as If-None-Match and If-Modified-Since.
+	etag, lastModified string
 	// failing is set while polls fail after a success, so that the
 	// transitions, not the polls, make status events.
 	failing bool
+	// failures counts the failed polls since the last success.
+	failures int
+	// wait is how long after the start of the last poll the next one starts.
+	wait time.Duration
 }
 
-// run polls the topic's upstream every interval, starting at once, until ctx
-// ends or the topic has had no subscriber for the idle timeout.
+// run polls the topic's upstream, starting at once, then after each poll
+// waits the interval, or a backoff while polls fail, until ctx ends or the
+// topic has had no subscriber for the idle timeout.
 func (t *topic) run(ctx context.Context) {
 	cfg := t.hub.cfg
-	p := &poller{t: t, logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url)))}
+	p := &poller{
+		t:      t,
+		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url))),
+		sched:  schedule{interval: cfg.interval, maxBackoff: cfg.maxBackoff},
+	}
+	p.wait = p.sched.next(0, 0)
 	p.logger.Info("topic started", zap.Duration("interval", cfg.interval))
 	defer p.logger.Info("topic stopped")
+	metrics.topics.Inc()
+	defer metrics.topics.Dec()
 
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		if !t.hub.pace(ctx) {
+			return
+		}
 		start := time.Now()
 		p.poll(ctx)
-		next := start.Add(cfg.interval)
+		next := start.Add(p.wait)
 		for {
 			idleUntil, stop := t.hub.idleUntil(t)
 			if stop {
@@ -69,11 +88,21 @@ func (t *topic) run(ctx context.Context) {
 // poll makes one upstream request and appends its outcome to the log.
 func (p *poller) poll(ctx context.Context) {
 	start := time.Now()
-	body, err := p.fetch(ctx)
+	res, err := p.fetch(ctx)
+	if err == nil && res.notModified {
+		// 304: the document is unchanged, and nothing is read or parsed.
+		p.recovered()
+		metrics.countPoll(pollNotModified, start)
+		p.debug("poll not modified", start)
+		return
+	}
+	body := res.body
 	var doc *document
 	if err == nil {
 		if p.prev != nil && bytes.Equal(body, p.prev.body) {
 			p.recovered()
+			p.keepValidators(res)
+			metrics.countPoll(pollUnchanged, start)
 			p.debug("poll unchanged", start)
 			return
 		}
@@ -83,6 +112,7 @@ func (p *poller) poll(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		metrics.countPoll(pollFailed, start)
 		p.failed(err)
 		return
 	}
@@ -90,24 +120,36 @@ func (p *poller) poll(ctx context.Context) {
 	if p.prev == nil {
 		p.t.log.appendDocument(doc, "", nil)
 		p.prev = doc
+		p.keepValidators(res)
+		metrics.countPoll(pollChanged, start)
 		p.debug("poll first document", start)
 		return
 	}
 	event, data, err := p.t.hub.cfg.differ.diff(p.prev, doc)
 	if err != nil {
+		metrics.countPoll(pollFailed, start)
 		p.failed(err)
 		return
 	}
+	p.keepValidators(res)
 	if event == "" {
 		// Same document in other bytes: keep the new bytes for the next
 		// byte comparison.
 		p.prev = doc
+		metrics.countPoll(pollUnchanged, start)
 		p.debug("poll unchanged", start)
 		return
 	}
 	p.t.log.appendDocument(doc, event, data)
 	p.prev = doc
+	metrics.countPoll(pollChanged, start)
 	p.debug("poll changed", start, zap.String("event", event), zap.Int("bytes", len(data)))
+}
+
+// keepValidators keeps the validators of the response that made the
+// current document, for the conditional requests of the next polls.
+func (p *poller) keepValidators(res response) {
+	p.etag, p.lastModified = res.etag, res.lastModified
 }
 
 func (p *poller) debug(msg string, start time.Time, fields ...zap.Field) {
@@ -119,10 +161,19 @@ func (p *poller) debug(msg string, start time.Time, fields ...zap.Field) {
 // An upstreamError is an answer of the upstream that is not a success.
 type upstreamError struct {
 	status int
+	// retryAfter is what the answer's Retry-After header asked for.
+	retryAfter time.Duration
 }
 
 func (e *upstreamError) Error() string {
 	return fmt.Sprintf("upstream answered %d %s", e.status, http.StatusText(e.status))
+}
+
+// A bodyTooLargeError is a response body over max_body.
+type bodyTooLargeError struct{ limit int64 }
+
+func (e *bodyTooLargeError) Error() string {
+	return fmt.Sprintf("response body larger than max_body (%d bytes)", e.limit)
 }
 
 // statusData is the data of a status event.
@@ -130,30 +181,41 @@ type statusData struct {
 	Upstream string `json:"upstream"`
 	Status   int    `json:"status,omitempty"`
 	Error    string `json:"error,omitempty"`
+	// RetryInMS is how long until the next poll, in milliseconds.
+	RetryInMS int64 `json:"retry_in_ms,omitempty"`
 }
 
-// failed records a failed poll. Subscribers hear of the first failure after
-// a success, not of every failed poll; before the first success they wait.
+// failed records a failed poll and schedules the next one with a backoff.
+// Subscribers hear of the first failure after a success, not of every
+// failed poll; before the first success they wait.
 func (p *poller) failed(err error) {
+	p.failures++
+	var status int
+	var retryAfter time.Duration
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		status, retryAfter = ue.status, ue.retryAfter
+	}
+	p.wait = p.sched.next(p.failures, retryAfter)
+	p.t.answer(status)
 	if p.prev == nil || p.failing {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
-			ce.Write(zap.Error(err))
+			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
 		}
 		return
 	}
 	p.failing = true
-	p.logger.Warn("upstream failing", zap.Error(err))
-	data := statusData{Upstream: "down", Error: err.Error()}
-	var ue *upstreamError
-	if errors.As(err, &ue) {
-		data.Status = ue.status
-	}
+	p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
+	data := statusData{Upstream: "down", Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
 	p.t.log.appendStatus(b, true)
 }
 
-// recovered records a successful poll after failures.
+// recovered records a successful poll, after failures or not.
 func (p *poller) recovered() {
+	p.failures = 0
+	p.wait = p.sched.next(0, 0)
+	p.t.answer(0)
 	if !p.failing {
 		return
 	}
@@ -163,15 +225,26 @@ func (p *poller) recovered() {
 	p.t.log.appendStatus(b, false)
 }
 
-// fetch makes one GET request to the upstream and returns the body of a
-// successful answer.
-func (p *poller) fetch(ctx context.Context) ([]byte, error) {
+// A response is the part of a successful upstream answer that a poll uses.
+type response struct {
+	body []byte
+	// notModified is set for a 304 answer to a conditional request.
+	notModified bool
+	// etag and lastModified are the response's validators.
+	etag, lastModified string
+}
+
+// fetch makes one GET request to the upstream, conditional once there is a
+// document, and returns the successful answer. Redirects are followed only
+// to the same origin (hub.checkRedirect); no more of the body than max_body
+// is read.
+func (p *poller) fetch(ctx context.Context) (response, error) {
 	cfg := p.t.hub.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.t.url, nil)
 	if err != nil {
-		return nil, err
+		return response{}, err
 	}
 	req.Header.Set("Accept", "application/json")
 	for name, values := range cfg.headerUp {
@@ -181,39 +254,104 @@ func (p *poller) fetch(ctx context.Context) ([]byte, error) {
 		}
 		req.Header[http.CanonicalHeaderKey(name)] = values
 	}
+	for name, values := range p.t.header {
+		req.Header[name] = values
+	}
+	if p.prev != nil {
+		if p.etag != "" {
+			req.Header.Set("If-None-Match", p.etag)
+		}
+		if p.lastModified != "" {
+			req.Header.Set("If-Modified-Since", p.lastModified)
+		}
+	}
 	resp, err := p.t.hub.client.Do(req)
 	if err != nil {
-		return nil, describeRequestError(err)
+		return response{}, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotModified && p.prev != nil {
+		return response{notModified: true}, nil
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, &upstreamError{status: resp.StatusCode}
+		// Read a little of an error page, so that the connection can be
+		// used again.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		return response{}, &upstreamError{
+			status:     resp.StatusCode,
+			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+		}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodySize+1))
+	if resp.ContentLength > cfg.maxBody {
+		return response{}, &bodyTooLargeError{cfg.maxBody}
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, cfg.maxBody+1))
 	if err != nil {
-		return nil, fmt.Errorf("reading response body: %w", describeRequestError(err))
+		return response{}, fmt.Errorf("reading response body: %w", err)
 	}
-	if len(body) > maxBodySize {
-		return nil, fmt.Errorf("response body larger than %d bytes", maxBodySize)
+	if int64(len(body)) > cfg.maxBody {
+		return response{}, &bodyTooLargeError{cfg.maxBody}
 	}
-	return body, nil
+	return response{
+		body:         body,
+		etag:         resp.Header.Get("ETag"),
+		lastModified: resp.Header.Get("Last-Modified"),
+	}, nil
 }
 
-// describeRequestError drops the request URL from err, so that a status
-// event or log line does not repeat what the upstream URL holds (such as a
-// key in its query), and names a timeout as such.
+// describeRequestError drops the request URL from err, for logs, so that a
+// log line does not repeat what the upstream URL holds (such as a key in its
+// query), and names a timeout as such.
 func describeRequestError(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
+	if isTimeout(err) {
 		return errors.New("upstream request timed out")
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		if ue.Timeout() {
-			return errors.New("upstream request timed out")
-		}
 		return ue.Err
 	}
 	return err
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+// publicError says what went wrong with a poll in the words of a status
+// event, which every subscriber of the topic reads: what kind of failure it
+// was, without addresses, URLs or what the upstream's body held.
+func publicError(err error) string {
+	var ue *upstreamError
+	var re *redirectError
+	var be *bodyTooLargeError
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &ue):
+		return ue.Error()
+	case errors.As(err, &re):
+		return re.Error()
+	case errors.As(err, &be):
+		return be.Error()
+	case isTimeout(err):
+		return "upstream request timed out"
+	case errors.As(err, &dnsErr):
+		return "upstream host not found"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "upstream refused the connection"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "upstream closed the connection before the end of its answer"
+	}
+	var urlErr *url.Error
+	var opErr *net.OpError
+	if errors.As(err, &urlErr) || errors.As(err, &opErr) {
+		return "upstream request failed"
+	}
+	// An error of the differ: it describes the body, not where it came from.
+	return err.Error()
 }
 
 // redactURL returns u without its password, for logs.

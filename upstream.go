@@ -80,11 +80,19 @@ var placeholderPattern = strings.NewReplacer("{", "x", "}", "x")
 var errBadPlaceholder = errors.New("a placeholder's value is not allowed in the upstream URL")
 
 // expand fills the template's placeholders from repl and returns the upstream
-// URL. Values are escaped as path segments or query values: a "/" in a value
-// separates path segments, but a value can neither hold a "." or ".."
-// segment, nor control characters or invalid UTF-8, so it cannot leave the
-// configured path or change the host. Such a value is refused with an error
-// that wraps errBadPlaceholder.
+// URL. Values are escaped as path segments or query values, and a "/" in a
+// path value separates path segments, so no value can change the scheme,
+// host or port, start a query or a fragment, or inject a header. A value is
+// refused with an error that wraps errBadPlaceholder when it, or what
+// percent-decoding it once or more makes of it (an upstream, or a server
+// behind it, may decode again):
+//   - is not UTF-8 or holds a control character (CR and LF included);
+//   - holds a "#" or a "\" (a path separator to some servers);
+//   - has a "." or ".." segment, which would climb out of the configured path;
+//   - has a segment that begins with "@", which a server that appends the
+//     path to a host of its own reads as credentials followed by another host;
+//
+// and when the URL would be longer than maxTopicURLLength.
 func (t *upstreamTemplate) expand(repl *caddy.Replacer) (string, error) {
 	path, err := repl.ReplaceFunc(t.path, func(_ string, val any) (any, error) {
 		s, err := placeholderString(val)
@@ -93,9 +101,6 @@ func (t *upstreamTemplate) expand(repl *caddy.Replacer) (string, error) {
 		}
 		segs := strings.Split(s, "/")
 		for i, seg := range segs {
-			if seg == "." || seg == ".." {
-				return nil, fmt.Errorf("%w: dot segment", errBadPlaceholder)
-			}
 			segs[i] = url.PathEscape(seg)
 		}
 		return strings.Join(segs, "/"), nil
@@ -123,6 +128,12 @@ func (t *upstreamTemplate) expand(repl *caddy.Replacer) (string, error) {
 	return u, nil
 }
 
+// maxDecodings is how many times a placeholder value is percent-decoded to
+// check what a server that decodes it again would see.
+const maxDecodings = 3
+
+// placeholderString returns a placeholder's value as a string, or an error
+// that wraps errBadPlaceholder when the value is refused (see expand).
 func placeholderString(val any) (string, error) {
 	var s string
 	switch v := val.(type) {
@@ -133,15 +144,50 @@ func placeholderString(val any) (string, error) {
 	default:
 		s = fmt.Sprint(v)
 	}
+	if len(s) > maxTopicURLLength {
+		return "", fmt.Errorf("%w: the upstream URL would be longer than %d bytes", errBadPlaceholder, maxTopicURLLength)
+	}
+	form := s
+	for i := 0; ; i++ {
+		if err := checkPlaceholderForm(form); err != nil {
+			return "", err
+		}
+		if i == maxDecodings || !strings.Contains(form, "%") {
+			return s, nil
+		}
+		decoded, err := url.PathUnescape(form)
+		if err != nil || decoded == form {
+			// A "%" that starts no escape is a literal "%", escaped as such.
+			return s, nil
+		}
+		form = decoded
+	}
+}
+
+// checkPlaceholderForm checks one form of a placeholder value.
+func checkPlaceholderForm(s string) error {
 	if !utf8.ValidString(s) {
-		return "", fmt.Errorf("%w: invalid UTF-8", errBadPlaceholder)
+		return fmt.Errorf("%w: invalid UTF-8", errBadPlaceholder)
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return "", fmt.Errorf("%w: control character", errBadPlaceholder)
+		switch {
+		case r < 0x20 || r == 0x7f:
+			return fmt.Errorf("%w: control character", errBadPlaceholder)
+		case r == '#':
+			return fmt.Errorf("%w: %q", errBadPlaceholder, "#")
+		case r == '\\':
+			return fmt.Errorf("%w: %q", errBadPlaceholder, "\\")
 		}
 	}
-	return s, nil
+	for seg := range strings.SplitSeq(s, "/") {
+		if seg == "." || seg == ".." {
+			return fmt.Errorf("%w: dot segment", errBadPlaceholder)
+		}
+		if strings.HasPrefix(seg, "@") {
+			return fmt.Errorf("%w: a segment that begins with %q", errBadPlaceholder, "@")
+		}
+	}
+	return nil
 }
 
 // isBadPlaceholder tells whether err comes from a refused placeholder value.

@@ -1,0 +1,437 @@
+package pollsse
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+)
+
+// A faultAPI is an upstream that serves a JSON document or, when a fault is
+// set, fails in that way. It records when each request arrived and under
+// which fault.
+type faultAPI struct {
+	*httptest.Server
+	t testing.TB
+	// redirectTo is where the "redirect elsewhere" fault sends polls.
+	redirectTo string
+
+	mu       sync.Mutex
+	doc      string
+	fault    string
+	arrivals []arrival
+}
+
+type arrival struct {
+	at    time.Time
+	fault string
+}
+
+func newFaultAPI(t testing.TB, doc string) *faultAPI {
+	api := &faultAPI{t: t, doc: doc}
+	api.Server = httptest.NewServer(http.HandlerFunc(api.serve))
+	t.Cleanup(api.Close)
+	return api
+}
+
+func (api *faultAPI) set(fault, doc string) {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	api.fault = fault
+	if doc != "" {
+		api.doc = doc
+	}
+}
+
+// failedArrivals returns when the requests that met fault arrived.
+func (api *faultAPI) failedArrivals(fault string) []time.Time {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	var out []time.Time
+	for _, a := range api.arrivals {
+		if a.fault == fault {
+			out = append(out, a.at)
+		}
+	}
+	return out
+}
+
+func (api *faultAPI) serve(w http.ResponseWriter, r *http.Request) {
+	api.mu.Lock()
+	fault, doc := api.fault, api.doc
+	api.arrivals = append(api.arrivals, arrival{time.Now(), fault})
+	api.mu.Unlock()
+
+	hijack := func() net.Conn {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			api.t.Errorf("hijack: %v", err)
+			return nil
+		}
+		return conn
+	}
+	switch fault {
+	case "":
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, doc)
+	case "500":
+		http.Error(w, "boom", http.StatusInternalServerError)
+	case "503":
+		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+	case "503 with Retry-After":
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "maintenance", http.StatusServiceUnavailable)
+	case "429":
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "slow down", http.StatusTooManyRequests)
+	case "hang":
+		<-r.Context().Done()
+	case "connection reset":
+		if conn := hijack(); conn != nil {
+			conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+		}
+	case "truncated body":
+		if conn := hijack(); conn != nil {
+			fmt.Fprint(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"a\":[1,2,")
+			conn.Close()
+		}
+	case "invalid JSON":
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"a":1,`)
+	case "HTML":
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprint(w, "<html><body>Service temporarily unavailable</body></html>")
+	case "body over max_body":
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"pad":%q}`, strings.Repeat("x", 4<<10))
+	case "body over max_body, chunked":
+		w.Header().Set("Content-Type", "application/json")
+		for range 64 {
+			if _, err := fmt.Fprintf(w, `{"pad":%q}`, strings.Repeat("x", 1<<10)); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	case "slow trickle":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		for {
+			if _, err := w.Write([]byte(" ")); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	case "redirect to another host":
+		http.Redirect(w, r, api.redirectTo, http.StatusFound)
+	default:
+		api.t.Errorf("unknown fault %q", fault)
+	}
+}
+
+// A trackedClient is one browser: its own HTTP client, whose connections
+// are counted, one stream, and the document it rebuilds from the events.
+type trackedClient struct {
+	t     testing.TB
+	dials atomic.Int32
+	sc    *streamClient
+	doc   []byte
+}
+
+func newTrackedClient(t testing.TB, url string) *trackedClient {
+	c := &trackedClient{t: t}
+	dialer := &net.Dialer{}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c.dials.Add(1)
+			return dialer.DialContext(ctx, network, addr)
+		},
+	}}
+	c.sc = openStream(t, client, url, "")
+	return c
+}
+
+// next returns the next event, applying snapshots and patches to the
+// client's document.
+func (c *trackedClient) next(timeout time.Duration) sseEvent {
+	c.t.Helper()
+	ev := c.sc.next(timeout)
+	switch ev.name {
+	case "snapshot":
+		c.doc = []byte(ev.data)
+	case "patch":
+		patch, err := jsonpatch.DecodePatch([]byte(ev.data))
+		if err != nil {
+			c.t.Fatalf("patch %s: %v", ev.data, err)
+		}
+		if c.doc, err = patch.Apply(c.doc); err != nil {
+			c.t.Fatalf("patch %s does not apply to %s: %v", ev.data, c.doc, err)
+		}
+	case "merge":
+		doc, err := jsonpatch.MergePatch(c.doc, []byte(ev.data))
+		if err != nil {
+			c.t.Fatalf("merge %s: %v", ev.data, err)
+		}
+		c.doc = doc
+	}
+	return ev
+}
+
+// decodeStatus returns a status event's data.
+func decodeStatus(t testing.TB, ev sseEvent) statusData {
+	t.Helper()
+	if ev.name != "status" || ev.hasID {
+		t.Fatalf("got %+v, want a status event without id", ev)
+	}
+	var sd statusData
+	if err := json.Unmarshal([]byte(ev.data), &sd); err != nil {
+		t.Fatalf("status data %q: %v", ev.data, err)
+	}
+	return sd
+}
+
+// checkBackoff checks the arrivals of the polls that failed in a row: the
+// wait after the i-th failure is interval×2^i capped at maxBackoff, less up
+// to a quarter, never less than the interval, nor than a poll that takes
+// pollTime, nor than a Retry-After (itself capped at maxBackoff). Arrival
+// times carry the upstream's scheduling noise, so the lower bound is
+// checked on the time from the first failure, which one late arrival does
+// not shorten much, and the upper bound on each wait. It returns the waits.
+func checkBackoff(t *testing.T, arrivals []time.Time, interval, maxBackoff, pollTime, retryAfter time.Duration) []time.Duration {
+	t.Helper()
+	const slack = 30 * time.Millisecond
+	var gaps []time.Duration
+	var least time.Duration
+	for i := 1; i < len(arrivals); i++ {
+		gap := arrivals[i].Sub(arrivals[i-1])
+		gaps = append(gaps, gap.Round(time.Millisecond))
+		base := interval
+		for range i {
+			base = min(2*base, maxBackoff)
+		}
+		ra := min(retryAfter, maxBackoff)
+		least += max(base-base/backoffJitter, interval, pollTime, ra)
+		if elapsed := arrivals[i].Sub(arrivals[0]); elapsed < least-slack {
+			t.Errorf("%d polls in %s after the first failure, want at least %s between them (waits %v)", i, elapsed, least, gaps)
+		}
+		if most := max(base, pollTime, ra) + 400*time.Millisecond; gap > most {
+			t.Errorf("wait after failure %d: %s, want at most %s (waits %v)", i, gap, most, gaps)
+		}
+	}
+	return gaps
+}
+
+// TestFaultsKeepStreamsOpen runs a real Caddy with subscribers connected
+// against an upstream that fails in every way in turn, and recovers after
+// each: streams stay open on their one connection, each failure and each
+// recovery is one status event, polls back off while the upstream fails,
+// and after each recovery every client's document is the upstream's.
+func TestFaultsKeepStreamsOpen(t *testing.T) {
+	const (
+		interval   = 10 * time.Millisecond
+		maxBackoff = 80 * time.Millisecond
+		timeout    = 150 * time.Millisecond
+		clients    = 3
+	)
+	canary := newCanary(t)
+	api := newFaultAPI(t, `{"round":0}`)
+	api.redirectTo = canary.URL + "/elsewhere"
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":%q,"max_backoff":%q,"timeout":%q,"max_body":1024,"heartbeat":"1s"`,
+		api.URL, interval, maxBackoff, timeout))+"]")
+
+	var cs []*trackedClient
+	for range clients {
+		c := newTrackedClient(t, base+"/events")
+		if ev := c.next(5 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("first event %+v", ev)
+		}
+		cs = append(cs, c)
+	}
+
+	faults := []struct {
+		fault     string
+		status    int
+		errorHas  string
+		slow      bool // the failing poll takes the timeout
+		wantPolls int
+	}{
+		{"500", 500, "upstream answered 500 Internal Server Error", false, 5},
+		{"503 with Retry-After", 503, "upstream answered 503 Service Unavailable", false, 4},
+		{"429", 429, "upstream answered 429 Too Many Requests", false, 4},
+		{"hang", 0, "upstream request timed out", true, 3},
+		{"connection reset", 0, "upstream closed the connection", false, 5},
+		{"truncated body", 0, "upstream closed the connection", false, 5},
+		{"invalid JSON", 0, "", false, 5},
+		{"HTML", 0, "", false, 5},
+		{"body over max_body", 0, "response body larger than max_body (1024 bytes)", false, 5},
+		{"body over max_body, chunked", 0, "response body larger than max_body (1024 bytes)", false, 5},
+		{"slow trickle", 0, "upstream request timed out", true, 3},
+		{"redirect to another host", 0, "upstream redirect not followed", false, 5},
+	}
+	for round, f := range faults {
+		t.Run(f.fault, func(t *testing.T) {
+			api.set(f.fault, "")
+			for _, c := range cs {
+				sd := decodeStatus(t, c.next(5*time.Second))
+				if sd.Upstream != "down" || sd.Status != f.status || sd.Error == "" || !strings.Contains(sd.Error, f.errorHas) || sd.RetryInMS <= 0 {
+					t.Errorf("status %+v, want down with status %d and an error containing %q", sd, f.status, f.errorHas)
+				}
+				if strings.Contains(sd.Error, "127.0.0.1") || strings.Contains(sd.Error, "Service temporarily") {
+					t.Errorf("status error %q tells subscribers about the upstream's address or body", sd.Error)
+				}
+			}
+			waitFor(t, 10*time.Second, fmt.Sprintf("%d failed polls", f.wantPolls), func() bool {
+				return len(api.failedArrivals(f.fault)) >= f.wantPolls
+			})
+			var pollTime time.Duration
+			if f.slow {
+				pollTime = timeout
+			}
+			// Retry-After asks for 1s, more than max_backoff: the wait is
+			// max_backoff from the first failure on.
+			var retryAfter time.Duration
+			if f.status == 503 || f.status == 429 {
+				retryAfter = time.Second
+			}
+			arrivals := api.failedArrivals(f.fault)
+			if f.fault == "connection reset" {
+				arrivals = dropTransportRetries(arrivals)
+			}
+			t.Logf("waits between failed polls: %v", checkBackoff(t, arrivals, interval, maxBackoff, pollTime, retryAfter))
+			// Still one status event for the whole outage.
+			for _, c := range cs {
+				if ev, ok := c.sc.nextOrTimeout(20 * time.Millisecond); ok {
+					t.Errorf("a second event during one outage: %+v", ev)
+				}
+			}
+			doc := fmt.Sprintf(`{"round":%d,"fault":%q}`, round+1, f.fault)
+			api.set("", doc)
+			for _, c := range cs {
+				if sd := decodeStatus(t, c.next(5*time.Second)); sd.Upstream != "up" || sd.Status != 0 || sd.Error != "" {
+					t.Errorf("status %+v, want up", sd)
+				}
+				if ev := c.next(5 * time.Second); ev.name == "status" {
+					t.Errorf("got %+v, want the change", ev)
+				}
+				if !sameJSON(string(c.doc), doc) {
+					t.Errorf("client document %s, upstream %s", c.doc, doc)
+				}
+			}
+		})
+	}
+	for i, c := range cs {
+		if n := c.dials.Load(); n != 1 {
+			t.Errorf("client %d opened %d connections, want its one stream from start to end", i, n)
+		}
+		select {
+		case err := <-c.sc.done:
+			t.Errorf("client %d's stream ended: %v", i, err)
+		default:
+		}
+	}
+	if n := canary.count.Load(); n != 0 {
+		t.Errorf("the host the upstream redirected to received %d requests", n)
+	}
+}
+
+// dropTransportRetries drops the arrivals that came within a few
+// milliseconds of the one before: Go's HTTP transport sends a request again,
+// once, when a connection it reused is reset before any answer, and that is
+// one poll.
+func dropTransportRetries(arrivals []time.Time) []time.Time {
+	var out []time.Time
+	for _, a := range arrivals {
+		if len(out) > 0 && a.Sub(out[len(out)-1]) < 5*time.Millisecond {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// A canary is a server that no poll may ever reach.
+type canary struct {
+	*httptest.Server
+	count atomic.Int64
+}
+
+func newCanary(t testing.TB) *canary {
+	c := &canary{}
+	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.count.Add(1)
+		t.Errorf("the canary received %s %s", r.Method, r.URL)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"canary":true}`)
+	}))
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	api := newFaultAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"10ms","max_backoff":"5s"`, api.URL))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	sc.next(5 * time.Second)
+	api.set("429", "")
+	sd := decodeStatus(t, sc.next(5*time.Second))
+	if sd.Status != 429 || sd.RetryInMS != 1000 {
+		t.Errorf("status %+v, want 429 with retry_in_ms 1000 (Retry-After: 1)", sd)
+	}
+	waitFor(t, 5*time.Second, "the poll after Retry-After", func() bool { return len(api.failedArrivals("429")) >= 2 })
+	arrivals := api.failedArrivals("429")
+	if gap := arrivals[1].Sub(arrivals[0]); gap < time.Second-5*time.Millisecond {
+		t.Errorf("polled again %s after Retry-After: 1", gap)
+	}
+	api.set("", `{"a":2}`)
+	if sd := decodeStatus(t, sc.next(5*time.Second)); sd.Upstream != "up" {
+		t.Errorf("status %+v, want up", sd)
+	}
+	// The first success returns to the interval.
+	n := len(api.failedArrivals(""))
+	waitFor(t, 5*time.Second, "polls at the interval", func() bool { return len(api.failedArrivals("")) >= n+10 })
+}
+
+// TestSubscriberFirstAnswerWaitIsBounded checks the one delay before a
+// stream's headers: a subscriber of a topic that has had no answer waits
+// for the first, but not longer than the timeout.
+func TestSubscriberFirstAnswerWaitIsBounded(t *testing.T) {
+	api := newFaultAPI(t, `{"a":1}`)
+	api.set("hang", "")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"10ms","timeout":"300ms","max_backoff":"10ms"`, api.URL))+"]")
+	start := time.Now()
+	resp, err := http.Get(base + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if took := time.Since(start); resp.StatusCode != http.StatusOK || took > 2*time.Second {
+		t.Fatalf("status %d after %s, want 200 within about the timeout", resp.StatusCode, took)
+	}
+	// A topic that has had its first answer makes nobody wait.
+	start = time.Now()
+	resp2, err := http.Get(base + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp2.Body.Close()
+	if took := time.Since(start); took > 150*time.Millisecond {
+		t.Errorf("the second subscriber waited %s for headers", took)
+	}
+}
