@@ -1,0 +1,255 @@
+package pollsse
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// A logLine is one JSON line of Caddy's log.
+type logLine struct {
+	Level    string `json:"level"`
+	Logger   string `json:"logger"`
+	Msg      string `json:"msg"`
+	Upstream string `json:"upstream"`
+	raw      string
+}
+
+// readLogLines reads a log file that Caddy wrote as JSON lines.
+func readLogLines(t *testing.T, path string) []logLine {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var lines []logLine
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var l logLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("a log line that is not JSON: %s", sc.Text())
+		}
+		l.raw = sc.Text()
+		lines = append(lines, l)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return lines
+}
+
+// TestLogsAtDebugHoldNoCredentials runs Caddy with its log at DEBUG into a
+// file, access logs included, through a topic's whole life: start, changes,
+// an outage and its recovery, subscribers whose forwarded credentials the
+// upstream accepts and refuses, a refused placeholder value, and the idle
+// stop. The upstream URL has a password, header_up sets Authorization, and
+// subscribers' Authorization and Cookie are forwarded. None of them appears
+// in any log line, and each lifecycle line is there at its level.
+func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
+	const (
+		userinfoSecret  = "userinfo-s3cret"
+		headerUpSecret  = "header-up-s3cret"
+		forwardedSecret = "forwarded-s3cret"
+		refusedSecret   = "refused-s3cret"
+		cookieSecret    = "cookie-s3cret"
+	)
+	secrets := []string{
+		userinfoSecret, headerUpSecret, forwardedSecret, refusedSecret, cookieSecret,
+		base64.StdEncoding.EncodeToString([]byte("alice:" + userinfoSecret)),
+	}
+
+	var mu sync.Mutex
+	version, failing := 0, false
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		v, fail := version, failing
+		mu.Unlock()
+		switch {
+		case r.URL.Path == "/user" && r.Header.Get("Authorization") != "Bearer "+forwardedSecret:
+			w.WriteHeader(http.StatusUnauthorized)
+		case fail:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintf(w, `{"path":%q,"v":%d}`, r.URL.Path, v)
+		}
+	}))
+	t.Cleanup(upstream.Close)
+	set := func(v int, fail bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		version, failing = v, fail
+	}
+
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	port := freePort(t)
+	withPassword := strings.Replace(upstream.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
+	cfg := fmt.Sprintf(`{
+		"admin": {"disabled": true},
+		"storage": {"module": "file_system", "root": %q},
+		"logging": {"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
+		"apps": {"http": {"servers": {"test": {
+			"listen": ["127.0.0.1:%d"],
+			"automatic_https": {"disable": true},
+			"logs": {},
+			"routes": [%s, %s]
+		}}}}
+	}`, t.TempDir(), logFile, port,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"100ms","header_up":{"Authorization":["Bearer %s"]}`,
+			withPassword+"/doc/{http.request.uri.path.1}", headerUpSecret)),
+		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"100ms","forward_headers":["Authorization","Cookie"]`,
+			upstream.URL+"/user")))
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			stopCaddy(t)
+		}
+	})
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	// A topic starts, changes, fails and recovers.
+	a := openStream(t, http.DefaultClient, base+"/doc/orders", "")
+	if ev := a.next(10 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	set(1, false)
+	if ev := a.next(10 * time.Second); ev.name != "patch" {
+		t.Fatalf("got %+v", ev)
+	}
+	set(1, true)
+	if ev := a.next(10 * time.Second); ev.name != "status" {
+		t.Fatalf("got %+v", ev)
+	}
+	time.Sleep(100 * time.Millisecond) // more failed polls: one line for the outage
+	set(2, false)
+	for ev := a.next(10 * time.Second); ev.name != "patch"; ev = a.next(10 * time.Second) {
+	}
+
+	// Forwarded credentials that the upstream accepts, and others that it
+	// refuses.
+	get := func(auth string) *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, base+"/user", nil)
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("Cookie", "session="+cookieSecret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	accepted := get("Bearer " + forwardedSecret)
+	br := bufio.NewReader(accepted.Body)
+	for {
+		ev, err := readEvent(br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.name == "snapshot" {
+			break
+		}
+	}
+	refused := get("Bearer " + refusedSecret)
+	refused.Body.Close()
+	if refused.StatusCode != http.StatusUnauthorized {
+		t.Errorf("refused credentials got %s, want 401", refused.Status)
+	}
+
+	// A placeholder value that is refused.
+	if resp, err := http.Get(base + "/doc/x%0d%0aHost:%20evil"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("a control character got %s, want 400", resp.Status)
+		}
+	}
+
+	// Everyone leaves; the topics stop when idle. (With access logs on,
+	// a stream's connection is wrapped by Caddy, and the handler notices
+	// that a client left when a write fails: a heartbeat, soon.)
+	a.close()
+	accepted.Body.Close()
+	stoppedTopics := func() int {
+		n := 0
+		for _, l := range readLogLines(t, logFile) {
+			if l.Msg == "topic stopped" {
+				n++
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(10 * time.Second); stoppedTopics() != 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			for _, l := range readLogLines(t, logFile) {
+				if l.Logger == "http.handlers.poll_sse" && l.Level != "debug" {
+					t.Log(l.raw)
+				}
+			}
+			t.Fatalf("%d topics stopped, want 3", stoppedTopics())
+		}
+	}
+	stopCaddy(t)
+	stopped = true
+	assertNoStreamGoroutines(t)
+
+	lines := readLogLines(t, logFile)
+	count := map[string]int{}
+	for _, l := range lines {
+		for _, s := range secrets {
+			if strings.Contains(l.raw, s) {
+				t.Errorf("a log line holds the credential %q: %s", s, l.raw)
+			}
+		}
+		if l.Logger == "http.handlers.poll_sse" {
+			count[l.Level+" "+l.Msg]++
+			if l.Upstream != "" && !strings.Contains(l.Upstream, "/user") && !strings.HasPrefix(l.Upstream, "http://alice:xxxxx@") {
+				t.Errorf("the upstream of a topic with a password is logged as %q", l.Upstream)
+			}
+		}
+		if strings.HasPrefix(l.Logger, "http.log.access") {
+			count["access log"]++
+			if strings.Contains(l.raw, `"Authorization":["REDACTED"]`) {
+				count["access log with a forwarded Authorization"]++
+			}
+		}
+	}
+	for _, want := range []struct {
+		line    string
+		atLeast int
+		atMost  int
+	}{
+		{"info topic started", 3, 3},
+		{"info topic stopped", 3, 3},
+		{"debug poll changed", 2, 1000},
+		{"debug poll unchanged", 1, 1000},
+		{"debug poll failed", 1, 1000},
+		{"warn upstream failing", 1, 1},
+		{"info upstream recovered", 1, 1},
+		{"access log", 3, 1000},
+		{"access log with a forwarded Authorization", 2, 1000},
+	} {
+		if n := count[want.line]; n < want.atLeast || n > want.atMost {
+			t.Errorf("%q: %d lines, want %d to %d", want.line, n, want.atLeast, want.atMost)
+		}
+	}
+	if t.Failed() {
+		for _, l := range lines {
+			t.Log(l.raw)
+		}
+	}
+}
