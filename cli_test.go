@@ -3,7 +3,7 @@ package pollsse
 import (
 	"bytes"
 	"fmt"
-	"net"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -51,15 +51,42 @@ func caddyBinary(t testing.TB) string {
 type caddyProcess struct {
 	bin, config, admin string
 	cmd                *exec.Cmd
-	output             *bytes.Buffer
+	output             *lockedBuffer
 	exited             chan error
 }
 
-func startCaddyProcess(t *testing.T, caddyfile string) *caddyProcess {
+// A lockedBuffer is the output of a process, which its copying goroutines
+// write while a test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (lb *lockedBuffer) Write(p []byte) (int, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.b.Write(p)
+}
+
+func (lb *lockedBuffer) String() string {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.b.String()
+}
+
+// startCaddyProcess runs the caddy binary with caddyfile, which has no
+// global options block: the admin endpoint (on a free port) and the storage
+// (in a temporary directory) are set, and each of globalOptions is added as
+// one more line of the block.
+func startCaddyProcess(t *testing.T, caddyfile string, globalOptions ...string) *caddyProcess {
 	t.Helper()
-	p := &caddyProcess{bin: caddyBinary(t), config: filepath.Join(t.TempDir(), "Caddyfile"), output: new(bytes.Buffer), exited: make(chan error, 1)}
+	p := &caddyProcess{bin: caddyBinary(t), config: filepath.Join(t.TempDir(), "Caddyfile"), output: new(lockedBuffer), exited: make(chan error, 1)}
 	p.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	caddyfile = fmt.Sprintf("{\n\tadmin %s\n\tstorage file_system %s\n}\n", p.admin, t.TempDir()) + caddyfile
+	var extra string
+	for _, o := range globalOptions {
+		extra += "\t" + o + "\n"
+	}
+	caddyfile = fmt.Sprintf("{\n\tadmin %s\n\tstorage file_system %s\n%s}\n", p.admin, t.TempDir(), extra) + caddyfile
 	if err := os.WriteFile(p.config, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -76,12 +103,17 @@ func startCaddyProcess(t *testing.T, caddyfile string) *caddyProcess {
 			t.Logf("caddy output:\n%s", p.output)
 		}
 	})
-	waitFor(t, 30*time.Second, "caddy's admin endpoint", func() bool {
-		c, err := net.Dial("tcp", p.admin)
-		if err == nil {
-			c.Close()
+	// The admin endpoint listens before the config's servers do; its
+	// /config/ answers once the config has loaded (Caddy holds the config
+	// lock while it starts the servers), so the sites listen from then on.
+	waitFor(t, 30*time.Second, "caddy to load its config", func() bool {
+		resp, err := http.Get("http://" + p.admin + "/config/")
+		if err != nil {
+			return false
 		}
-		return err == nil
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK && len(bytes.TrimSpace(body)) > 0 && string(bytes.TrimSpace(body)) != "null"
 	})
 	return p
 }

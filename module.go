@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -77,8 +78,70 @@ type Handler struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
-	// application/json` is sent unless set here.
+	// application/json` is sent unless set here. Values may hold Caddy's
+	// global placeholders, such as `{env.LEGACY_API_KEY}` or
+	// `{file./run/secrets/key}`, read when the configuration loads, so that
+	// a key can stay out of the configuration.
 	HeaderUp http.Header `json:"header_up,omitempty"`
+
+	// The longest wait between polls of a failing upstream. After n
+	// consecutive failed polls (connection errors, timeouts, 4xx and 5xx
+	// answers, bodies that do not parse, refused redirects) the next poll
+	// waits interval×2ⁿ less up to a quarter of random jitter, at most this
+	// long; a `Retry-After` of the upstream is honoured up to this long. The
+	// first success returns to the interval. A value no longer than the
+	// interval turns the backoff off. Default: 1m.
+	MaxBackoff caddy.Duration `json:"max_backoff,omitempty"`
+
+	// The largest upstream response body, in bytes. A larger body is a
+	// failed poll, and no more of it than this is read. Default: 10MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// Headers of the subscriber's request to copy to the upstream request,
+	// typically `Authorization` or `Cookie`. Their values are part of the
+	// topic's key (hashed, never logged): subscribers whose values differ
+	// never share a poller, a document or a history. Without this, nothing
+	// of the subscriber's request reaches the upstream except the values of
+	// the URL's placeholders. Default: none.
+	ForwardHeaders []string `json:"forward_headers,omitempty"`
+
+	// The most topics (one per upstream URL and forwarded header values)
+	// this handler polls at once. Beyond it, a subscriber of a new topic gets
+	// 503 with `Retry-After` unless a topic without subscribers can be
+	// stopped to make room; existing streams carry on. Default: 1000.
+	MaxTopics int `json:"max_topics,omitempty"`
+
+	// The most open streams this handler serves at once. Beyond it, a new
+	// subscriber gets 503 with `Retry-After`; existing streams carry on.
+	// Default: 10000.
+	MaxSubscribers int `json:"max_subscribers,omitempty"`
+
+	// What a change is sent as. `json_patch`: a `patch` event, an RFC 6902
+	// JSON Patch. `merge_patch`: a `merge` event, an RFC 7386 JSON Merge
+	// Patch, or a `snapshot` event where a merge patch cannot say the change
+	// (a member set to null, or a document that is not an object).
+	// `snapshot`: a whole `snapshot` event; this mode also streams responses
+	// that are not JSON, compared byte for byte and sent as text. A change
+	// whose patch would be more than 1 KiB longer than the document, or that
+	// replaces the whole document, is sent as a snapshot in every mode.
+	// Numbers keep their exact text, and of the members of an object that
+	// have the same key, the last one is kept. Default: json_patch.
+	Mode string `json:"mode,omitempty"`
+
+	// A JSON Pointer (RFC 6901) to the part of each response to stream,
+	// such as `/data/items`. A response in which it points at nothing is a
+	// failed poll, which subscribers hear of as a `status` event. Default:
+	// the whole response.
+	Select string `json:"select,omitempty"`
+
+	// JSON Pointers to parts of each response that are removed before it is
+	// compared and sent, such as a `generated_at` time that changes on every
+	// poll: they never cause an event and are absent from snapshots too.
+	// They point into the whole response, not into the part that `select`
+	// chose, and a token `*` matches every member or element:
+	// `/items/*/updated_at`. A pointer that matches nothing removes nothing.
+	// Default: none.
+	Ignore []string `json:"ignore,omitempty"`
 
 	logger   *zap.Logger
 	upstream *upstreamTemplate
@@ -90,6 +153,9 @@ type Handler struct {
 	// to shut down: Caddy cancels the contexts of open requests on neither.
 	streams     context.Context
 	stopStreams context.CancelFunc
+
+	// detached holds the streams taken off their goroutines (fanout.go).
+	detached *detachedStreams
 }
 
 // CaddyModule returns the Caddy module information.
@@ -124,6 +190,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.WriteTimeout == 0 {
 		h.WriteTimeout = caddy.Duration(defaultWriteTimeout)
 	}
+	if h.MaxBackoff == 0 {
+		h.MaxBackoff = caddy.Duration(defaultMaxBackoff)
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = defaultMaxBody
+	}
+	if h.MaxTopics == 0 {
+		h.MaxTopics = defaultMaxTopics
+	}
+	if h.MaxSubscribers == 0 {
+		h.MaxSubscribers = defaultMaxSubscribers
+	}
+	if h.Mode == "" {
+		h.Mode = modeJSONPatch
+	}
 	if err := h.validate(); err != nil {
 		return err
 	}
@@ -132,14 +213,37 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.upstream = upstream
+	d, err := newDiffer(h.Mode, h.Select, h.Ignore)
+	if err != nil {
+		return err
+	}
+	if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	var headerUp http.Header
+	if h.HeaderUp != nil {
+		headerUp = make(http.Header, len(h.HeaderUp))
+		repl := caddy.NewReplacer()
+		for name, values := range h.HeaderUp {
+			for _, v := range values {
+				headerUp[name] = append(headerUp[name], repl.ReplaceKnown(v, ""))
+			}
+		}
+	}
 
 	cfg := topicConfig{
 		interval:    time.Duration(h.Interval),
 		idleTimeout: time.Duration(h.IdleTimeout),
 		timeout:     time.Duration(h.Timeout),
 		history:     h.History,
-		headerUp:    h.HeaderUp,
-		differ:      jsonPatchDiffer{},
+		headerUp:    headerUp,
+		differ:      d,
+
+		maxBackoff:     time.Duration(h.MaxBackoff),
+		maxBody:        h.MaxBody,
+		forwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
+		maxTopics:      h.MaxTopics,
+		maxSubscribers: h.MaxSubscribers,
 	}
 	key, err := json.Marshal(struct {
 		Upstream    string
@@ -148,7 +252,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Timeout     time.Duration
 		History     int
 		HeaderUp    http.Header
-	}{h.Upstream, cfg.interval, cfg.idleTimeout, cfg.timeout, cfg.history, cfg.headerUp})
+		Mode        string
+		Select      string
+		Ignore      []string
+
+		MaxBackoff     time.Duration
+		MaxBody        int64
+		ForwardHeaders []string
+		MaxTopics      int
+		MaxSubscribers int
+	}{h.Upstream, cfg.interval, cfg.idleTimeout, cfg.timeout, cfg.history, cfg.headerUp, h.Mode, h.Select, h.Ignore,
+		cfg.maxBackoff, cfg.maxBody, cfg.forwardHeaders, cfg.maxTopics, cfg.maxSubscribers})
 	if err != nil {
 		return fmt.Errorf("encoding hub key: %w", err)
 	}
@@ -166,6 +280,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		srv.RegisterOnShutdown(func() { h.stopStreams() })
 	}
 	h.ticker = newHeartbeatTicker(ctx, time.Duration(h.Heartbeat))
+	h.detached = &detachedStreams{groups: make(map[*topic]*connGroup)}
 	return nil
 }
 
@@ -185,6 +300,7 @@ func (h *Handler) validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"interval": h.Interval, "retry": h.Retry, "heartbeat": h.Heartbeat,
 		"idle_timeout": h.IdleTimeout, "timeout": h.Timeout, "write_timeout": h.WriteTimeout,
+		"max_backoff": h.MaxBackoff,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
@@ -192,6 +308,19 @@ func (h *Handler) validate() error {
 	}
 	if h.History < 0 {
 		return fmt.Errorf("history: must be positive, not %d", h.History)
+	}
+	for name, n := range map[string]int64{
+		"max_body": h.MaxBody, "max_topics": int64(h.MaxTopics), "max_subscribers": int64(h.MaxSubscribers),
+	} {
+		if n < 0 {
+			return fmt.Errorf("%s: must be positive, not %d", name, n)
+		}
+	}
+	if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
+		return err
+	}
+	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
+		return err
 	}
 	return nil
 }
@@ -224,14 +353,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	t := h.hub.subscribe(topicURL)
-	defer h.hub.unsubscribe(t)
+	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r))
+	if err != nil {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(time.Duration(h.Retry))))
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	// A stream that detach takes over unsubscribes when it ends.
+	detached := false
+	defer func() {
+		if !detached {
+			h.hub.unsubscribe(t)
+		}
+	}()
+	// A subscriber of a topic that has had no answer yet waits for the
+	// first, at most the timeout, before the headers go out: when the
+	// upstream refuses the forwarded credentials, the subscriber gets the
+	// upstream's 401 or 403 (and EventSource stops), as does anyone who
+	// arrives while the latest answer is one of those.
+	if status := t.deniedStatus(r.Context(), h.streams.Done(), time.Duration(h.Timeout)); status != 0 {
+		return caddyhttp.Error(status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
+	}
 
 	lastEventID := r.Header.Get("Last-Event-ID")
 	if lastEventID == "" {
 		lastEventID = r.URL.Query().Get("last_event_id")
 	}
 	cursor := t.log.resume(lastEventID)
+	metrics.countResume(lastEventID, cursor)
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
@@ -244,8 +392,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if err := ew.write(retryFrame(time.Duration(h.Retry))); err != nil {
 		return nil
 	}
+	if detached = h.detach(w, r, t, cursor); detached {
+		return nil
+	}
 	h.stream(r.Context(), ew, t.log, cursor)
 	return nil
+}
+
+// A frameWriter writes whole frames to one stream, each in one write that it
+// flushes: an eventWriter, or a hijackedWriter (fanout.go).
+type frameWriter interface {
+	write(frame []byte) error
+	// lastWrite is when the last frame was written.
+	lastWrite() time.Time
 }
 
 // maxFramesPerRead bounds the frames a subscriber takes from the log at once.
@@ -257,15 +416,17 @@ const maxFramesPerRead = 64
 // behind only delays itself: when it has missed more than the history holds,
 // its next read is a fresh snapshot; when a write blocks for the write
 // timeout, the stream ends, and the browser reconnects and resumes by id.
-func (h *Handler) stream(ctx context.Context, ew *eventWriter, log eventLog, cursor uint64) {
+func (h *Handler) stream(ctx context.Context, ew frameWriter, log eventLog, cursor uint64) {
 	buf := make([][]byte, 0, maxFramesPerRead)
 	heartbeat := time.Duration(h.Heartbeat)
 	for {
 		frames, next, wake := log.read(cursor, buf[:0])
 		for _, f := range frames {
 			if err := ew.write(f); err != nil {
+				metrics.countWriteError(err)
 				return
 			}
+			metrics.countSent(f)
 		}
 		cursor = next
 		if len(frames) > 0 {
@@ -274,10 +435,12 @@ func (h *Handler) stream(ctx context.Context, ew *eventWriter, log eventLog, cur
 		select {
 		case <-wake:
 		case <-h.ticker.tick():
-			if time.Since(ew.last) >= heartbeat {
+			if time.Since(ew.lastWrite()) >= heartbeat {
 				if err := ew.write(heartbeatFrame); err != nil {
+					metrics.countWriteError(err)
 					return
 				}
+				metrics.countSent(heartbeatFrame)
 			}
 		case <-ctx.Done():
 			return

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -14,6 +14,7 @@ import (
 const (
 	eventSnapshot = "snapshot"
 	eventPatch    = "patch"
+	eventMerge    = "merge"
 	eventStatus   = "status"
 )
 
@@ -109,13 +110,16 @@ func (ew *eventWriter) write(frame []byte) error {
 	return nil
 }
 
+func (ew *eventWriter) lastWrite() time.Time { return ew.last }
+
 // A heartbeatTicker wakes every stream of a handler a few times per
 // heartbeat period, so that each can send a heartbeat when it has been
 // silent long enough, without a timer per stream. One channel is closed and
 // replaced per tick.
 type heartbeatTicker struct {
-	mu sync.Mutex
-	ch chan struct{}
+	// ch is read by every stream at every wake-up: an atomic load, not a
+	// lock that thousands of streams woken together would queue on.
+	ch atomic.Pointer[chan struct{}]
 }
 
 // heartbeatTicks is how many ticks a heartbeat period has: a heartbeat goes
@@ -123,7 +127,9 @@ type heartbeatTicker struct {
 const heartbeatTicks = 4
 
 func newHeartbeatTicker(ctx context.Context, heartbeat time.Duration) *heartbeatTicker {
-	t := &heartbeatTicker{ch: make(chan struct{})}
+	t := new(heartbeatTicker)
+	ch := make(chan struct{})
+	t.ch.Store(&ch)
 	go func() {
 		ticker := time.NewTicker(max(heartbeat/heartbeatTicks, time.Millisecond))
 		defer ticker.Stop()
@@ -132,10 +138,8 @@ func newHeartbeatTicker(ctx context.Context, heartbeat time.Duration) *heartbeat
 			case <-ctx.Done():
 				return
 			case <-ticker.C:
-				t.mu.Lock()
-				close(t.ch)
-				t.ch = make(chan struct{})
-				t.mu.Unlock()
+				ch := make(chan struct{})
+				close(*t.ch.Swap(&ch))
 			}
 		}
 	}()
@@ -144,7 +148,5 @@ func newHeartbeatTicker(ctx context.Context, heartbeat time.Duration) *heartbeat
 
 // tick returns a channel that is closed at the next tick.
 func (t *heartbeatTicker) tick() <-chan struct{} {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.ch
+	return *t.ch.Load()
 }

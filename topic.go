@@ -36,6 +36,8 @@ type eventLog interface {
 	// 0, or a cursor that has fallen out of the history, reads a snapshot of
 	// the current document (nothing while there is none yet).
 	read(cursor uint64, buf [][]byte) (frames [][]byte, next uint64, wake <-chan struct{})
+	// changed returns a channel that is closed when the log next changes.
+	changed() <-chan struct{}
 }
 
 // An entry is one event in a memoryLog.
@@ -126,6 +128,12 @@ func (l *memoryLog) appendStatus(data []byte, down bool) {
 		l.down = frame
 	}
 	l.push(entry{frame: frame})
+}
+
+func (l *memoryLog) changed() <-chan struct{} {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.wake
 }
 
 // oldest is the position of the oldest entry still held. l.mu must be held.

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc: 100 on Linux.
+const clockTicks = 100
+
+// cpuSeconds returns the user+system CPU time of process pid ("self" for
+// this one), from /proc/PID/stat.
+func cpuSeconds(pid string) float64 {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name is in parentheses and may hold spaces: fields
+	// count from after its closing parenthesis, where field 3 (state) is.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64) // field 14
+	stime, _ := strconv.ParseFloat(f[12], 64) // field 15
+	return (utime + stime) / clockTicks
+}
+
+// machineBusy returns the seconds all CPUs of the machine were not idle,
+// from /proc/stat: what the server and this tool used, and everyone else.
+func machineBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var total, idle float64
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i < 8 { // user nice system idle iowait irq softirq steal
+			total += v
+		}
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return (total - idle) / clockTicks
+}
+
+// rssKB returns the resident set size of process pid in KB (VmRSS).
+func rssKB(pid string) int64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// openFiles returns how many file descriptors process pid holds.
+func openFiles(pid string) int {
+	ents, err := os.ReadDir("/proc/" + pid + "/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
+
+// raiseOpenFiles raises this process's soft RLIMIT_NOFILE to its hard limit
+// and returns the new soft limit.
+func raiseOpenFiles() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	lim.Cur = lim.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return lim.Cur
+}
+
+// A caddyProcess is a Caddy started by the tool for one trial.
+type caddyProcess struct {
+	cmd  *exec.Cmd
+	pid  string
+	base string
+	dir  string
+}
+
+// serverConfig is what the tool puts in the Caddy config it writes.
+type serverConfig struct {
+	upstream     string
+	interval     time.Duration
+	writeTimeout time.Duration
+	heartbeat    time.Duration
+	pprof        string // admin listen address for /debug/pprof, "" for none
+}
+
+// caddyJSON returns the config: one server on port, /sse/<topic> streaming
+// <upstream>/doc/<topic>.
+func caddyJSON(port int, dir string, sc serverConfig) []byte {
+	handler := map[string]any{
+		"handler":  "poll_sse",
+		"upstream": sc.upstream + "/doc/{http.request.uri.path.1}",
+		"interval": sc.interval.String(),
+	}
+	if sc.writeTimeout > 0 {
+		handler["write_timeout"] = sc.writeTimeout.String()
+	}
+	if sc.heartbeat > 0 {
+		handler["heartbeat"] = sc.heartbeat.String()
+	}
+	admin := map[string]any{"disabled": true}
+	if sc.pprof != "" {
+		admin = map[string]any{"listen": sc.pprof}
+	}
+	cfg := map[string]any{
+		"admin":   admin,
+		"storage": map[string]any{"module": "file_system", "root": filepath.Join(dir, "storage")},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+			"level":  "WARN",
+			"writer": map[string]any{"output": "file", "filename": filepath.Join(dir, "caddy.log")},
+		}}},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"bench": map[string]any{
+			"listen":          []string{"127.0.0.1:" + strconv.Itoa(port)},
+			"automatic_https": map[string]any{"disable": true},
+			"routes": []any{map[string]any{
+				"match":  []any{map[string]any{"path": []string{"/sse/*"}}},
+				"handle": []any{handler},
+			}},
+		}}}},
+	}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	return b
+}
+
+// startCaddy runs the Caddy binary at path with the config and waits until
+// it accepts connections.
+func startCaddy(path string, env []string, sc serverConfig) (*caddyProcess, error) {
+	dir, err := os.MkdirTemp("", "pollsse-bench-")
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfgPath := filepath.Join(dir, "caddy.json")
+	if err := os.WriteFile(cfgPath, caddyJSON(port, dir, sc), 0o600); err != nil {
+		return nil, err
+	}
+	out, err := os.Create(filepath.Join(dir, "caddy.out"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(path, "run", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", path, err)
+	}
+	p := &caddyProcess{cmd: cmd, pid: strconv.Itoa(cmd.Process.Pid), base: "http://127.0.0.1:" + strconv.Itoa(port), dir: dir}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("caddy did not listen within 15s (output in %s)", dir)
+		}
+	}
+}
+
+// stop ends the Caddy and removes its directory.
+func (p *caddyProcess) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+	os.RemoveAll(p.dir)
+}

@@ -1,0 +1,193 @@
+package pollsse
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// slowClient returns an HTTP client whose connections have a small receive
+// buffer, so that a server writing to a client that stopped reading blocks
+// after little data.
+func slowClient() *http.Client {
+	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+}
+
+// openPausable opens a stream that the test reads itself, event by event,
+// and so can stop reading. The stream is cut after 30s.
+func openPausable(t *testing.T, client *http.Client, url string) (*bufio.Reader, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	stop := func() { cancel(); resp.Body.Close() }
+	t.Cleanup(stop)
+	// No read of the test blocks for ever.
+	watchdog := time.AfterFunc(30*time.Second, stop)
+	t.Cleanup(func() { watchdog.Stop() })
+	return bufio.NewReader(resp.Body), stop
+}
+
+// nextNamed reads events from br until one has a name.
+func nextNamed(t *testing.T, br *bufio.Reader) sseEvent {
+	t.Helper()
+	for {
+		ev, err := readEvent(br)
+		if err != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		if ev.name != "" {
+			return ev
+		}
+	}
+}
+
+// bigDocument is a document of about 512 KB, half of which differs from
+// that of another n, so that each change is a patch of about 256 KB (on
+// loopback the kernel takes megabytes for a client that does not read
+// before a write to it blocks), and only a resync sends a snapshot.
+func bigDocument(n int) string {
+	return fmt.Sprintf(`{"n":%d,"pad":%q,"static":%q}`, n, strings.Repeat(fmt.Sprintf("%08d", n), 32<<10), strings.Repeat("s", 256<<10))
+}
+
+func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
+	var streams []*streamClient
+	for range 20 {
+		sc := openStream(t, http.DefaultClient, base+"/events", "")
+		sc.next(5 * time.Second)
+		streams = append(streams, sc)
+	}
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	if n := strings.Count(stacks, "caddy-pollsse.(*Handler).stream("); n != 0 {
+		t.Errorf("%d goroutines run a stream loop for 20 HTTP/1.1 clients, want 0", n)
+	}
+	if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
+		t.Errorf("%d group goroutines for one topic, want 1", n)
+	}
+	api.set(`{"a":2}`)
+	for i, sc := range streams {
+		if ev := sc.next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/a","value":2}]`) {
+			t.Fatalf("client %d got %+v, want the patch", i, ev)
+		}
+	}
+}
+
+func TestSlowSubscriberDoesNotDelayOthersAndIsDropped(t *testing.T) {
+	api := newFakeAPI(t, bigDocument(0))
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"1h","write_timeout":"1s"`, api.URL))+"]")
+
+	slow, _ := openPausable(t, slowClient(), base+"/events")
+	if ev := nextNamed(t, slow); ev.name != "snapshot" {
+		t.Fatalf("the slow client's first event is %+v", ev)
+	}
+	fast := openStream(t, http.DefaultClient, base+"/events", "")
+	fast.next(5 * time.Second)
+
+	// The slow client reads no more. Every change is about 256 KB, so its
+	// socket is full after some; the other client gets each change as soon
+	// as it is polled.
+	for n := 1; n <= 40; n++ {
+		api.set(bigDocument(n))
+		start := time.Now()
+		want := fmt.Sprintf(`"n":%d,`, n)
+		for {
+			ev := fast.next(5 * time.Second)
+			if strings.Contains(ev.data, want) || strings.Contains(ev.data, fmt.Sprintf(`"value":%d}`, n)) {
+				break
+			}
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("change %d reached the reading client after %s", n, d)
+		}
+	}
+	// The write to the slow client has blocked for the write timeout by
+	// now: its connection is closed, and what it reads ends.
+	waitFor(t, 5*time.Second, "the slow client's stream to end", func() bool { return streamGoroutines() == 1 })
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, slow); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("the slow client's stream ended with its last chunk; want it cut off")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow client's stream did not end")
+	}
+}
+
+func TestLaggingSubscriberIsResyncedWithASnapshot(t *testing.T) {
+	api := newFakeAPI(t, bigDocument(0))
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"1h","history":4,"write_timeout":"30s"`, api.URL))+"]")
+	lagging, _ := openPausable(t, slowClient(), base+"/events")
+	if ev := nextNamed(t, lagging); ev.name != "snapshot" {
+		t.Fatalf("first event %+v", ev)
+	}
+	fast := openStream(t, http.DefaultClient, base+"/events", "")
+	fast.next(5 * time.Second)
+	// Far more changes than the history holds, while the client reads
+	// nothing.
+	const last = 20
+	for n := 1; n <= last; n++ {
+		api.set(bigDocument(n))
+		fast.next(5 * time.Second)
+	}
+	// It reads again: what its socket held, then a snapshot of the latest
+	// document rather than the changes it missed.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ev := nextNamed(t, lagging)
+		if ev.name == "snapshot" {
+			if !strings.Contains(ev.data, fmt.Sprintf(`"n":%d,`, last)) {
+				t.Fatalf("resynced with a snapshot of %.20s, want n=%d", ev.data, last)
+			}
+			break
+		}
+		if ev.name != "patch" {
+			t.Fatalf("got a %s event", ev.name)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no snapshot of the latest document")
+		}
+	}
+	// And then it is live again.
+	api.set(bigDocument(last + 1))
+	if ev := nextNamed(t, lagging); ev.name != "patch" || !strings.Contains(ev.data, fmt.Sprintf(`"value":%d}`, last+1)) {
+		t.Fatalf("after the resync got %.100s", fmt.Sprint(ev))
+	}
+}
+
+func TestDetachedStreamEndsCleanlyOnReload(t *testing.T) {
+	api := newFakeAPI(t, `{"v":0}`)
+	routes := func(retry string) string {
+		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","retry":%q`, api.URL, retry)) + "]"
+	}
+	base := startCaddy(t, routes("3s"))
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	sc.next(5 * time.Second)
+	reloadCaddy(t, base, routes("4s"))
+	expectEnd(t, sc)
+	if err := <-sc.done; !errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("the stream ended with %v, want the end of a complete chunked body", err)
+	}
+}
