@@ -196,13 +196,14 @@ func (g *connGroup) run() {
 	heartbeat := time.Duration(g.h.Heartbeat)
 	var subs []*connStream
 	for {
-		wake := g.t.log.changed()
+		wake, refused := g.t.log.changed(), g.t.refusedChan()
 		g.mu.Lock()
 		subs = append(subs[:0], g.subs...)
 		g.mu.Unlock()
 		g.sweep(subs, g.service)
 		select {
 		case <-wake:
+		case <-refused:
 		case <-g.h.ticker.tick():
 			now := time.Now()
 			g.sweep(subs, func(s *connStream, w *sweeper) {
@@ -263,7 +264,9 @@ func (g *connGroup) sweep(subs []*connStream, f func(*connStream, *sweeper)) {
 // once.
 const maxFramesPerWrite = 64
 
-// service writes to s what the log holds after its cursor. s.mu is held.
+// service writes to s what the log holds after its cursor, or ends it when
+// the upstream refuses the topic's credentials before its first snapshot.
+// s.mu is held.
 func (g *connGroup) service(s *connStream, w *sweeper) {
 	if s.lagging || s.closed {
 		return
@@ -271,6 +274,12 @@ func (g *connGroup) service(s *connStream, w *sweeper) {
 	frames, next, _ := g.t.log.read(s.cursor, w.frames[:0])
 	if len(frames) > 0 {
 		s.writeFrames(frames, next, w)
+		return
+	}
+	if g.t.refusedBeforeSnapshot(s.cursor) {
+		w.write(s.rc, lastChunk)
+		s.closed = true
+		s.closeConn()
 	}
 }
 
@@ -455,7 +464,7 @@ func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64) {
 	defer h.hub.unsubscribe(t)
 	defer conn.Close()
 	hw := &hijackedWriter{conn: conn, timeout: time.Duration(h.WriteTimeout), last: time.Now()}
-	h.stream(h.streams, hw, t.log, cursor)
+	h.stream(h.streams, hw, t, cursor)
 }
 
 // A hijackedWriter writes frames as chunks to a connection taken over from

@@ -105,12 +105,12 @@ type topic struct {
 	hub    *hub
 	cancel context.CancelFunc
 
-	// answered is closed when the first poll has an outcome.
-	answered     chan struct{}
-	answeredOnce sync.Once
 	// denied is 401 or 403 while the upstream's latest answer is that
 	// status, else 0.
 	denied atomic.Int32
+	// refused is closed and replaced whenever denied becomes non-zero, so
+	// that the streams still waiting for their first snapshot end.
+	refused atomic.Pointer[chan struct{}]
 
 	// subscribers and lastLeave are guarded by hub.mu.
 	subscribers int
@@ -323,14 +323,15 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 		}
 		ctx, cancel := context.WithCancel(h.ctx)
 		t = &topic{
-			key:      key,
-			url:      url,
-			header:   fwd,
-			log:      newMemoryLog(h.cfg.history),
-			hub:      h,
-			cancel:   cancel,
-			answered: make(chan struct{}),
+			key:    key,
+			url:    url,
+			header: fwd,
+			log:    newMemoryLog(h.cfg.history),
+			hub:    h,
+			cancel: cancel,
 		}
+		refused := make(chan struct{})
+		t.refused.Store(&refused)
 		h.topics[key] = t
 		h.wg.Add(1)
 		go func() {
@@ -445,31 +446,30 @@ func (h *hub) pace(ctx context.Context) bool {
 // answer records the outcome of a poll of t: status is the upstream's
 // HTTP status when the poll failed for one, else 0.
 func (t *topic) answer(status int) {
-	if status == http.StatusUnauthorized || status == http.StatusForbidden {
-		t.denied.Store(int32(status))
-	} else {
+	if status != http.StatusUnauthorized && status != http.StatusForbidden {
 		t.denied.Store(0)
+		return
 	}
-	t.answeredOnce.Do(func() { close(t.answered) })
+	if t.denied.Swap(int32(status)) == 0 {
+		ch := make(chan struct{})
+		close(*t.refused.Swap(&ch))
+	}
 }
 
-// deniedStatus returns 401 or 403 when the upstream's latest answer for t
-// refused its credentials, and 0 otherwise. When t has not had an answer
-// yet, it first waits for one, at most timeout, or until ctx or stop ends.
-func (t *topic) deniedStatus(ctx context.Context, stop <-chan struct{}, timeout time.Duration) int {
-	select {
-	case <-t.answered:
-	default:
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		select {
-		case <-t.answered:
-		case <-timer.C:
-		case <-ctx.Done():
-		case <-stop:
-		}
-	}
-	return int(t.denied.Load())
+// deniedStatus returns 401 or 403 while the upstream's latest answer for t
+// refused its credentials, and 0 otherwise.
+func (t *topic) deniedStatus() int { return int(t.denied.Load()) }
+
+// refusedChan returns a channel that is closed when the upstream next
+// refuses t's credentials.
+func (t *topic) refusedChan() <-chan struct{} { return *t.refused.Load() }
+
+// refusedBeforeSnapshot tells whether a stream at cursor should end: it has
+// had no snapshot (the topic has no document) and the upstream refuses the
+// topic's credentials. Its browser reconnects, and the new request gets
+// the 401 or 403 as its response, so that EventSource stops.
+func (t *topic) refusedBeforeSnapshot(cursor uint64) bool {
+	return cursor == 0 && t.denied.Load() != 0
 }
 
 // Destruct stops every poller of the hub; the usage pool calls it when no

@@ -163,10 +163,8 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 			break
 		}
 	}
-	refused := get("Bearer " + refusedSecret)
-	refused.Body.Close()
-	if refused.StatusCode != http.StatusUnauthorized {
-		t.Errorf("refused credentials got %s, want 401", refused.Status)
+	if status, _ := eventSourceStatus(t, base+"/user", http.Header{"Authorization": {"Bearer " + refusedSecret}, "Cookie": {"session=" + cookieSecret}}); status != http.StatusUnauthorized {
+		t.Errorf("refused credentials got %d, want 401", status)
 	}
 
 	// A placeholder value that is refused.
@@ -251,5 +249,69 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		for _, l := range lines {
 			t.Log(l.raw)
 		}
+	}
+}
+
+// TestRefusalsLogNoForwardedHeader: the responses of the handler that end in
+// no stream (the upstream's 401, a cap's 503, a refused placeholder's 400)
+// put no request header in any log line at DEBUG, not even one that Caddy
+// does not hide itself, such as a token in X-Api-Token.
+func TestRefusalsLogNoForwardedHeader(t *testing.T) {
+	const good, bad = "good-t0ken", "bad-t0ken"
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Token") != good {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, `{"a":1}`)
+	}))
+	t.Cleanup(upstream.Close)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	port := freePort(t)
+	cfg := fmt.Sprintf(`{
+		"admin": {"disabled": true},
+		"storage": {"module": "file_system", "root": %q},
+		"logging": {"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
+		"apps": {"http": {"servers": {"test": {
+			"listen": ["127.0.0.1:%d"],
+			"automatic_https": {"disable": true},
+			"routes": [%s]
+		}}}}
+	}`, t.TempDir(), logFile, port,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
+			upstream.URL+"/doc/{http.request.uri.path.1}")))
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() { stopCaddy(t) })
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	header := func(token string) http.Header { return http.Header{"X-Api-Token": {token}} }
+
+	if status, _ := eventSourceStatus(t, base+"/doc/a", header(bad)); status != http.StatusUnauthorized {
+		t.Errorf("a refused token got %d, want 401", status)
+	}
+	sc := openStreamWith(t, base+"/doc/a", header(good), "")
+	if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	if status, _ := getStatus(t, base+"/doc/a", header(good)); status != http.StatusServiceUnavailable {
+		t.Errorf("over max_subscribers: %d, want 503", status)
+	}
+	if status, _ := getStatus(t, base+"/doc/x%0d%0a", header(good)); status != http.StatusBadRequest {
+		t.Errorf("a control character: %d, want 400", status)
+	}
+	sc.close()
+
+	refusals := 0
+	for _, l := range readLogLines(t, logFile) {
+		if strings.Contains(l.raw, good) || strings.Contains(l.raw, bad) {
+			t.Errorf("a log line holds a forwarded token: %s", l.raw)
+		}
+		if l.Msg == "subscriber refused" {
+			refusals++
+		}
+	}
+	if refusals < 3 {
+		t.Errorf("%d debug lines of refused subscribers, want the 401, the 503 and the 400", refusals)
 	}
 }

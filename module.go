@@ -349,14 +349,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	topicURL, err := h.upstream.expand(repl)
 	if err != nil {
 		if isBadPlaceholder(err) {
-			return caddyhttp.Error(http.StatusBadRequest, err)
+			return h.writeRefusal(w, http.StatusBadRequest, err)
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r))
 	if err != nil {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(time.Duration(h.Retry))))
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		return h.writeRefusal(w, http.StatusServiceUnavailable, err)
 	}
 	// A stream that detach takes over unsubscribes when it ends.
 	detached := false
@@ -365,13 +365,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			h.hub.unsubscribe(t)
 		}
 	}()
-	// A subscriber of a topic that has had no answer yet waits for the
-	// first, at most the timeout, before the headers go out: when the
-	// upstream refuses the forwarded credentials, the subscriber gets the
-	// upstream's 401 or 403 (and EventSource stops), as does anyone who
-	// arrives while the latest answer is one of those.
-	if status := t.deniedStatus(r.Context(), h.streams.Done(), time.Duration(h.Timeout)); status != 0 {
-		return caddyhttp.Error(status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
+	// While the upstream's latest answer for the topic refuses its
+	// credentials, a subscriber gets that 401 or 403, and EventSource
+	// stops. A stream that is already open when the upstream refuses them
+	// before its first snapshot ends (stream, connGroup.service), so that
+	// its browser's reconnect gets the status.
+	if status := t.deniedStatus(); status != 0 {
+		return h.writeRefusal(w, status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
 	}
 
 	lastEventID := r.Header.Get("Last-Event-ID")
@@ -395,7 +395,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if detached = h.detach(w, r, t, cursor); detached {
 		return nil
 	}
-	h.stream(r.Context(), ew, t.log, cursor)
+	h.stream(r.Context(), ew, t, cursor)
+	return nil
+}
+
+// writeRefusal answers a subscriber that gets no stream with status and
+// err's text, and logs it at Debug. It hands Caddy no error: Caddy's error
+// log writes the request's headers, hiding Authorization and Cookie but not
+// the other headers that forward_headers may name, and this is a response
+// to which the subscriber's credentials lead. (The caps log their own Warn
+// line.)
+func (h *Handler) writeRefusal(w http.ResponseWriter, status int, err error) error {
+	if ce := h.logger.Check(zap.DebugLevel, "subscriber refused"); ce != nil {
+		ce.Write(zap.Int("status", status), zap.Error(err))
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	fmt.Fprintln(w, err)
 	return nil
 }
 
@@ -410,17 +428,19 @@ type frameWriter interface {
 // maxFramesPerRead bounds the frames a subscriber takes from the log at once.
 const maxFramesPerRead = 64
 
-// stream writes the log's events to one subscriber from cursor on, and
-// heartbeats in the silences, until the subscriber or the server goes. It is
-// the only goroutine that writes to the response. A subscriber that falls
-// behind only delays itself: when it has missed more than the history holds,
-// its next read is a fresh snapshot; when a write blocks for the write
+// stream writes the events of t's log to one subscriber from cursor on, and
+// heartbeats in the silences, until the subscriber or the server goes, or the
+// upstream refuses t's credentials before the subscriber's first snapshot.
+// It is the only goroutine that writes to the response. A subscriber that
+// falls behind only delays itself: when it has missed more than the history
+// holds, its next read is a fresh snapshot; when a write blocks for the write
 // timeout, the stream ends, and the browser reconnects and resumes by id.
-func (h *Handler) stream(ctx context.Context, ew frameWriter, log eventLog, cursor uint64) {
+func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
 	buf := make([][]byte, 0, maxFramesPerRead)
 	heartbeat := time.Duration(h.Heartbeat)
 	for {
-		frames, next, wake := log.read(cursor, buf[:0])
+		refused := t.refusedChan()
+		frames, next, wake := t.log.read(cursor, buf[:0])
 		for _, f := range frames {
 			if err := ew.write(f); err != nil {
 				metrics.countWriteError(err)
@@ -432,8 +452,12 @@ func (h *Handler) stream(ctx context.Context, ew frameWriter, log eventLog, curs
 		if len(frames) > 0 {
 			continue
 		}
+		if t.refusedBeforeSnapshot(cursor) {
+			return
+		}
 		select {
 		case <-wake:
+		case <-refused:
 		case <-h.ticker.tick():
 			if time.Since(ew.lastWrite()) >= heartbeat {
 				if err := ew.write(heartbeatFrame); err != nil {

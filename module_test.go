@@ -20,14 +20,15 @@ func TestStreamProtocol(t *testing.T) {
 		<-release // the first poll answers only when the test says
 		api.serve(w, r)
 	})
-	// A subscriber of a new topic waits for the upstream's first answer at
-	// most the timeout before its headers go out.
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","retry":"2500ms","timeout":"200ms"`, api.URL))+"]")
+	// The default timeout, 10s: headers that waited for the first answer
+	// would miss the client's 5s.
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","retry":"2500ms"`, api.URL))+"]")
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
 
-	resp, err := http.Get(base + "/events")
+	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
+	resp, err := client.Get(base + "/events")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("headers before the upstream's first answer: %v", err)
 	}
 	defer resp.Body.Close()
 	// Headers and the retry field arrive before the upstream has answered.
