@@ -29,9 +29,12 @@ type poller struct {
 	// etag and lastModified are the validators of the response that made
 	// prev, sent as If-None-Match and If-Modified-Since.
 	etag, lastModified string
-	// failing is set while polls fail after a success, so that the
-	// transitions, not the polls, make status events.
+	// failing is set while polls fail, so that the transitions, not the
+	// polls, make log lines and status events.
 	failing bool
+	// downSent is set while subscribers have been told that the upstream
+	// is down: failures before the first document tell them nothing.
+	downSent bool
 	// failures counts the failed polls since the last success.
 	failures int
 	// wait is how long after the start of the last poll the next one starts.
@@ -198,14 +201,20 @@ func (p *poller) failed(err error) {
 	}
 	p.wait = p.sched.next(p.failures, retryAfter)
 	p.t.answer(status)
-	if p.prev == nil || p.failing {
+	if p.failing {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
 		}
 		return
 	}
+	// The first failure after a success, or of a topic's first polls, is
+	// logged once; subscribers hear of it only when they have a document.
 	p.failing = true
 	p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
+	if p.prev == nil {
+		return
+	}
+	p.downSent = true
 	data := statusData{Upstream: "down", Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
 	p.t.log.appendStatus(b, true)
@@ -221,6 +230,10 @@ func (p *poller) recovered() {
 	}
 	p.failing = false
 	p.logger.Info("upstream recovered")
+	if !p.downSent {
+		return
+	}
+	p.downSent = false
 	b, _ := json.Marshal(statusData{Upstream: "up"})
 	p.t.log.appendStatus(b, false)
 }
