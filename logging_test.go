@@ -65,9 +65,10 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		forwardedSecret = "forwarded-s3cret"
 		refusedSecret   = "refused-s3cret"
 		cookieSecret    = "cookie-s3cret"
+		querySecret     = "query-s3cret"
 	)
 	secrets := []string{
-		userinfoSecret, headerUpSecret, forwardedSecret, refusedSecret, cookieSecret,
+		userinfoSecret, headerUpSecret, forwardedSecret, refusedSecret, cookieSecret, querySecret,
 		base64.StdEncoding.EncodeToString([]byte("alice:" + userinfoSecret)),
 	}
 
@@ -108,7 +109,7 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		}}}}
 	}`, t.TempDir(), logFile, port,
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"100ms","header_up":{"Authorization":["Bearer %s"]}`,
-			withPassword+"/doc/{http.request.uri.path.1}", headerUpSecret)),
+			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret)),
 		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"100ms","forward_headers":["Authorization","Cookie"]`,
 			upstream.URL+"/user")))
 	if err := caddy.Load([]byte(cfg), true); err != nil {
@@ -315,5 +316,20 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	}
 	if refusals < 3 {
 		t.Errorf("%d debug lines of refused subscribers, want the 401, the 503 and the 400", refusals)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"http://api.test/doc?page=2", "http://api.test/doc?page=2"},
+		{"http://alice:pw@api.test/doc", "http://alice:xxxxx@api.test/doc"},
+		{"http://api.test/doc?api_key=k&page=2", "http://api.test/doc?api_key=xxxxx&page=2"},
+		{"http://api.test/doc?access_token=t&Signature=s&X-Amz-Credential=c", "http://api.test/doc?access_token=xxxxx&Signature=xxxxx&X-Amz-Credential=xxxxx"},
+		{"http://api.test/doc?api%5Fkey=k", "http://api.test/doc?api%5Fkey=xxxxx"},
+		{"http://api.test/doc?token", "http://api.test/doc?token"},
+	} {
+		if got := redactURL(tt.in); got != tt.want {
+			t.Errorf("redactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

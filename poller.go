@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -367,11 +368,42 @@ func publicError(err error) string {
 	return err.Error()
 }
 
-// redactURL returns u without its password, for logs.
+// redactURL returns u for logs: without its password, and with the values
+// of query parameters whose names say they hold a secret (api_key, token,
+// access_token, signature, …; see secretParam) replaced by "xxxxx".
 func redactURL(u string) string {
 	parsed, err := url.Parse(u)
 	if err != nil {
 		return "(unparsable URL)"
 	}
+	if parsed.RawQuery != "" {
+		parts := strings.Split(parsed.RawQuery, "&")
+		for i, part := range parts {
+			name, _, hasValue := strings.Cut(part, "=")
+			if decoded, err := url.QueryUnescape(name); err == nil {
+				name = decoded
+			}
+			if hasValue && secretParam(name) {
+				parts[i] = part[:strings.IndexByte(part, '=')+1] + "xxxxx"
+			}
+		}
+		parsed.RawQuery = strings.Join(parts, "&")
+	}
 	return parsed.Redacted()
+}
+
+// secretWords are the parts of query parameter names that redactURL takes
+// for secrets.
+var secretWords = []string{"key", "token", "secret", "password", "passwd", "pwd", "auth", "sig", "credential", "session"}
+
+// secretParam tells whether a query parameter of this name likely holds a
+// secret.
+func secretParam(name string) bool {
+	name = strings.ToLower(name)
+	for _, w := range secretWords {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
 }

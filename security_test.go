@@ -153,8 +153,15 @@ func TestHostilePlaceholderValues(t *testing.T) {
 		{"a 10 KB value", strings.Repeat("a", 10<<10)},
 		{"invalid UTF-8", "%ff%fe"},
 		{"a NUL", "a%00b"},
+		{"a dot dot with a parameter", "..%3B/admin"},
+		{"a dot dot with an escaped parameter", "..%253B/admin"},
 	}
 	for _, route := range []string{"/segment", "/query"} {
+		values := values
+		if route == "/segment" {
+			// In a query value, a "/" is no separator.
+			values = append(values, struct{ name, value string }{"an empty segment before a host", "%2F" + canaryHost + "/x"})
+		}
 		for _, v := range values {
 			t.Run(route+" "+v.name, func(t *testing.T) {
 				if status, _ := getStatus(t, base+route+"?id="+v.value, nil); status != http.StatusBadRequest {
@@ -171,6 +178,8 @@ func TestHostilePlaceholderValues(t *testing.T) {
 		{"the canary after @", "/path/%40" + canaryHost + "/x"},
 		{"a fragment", "/path/x%23frag"},
 		{"invalid UTF-8", "/path/%ff%fe"},
+		{"a dot dot with a parameter", "/path/x/..;/admin"},
+		{"an empty segment before a host", "//" + canaryHost + "/x"},
 	} {
 		t.Run("the whole path, "+p.name, func(t *testing.T) {
 			if status, _ := getStatus(t, base+p.path, nil); status != http.StatusBadRequest {

@@ -88,7 +88,9 @@ var errBadPlaceholder = errors.New("a placeholder's value is not allowed in the 
 // behind it, may decode again):
 //   - is not UTF-8 or holds a control character (CR and LF included);
 //   - holds a "#" or a "\" (a path separator to some servers);
-//   - has a "." or ".." segment, which would climb out of the configured path;
+//   - has a "." or ".." segment (also before a ";" parameter), which would
+//     climb out of the configured path;
+//   - makes an empty path segment ("//") where the template has none;
 //   - has a segment that begins with "@", which a server that appends the
 //     path to a host of its own reads as credentials followed by another host;
 //
@@ -107,6 +109,11 @@ func (t *upstreamTemplate) expand(repl *caddy.Replacer) (string, error) {
 	})
 	if err != nil {
 		return "", err
+	}
+	if strings.Contains(path, "//") && !strings.Contains(t.path, "//") {
+		// An empty segment that a value made: "//host/x" is a URL of
+		// another host to a server that resolves the path against a base.
+		return "", fmt.Errorf("%w: an empty path segment", errBadPlaceholder)
 	}
 	u := t.origin + path
 	if t.hasQuery {
@@ -180,7 +187,9 @@ func checkPlaceholderForm(s string) error {
 		}
 	}
 	for seg := range strings.SplitSeq(s, "/") {
-		if seg == "." || seg == ".." {
+		// Some servers drop a segment's ";" parameters before they
+		// resolve dot segments.
+		if name, _, _ := strings.Cut(seg, ";"); name == "." || name == ".." {
 			return fmt.Errorf("%w: dot segment", errBadPlaceholder)
 		}
 		if strings.HasPrefix(seg, "@") {
