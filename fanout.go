@@ -112,10 +112,17 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 	s.mu.Lock()
 	g := h.join(t, s)
 	go s.watch()
-	g.service(s, newSweeper())
+	sw := joinSweepers.Get().(*sweeper)
+	g.service(s, sw)
+	joinSweepers.Put(sw)
 	s.mu.Unlock()
 	return true
 }
+
+// joinSweepers write to streams as they join. They are shared so that the
+// snapshot that a burst of new subscribers is sent (a reconnect storm after
+// a deploy) is framed as a chunk a few times, not once per subscriber.
+var joinSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
 // join adds s to the group of t, starting the group if it has none.
 func (h *Handler) join(t *topic, s *connStream) *connGroup {

@@ -81,3 +81,25 @@ func BenchmarkChunk(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkJoinSnapshotChunk measures what framing a 1 MB snapshot as a chunk
+// costs each new detached stream (detach): the sweepers that joining
+// streams share find it framed already, where a sweeper per stream would
+// copy the megabyte every time.
+func BenchmarkJoinSnapshotChunk(b *testing.B) {
+	frame := encodeEvent(eventSnapshot, "x-1", []byte(`"`+strings.Repeat("x", 1<<20)+`"`))
+	b.Run("shared", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			sw := joinSweepers.Get().(*sweeper)
+			sw.chunk(frame)
+			joinSweepers.Put(sw)
+		}
+	})
+	b.Run("per_stream", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			newSweeper().chunk(frame)
+		}
+	})
+}
