@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -350,6 +351,52 @@ func TestExampleNginxHasNoBuffering(t *testing.T) {
 	for _, want := range []string{"proxy_pass http://127.0.0.1:8080;", "proxy_buffering off;", "proxy_http_version 1.1;", "proxy_read_timeout"} {
 		if !bytes.Contains(conf, []byte(want)) {
 			t.Errorf("nginx.conf lacks %q", want)
+		}
+	}
+}
+
+// TestReadmeJSONConfig loads the JSON config of the README into the handler,
+// strictly, validates it, and checks that it shows every field.
+func TestReadmeJSONConfig(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## JSON config\n")
+	if !ok {
+		t.Fatal("README.md has no JSON config section")
+	}
+	_, block, ok := strings.Cut(section, "```json\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("the JSON config section has no json block")
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(block), &fields); err != nil {
+		t.Fatalf("the README's JSON config: %v", err)
+	}
+	if string(fields["handler"]) != `"poll_sse"` {
+		t.Errorf("handler %s, want \"poll_sse\"", fields["handler"])
+	}
+	delete(fields, "handler")
+	rest, _ := json.Marshal(fields)
+	dec := json.NewDecoder(bytes.NewReader(rest))
+	dec.DisallowUnknownFields()
+	var h Handler
+	if err := dec.Decode(&h); err != nil {
+		t.Fatalf("the README's JSON config: %v", err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Errorf("the README's JSON config does not validate: %v", err)
+	}
+	ht := reflect.TypeOf(Handler{})
+	for i := range ht.NumField() {
+		name, _, _ := strings.Cut(ht.Field(i).Tag.Get("json"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		if _, ok := fields[name]; !ok {
+			t.Errorf("the README's JSON config does not show %q", name)
 		}
 	}
 }
