@@ -69,6 +69,42 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
+// TestCaddyfileMissingArguments gives every subdirective without its
+// argument: each error names the subdirective and what it wants.
+func TestCaddyfileMissingArguments(t *testing.T) {
+	wants := map[string]string{
+		"upstream":        "upstream: want a URL",
+		"interval":        "interval: want a duration",
+		"retry":           "retry: want a duration",
+		"heartbeat":       "heartbeat: want a duration",
+		"idle_timeout":    "idle_timeout: want a duration",
+		"timeout":         "timeout: want a duration",
+		"write_timeout":   "write_timeout: want a duration",
+		"max_backoff":     "max_backoff: want a duration",
+		"history":         "history: want a number of events",
+		"header_up":       "header_up: want a header name and a value",
+		"max_body":        "max_body: want a size",
+		"forward_headers": "forward_headers: want one or more header names",
+		"max_topics":      "max_topics: want a number",
+		"max_subscribers": "max_subscribers: want a number",
+		"mode":            "mode: want json_patch, merge_patch or snapshot",
+		"select":          "select: want a JSON pointer",
+		"ignore":          "ignore: want one or more JSON pointers",
+	}
+	for name, want := range wants {
+		t.Run(name, func(t *testing.T) {
+			upstream := "http://a.test/x"
+			if name == "upstream" {
+				upstream = ""
+			}
+			_, err := adapt(t, ":8080 {\n\tpoll_sse "+upstream+" {\n\t\t"+name+"\n\t}\n}\n")
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("error %v, want one containing %q", err, want)
+			}
+		})
+	}
+}
+
 func TestJSONConfigErrors(t *testing.T) {
 	tests := []struct {
 		name, handler, wantErr string
@@ -77,6 +113,15 @@ func TestJSONConfigErrors(t *testing.T) {
 		{"a negative interval", `{"handler":"poll_sse","upstream":"http://a.test/x","interval":-1}`, "interval: must be positive"},
 		{"a negative history", `{"handler":"poll_sse","upstream":"http://a.test/x","history":-3}`, "history: must be positive, not -3"},
 		{"a placeholder in the host", `{"handler":"poll_sse","upstream":"http://{http.request.host}/x"}`, "placeholders are allowed only in the path and query"},
+		{"an upstream that does not parse", `{"handler":"poll_sse","upstream":"http://a.test:port/x"}`, "invalid port"},
+		{"a negative retry", `{"handler":"poll_sse","upstream":"http://a.test/x","retry":"-1s"}`, "retry: must be positive, not -1s"},
+		{"a negative heartbeat", `{"handler":"poll_sse","upstream":"http://a.test/x","heartbeat":"-1s"}`, "heartbeat: must be positive, not -1s"},
+		{"a negative idle_timeout", `{"handler":"poll_sse","upstream":"http://a.test/x","idle_timeout":"-1s"}`, "idle_timeout: must be positive, not -1s"},
+		{"a negative timeout", `{"handler":"poll_sse","upstream":"http://a.test/x","timeout":"-1s"}`, "timeout: must be positive, not -1s"},
+		{"a negative write_timeout", `{"handler":"poll_sse","upstream":"http://a.test/x","write_timeout":"-1s"}`, "write_timeout: must be positive, not -1s"},
+		{"an unknown mode", `{"handler":"poll_sse","upstream":"http://a.test/x","mode":"diff"}`, `mode: unknown mode "diff"`},
+		{"a select that is not a pointer", `{"handler":"poll_sse","upstream":"http://a.test/x","select":"data"}`, `select: invalid JSON pointer "data"`},
+		{"an unknown field", `{"handler":"poll_sse","upstream":"http://a.test/x","intervall":"1s"}`, `unknown field "intervall"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
