@@ -192,3 +192,51 @@ func BenchmarkDiffKeptMemory(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTopicKeptMemory is the heap that a topic holds between polls in
+// json_patch mode once it has had a change: the current document, its
+// snapshot frame (encoded when a subscriber connected after the change),
+// and the history of patch frames, with a full history of 256 one-field
+// patches. The previous document is garbage by then.
+func BenchmarkTopicKeptMemory(b *testing.B) {
+	raw, changed := benchBodies(benchCases[0], false)
+	var kept uint64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		d := jsonPatchDiffer{}
+		log := newMemoryLog(defaultHistory)
+		prev, err := d.parse(bytes.Clone(raw))
+		if err != nil {
+			b.Fatal(err)
+		}
+		log.appendDocument(prev, "", nil)
+		for i := range defaultHistory {
+			body := changed
+			if i%2 == 1 {
+				body = raw
+			}
+			next, err := d.parse(bytes.Clone(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			event, data, err := d.diff(prev, next)
+			if err != nil || event != eventPatch {
+				b.Fatalf("diff: %q, %v", event, err)
+			}
+			log.appendDocument(next, event, data)
+			prev = next
+		}
+		if frames, _, _ := log.read(0, nil); len(frames) != 1 {
+			b.Fatal("no snapshot")
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		kept = after.HeapAlloc - before.HeapAlloc
+		runtime.KeepAlive(log)
+		runtime.KeepAlive(prev)
+	}
+	b.ReportMetric(float64(kept), "kept-bytes")
+	b.ReportMetric(float64(kept)/float64(len(raw)), "kept-x")
+}

@@ -19,8 +19,9 @@ import (
 type eventLog interface {
 	// appendDocument records a new current document. event and data make the
 	// event that turns the previous document into doc; an empty event means
-	// there is none (the first document), and a subscriber that reaches it
-	// reads a snapshot.
+	// there is none (the first document). A subscriber that reaches such a
+	// document, or a snapshot event (whose data is doc's), reads the
+	// snapshot of the current document.
 	appendDocument(doc *document, event string, data []byte)
 	// appendStatus records a change of the upstream's state. data is the
 	// status event's data; down tells whether the upstream is now failing,
@@ -43,7 +44,9 @@ type eventLog interface {
 // An entry is one event in a memoryLog.
 type entry struct {
 	// frame is the event as written to subscribers, shared by all of them;
-	// nil for a document that has no patch from the one before.
+	// nil for a document that has no patch from the one before, or whose
+	// change is a whole snapshot: a subscriber that reaches it reads the
+	// snapshot of the current document, which says at least as much.
 	frame []byte
 }
 
@@ -73,9 +76,11 @@ type memoryLog struct {
 	epoch string
 
 	mu sync.RWMutex
-	// ring holds the last len(ring) entries; the entry at position p is
-	// ring[p%len(ring)]. Positions start at 1.
-	ring []entry
+	// ring holds the last history entries; the entry at position p is
+	// ring[(p-1)%history]. Positions start at 1. It grows as entries come,
+	// so that a large history costs only the events it holds.
+	ring    []entry
+	history uint64
 	// head is the position of the newest entry, 0 while there is none.
 	head uint64
 	// snap is the snapshot of the current document, nil while there is none.
@@ -88,9 +93,9 @@ type memoryLog struct {
 func newMemoryLog(history int) *memoryLog {
 	now := uint64(time.Now().UnixNano()) + epochs.Add(1)
 	return &memoryLog{
-		epoch: strconv.FormatUint(now, 36),
-		ring:  make([]entry, history),
-		wake:  make(chan struct{}),
+		epoch:   strconv.FormatUint(now, 36),
+		history: uint64(max(history, 1)),
+		wake:    make(chan struct{}),
 	}
 }
 
@@ -101,7 +106,11 @@ func (l *memoryLog) id(pos uint64) string {
 // push appends one entry and wakes the subscribers. l.mu must be held.
 func (l *memoryLog) push(e entry) uint64 {
 	l.head++
-	l.ring[l.head%uint64(len(l.ring))] = e
+	if uint64(len(l.ring)) < l.history {
+		l.ring = append(l.ring, e)
+	} else {
+		l.ring[(l.head-1)%l.history] = e
+	}
 	close(l.wake)
 	l.wake = make(chan struct{})
 	return l.head
@@ -111,11 +120,14 @@ func (l *memoryLog) appendDocument(doc *document, event string, data []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	pos := l.head + 1
+	l.snap = &snapshotFrame{doc: doc, id: l.id(pos)}
+	// A change sent as a whole snapshot is not kept in the history: the
+	// subscribers that reach its entry read the current snapshot, which is
+	// its frame while it is current, encoded once when first read.
 	var frame []byte
-	if event != "" {
+	if event != "" && event != eventSnapshot {
 		frame = encodeEvent(event, l.id(pos), data)
 	}
-	l.snap = &snapshotFrame{doc: doc, id: l.id(pos)}
 	l.push(entry{frame: frame})
 }
 
@@ -136,10 +148,14 @@ func (l *memoryLog) changed() <-chan struct{} {
 	return l.wake
 }
 
+// entry returns the entry at position p, which must be held. l.mu must be
+// held.
+func (l *memoryLog) entry(p uint64) entry { return l.ring[(p-1)%l.history] }
+
 // oldest is the position of the oldest entry still held. l.mu must be held.
 func (l *memoryLog) oldest() uint64 {
-	if n := uint64(len(l.ring)); l.head > n {
-		return l.head - n + 1
+	if l.head > l.history {
+		return l.head - l.history + 1
 	}
 	return 1
 }
@@ -168,7 +184,7 @@ func (l *memoryLog) resume(lastEventID string) uint64 {
 		return 0
 	}
 	for q := pos + 1; q <= l.head; q++ {
-		if l.ring[q%uint64(len(l.ring))].frame == nil {
+		if l.entry(q).frame == nil {
 			return 0
 		}
 	}
@@ -184,7 +200,7 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 	}
 	if cursor != 0 && cursor+1 >= l.oldest() {
 		for cursor < l.head && len(buf) < cap(buf) {
-			e := l.ring[(cursor+1)%uint64(len(l.ring))]
+			e := l.entry(cursor + 1)
 			if e.frame == nil {
 				// A document without a patch: start again from a snapshot.
 				buf, cursor = buf[:0], 0

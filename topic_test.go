@@ -191,3 +191,53 @@ func TestEpochsDiffer(t *testing.T) {
 		seen[e] = true
 	}
 }
+
+// TestMemoryLogKeepsNoSnapshotsInItsHistory: a change sent as a whole
+// snapshot is read as the snapshot of the current document, so the history
+// holds no copy of a document: a subscriber that is behind gets one
+// snapshot of the latest, and one that resumes from an id before it too.
+func TestMemoryLogKeepsNoSnapshotsInItsHistory(t *testing.T) {
+	l := newMemoryLog(8)
+	l.appendDocument(doc(`1`), "", nil)
+	_, cursor := readAll(t, l, 0)
+	l.appendDocument(doc(`2`), "patch", []byte(`[2]`))
+	l.appendDocument(doc(`"three"`), eventSnapshot, []byte(`"three"`))
+	// The snapshot says all that the patch before it would.
+	evs, live := readAll(t, l, cursor)
+	if got := names(evs); got != `snapshot:"three"` {
+		t.Fatalf("a live subscriber reads %s", got)
+	}
+	if evs[0].id != l.id(3) {
+		t.Errorf("the snapshot's id is %q, want %q", evs[0].id, l.id(3))
+	}
+	l.appendDocument(doc(`"four"`), eventSnapshot, []byte(`"four"`))
+	l.appendDocument(doc(`"five"`), eventSnapshot, []byte(`"five"`))
+	if evs, _ := readAll(t, l, live); names(evs) != `snapshot:"five"` || evs[0].id != l.id(5) {
+		t.Errorf("a subscriber two snapshots behind reads %s, want the latest only", names(evs))
+	}
+	if got := l.resume(l.id(1)); got != 0 {
+		t.Errorf("resume across a snapshot = %d, want a fresh snapshot", got)
+	}
+	for i := uint64(1); i <= l.head; i++ {
+		if f := l.entry(i).frame; strings.Contains(string(f), "snapshot") {
+			t.Errorf("the history holds %q", f)
+		}
+	}
+}
+
+// TestMemoryLogHistoryCostsWhatItHolds: the history grows with its events,
+// so a large one costs nothing up front.
+func TestMemoryLogHistoryCostsWhatItHolds(t *testing.T) {
+	l := newMemoryLog(1 << 40)
+	l.appendDocument(doc(`1`), "", nil)
+	_, cursor := readAll(t, l, 0)
+	for v := 2; v <= 4; v++ {
+		l.appendDocument(doc(fmt.Sprint(v)), "patch", []byte(fmt.Sprintf("[%d]", v)))
+	}
+	if evs, _ := readAll(t, l, cursor); names(evs) != "patch:[2] patch:[3] patch:[4]" {
+		t.Errorf("read %s", names(evs))
+	}
+	if len(l.ring) != 4 || l.resume(l.id(2)) != 2 {
+		t.Errorf("%d entries held, resume from 2 = %d", len(l.ring), l.resume(l.id(2)))
+	}
+}
