@@ -1,6 +1,7 @@
 package pollsse
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -467,11 +468,29 @@ func (w *sweeper) chunk(frame []byte) []byte {
 
 // streamHijacked streams to a connection taken over from net/http that
 // offers no raw access, on the calling goroutine, with blocking writes.
+// (Caddy wraps the connections of a server with access logs so.) A
+// goroutine reads from the connection to notice the client leaving.
 func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64) {
 	defer h.hub.unsubscribe(t)
-	defer conn.Close()
+	ctx, cancel := context.WithCancel(h.streams)
+	defer cancel()
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		var one [1]byte
+		for {
+			if _, err := conn.Read(one[:]); err != nil {
+				cancel()
+				return
+			}
+		}
+	}()
 	hw := &hijackedWriter{conn: conn, timeout: time.Duration(h.WriteTimeout), last: time.Now()}
-	h.stream(h.streams, hw, t, cursor)
+	h.stream(ctx, hw, t, cursor)
+	conn.Close()
+	// The reads count bytes for Caddy's access log, which it writes once
+	// the handler returns.
+	<-read
 }
 
 // A hijackedWriter writes frames as chunks to a connection taken over from
@@ -483,12 +502,21 @@ type hijackedWriter struct {
 	last    time.Time
 }
 
+// maxKeptChunkBuffer is the largest buffer a hijackedWriter keeps between
+// writes: one that a snapshot grew is dropped, or each stream would hold a
+// copy of the document for its life.
+const maxKeptChunkBuffer = 16 << 10
+
 func (hw *hijackedWriter) write(frame []byte) error {
 	if hw.timeout > 0 {
 		hw.conn.SetWriteDeadline(time.Now().Add(hw.timeout))
 	}
 	hw.buf = appendChunk(hw.buf[:0], frame)
-	if _, err := hw.conn.Write(hw.buf); err != nil {
+	_, err := hw.conn.Write(hw.buf)
+	if cap(hw.buf) > maxKeptChunkBuffer {
+		hw.buf = nil
+	}
+	if err != nil {
 		return err
 	}
 	hw.last = time.Now()

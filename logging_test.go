@@ -108,9 +108,9 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 			"routes": [%s, %s]
 		}}}}
 	}`, t.TempDir(), logFile, port,
-		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"100ms","header_up":{"Authorization":["Bearer %s"]}`,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
 			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret)),
-		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"100ms","forward_headers":["Authorization","Cookie"]`,
+		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
 			upstream.URL+"/user")))
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatalf("loading config: %v", err)
@@ -179,8 +179,8 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	}
 
 	// Everyone leaves; the topics stop when idle. (With access logs on,
-	// a stream's connection is wrapped by Caddy, and the handler notices
-	// that a client left when a write fails: a heartbeat, soon.)
+	// a stream's connection is wrapped by Caddy and stays on its goroutine,
+	// whose reader notices the client leaving: no heartbeat is needed.)
 	a.close()
 	accepted.Body.Close()
 	stoppedTopics := func() int {
