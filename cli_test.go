@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -179,5 +180,43 @@ func TestCaddyCommandReloadAndStopWithOpenStreams(t *testing.T) {
 	}
 	if strings.Contains(p.output.String(), "DATA RACE") {
 		t.Errorf("the race detector found a race in caddy:\n%s", p.output)
+	}
+}
+
+// TestIdsFromBeforeARestartGetASnapshot: an id from before Caddy stopped is
+// never taken for a newer event of the Caddy started after it: a browser
+// that resumes with it gets a fresh snapshot, whose id is none of the old.
+func TestIdsFromBeforeARestartGetASnapshot(t *testing.T) {
+	api := newFakeAPI(t, `{"v":0}`)
+	port := freePort(t)
+	site := fmt.Sprintf("http://127.0.0.1:%d {\n\tpoll_sse /events %s {\n\t\tinterval 20ms\n\t}\n}\n", port, api.URL)
+	url := fmt.Sprintf("http://127.0.0.1:%d/events", port)
+
+	p := startCaddyProcess(t, site)
+	sc := openStream(t, http.DefaultClient, url, "")
+	snap := sc.next(10 * time.Second)
+	api.set(`{"v":1}`)
+	patch := sc.next(10 * time.Second)
+	if snap.name != "snapshot" || patch.name != "patch" {
+		t.Fatalf("got %+v and %+v", snap, patch)
+	}
+	old := []string{snap.id, patch.id}
+	p.command(t, "stop")
+	expectEnd(t, sc)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("caddy did not exit after caddy stop")
+	}
+
+	api.set(`{"v":2}`)
+	startCaddyProcess(t, site)
+	for _, id := range old {
+		sc := openStream(t, http.DefaultClient, url, id)
+		ev := sc.next(10 * time.Second)
+		if ev.name != "snapshot" || ev.data != `{"v":2}` || slices.Contains(old, ev.id) {
+			t.Errorf("resuming with %q after the restart got %+v, want a snapshot of the new document with a new id", id, ev)
+		}
+		sc.close()
 	}
 }
