@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
@@ -274,7 +276,17 @@ func TestBrowserDemoConvergesAndSurvivesARestart(t *testing.T) {
 	p := startCaddyProcess(t, caddyfile)
 	waitForListener(t, addr)
 	b := newBrowser(t)
-	b.run(chromedp.Navigate("http://" + addr + "/"))
+	// Count the EventSource objects that the page makes: the one the
+	// client opens first must be the one that reconnects after the restart.
+	b.run(func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+			Source: `window.eventSources = 0;
+window.EventSource = class extends window.EventSource {
+  constructor(...args) { super(...args); window.eventSources++; }
+};`,
+		})
+		return chromedp.Void{}, err
+	}, chromedp.Navigate("http://"+addr+"/"))
 	api.waitConverged(t, b, "the first snapshot")
 
 	// Many changes, most of them patches.
@@ -310,6 +322,11 @@ func TestBrowserDemoConvergesAndSurvivesARestart(t *testing.T) {
 	b.eval(`window.notReloaded === true`, &notReloaded)
 	if !notReloaded {
 		t.Error("the page was reloaded")
+	}
+	var sources int
+	b.eval(`window.eventSources`, &sources)
+	if sources != 1 {
+		t.Errorf("the page made %d EventSource objects, want 1: the browser's own reconnect after the retry hint", sources)
 	}
 	if page.Connection != "connection open" {
 		t.Errorf("the connection pill says %q", page.Connection)
