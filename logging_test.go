@@ -51,6 +51,35 @@ func readLogLines(t *testing.T, path string) []logLine {
 	return lines
 }
 
+// startCaddyLoggingAtDebug runs Caddy with one server of the given routes
+// (JSON) and its log at DEBUG, as JSON lines, in a file, whose path it
+// returns with the server's base URL. accessLogs turns the server's access
+// logs on.
+func startCaddyLoggingAtDebug(t *testing.T, routes string, accessLogs bool) (base, logFile string) {
+	t.Helper()
+	logFile = filepath.Join(t.TempDir(), "caddy.log")
+	port := freePort(t)
+	logs := ""
+	if accessLogs {
+		logs = `"logs": {},`
+	}
+	cfg := fmt.Sprintf(`{
+		"admin": {"disabled": true},
+		"storage": {"module": "file_system", "root": %q},
+		"logging": {"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
+		"apps": {"http": {"servers": {"test": {
+			"listen": ["127.0.0.1:%d"],
+			"automatic_https": {"disable": true},
+			%s
+			"routes": [%s]
+		}}}}
+	}`, t.TempDir(), logFile, port, logs, routes)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", port), logFile
+}
+
 // TestLogsAtDebugHoldNoCredentials runs Caddy with its log at DEBUG into a
 // file, access logs included, through a topic's whole life: start, changes,
 // an outage and its recovery, subscribers whose forwarded credentials the
@@ -94,34 +123,18 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		version, failing = v, fail
 	}
 
-	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	port := freePort(t)
 	withPassword := strings.Replace(upstream.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
-	cfg := fmt.Sprintf(`{
-		"admin": {"disabled": true},
-		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
-		"apps": {"http": {"servers": {"test": {
-			"listen": ["127.0.0.1:%d"],
-			"automatic_https": {"disable": true},
-			"logs": {},
-			"routes": [%s, %s]
-		}}}}
-	}`, t.TempDir(), logFile, port,
+	base, logFile := startCaddyLoggingAtDebug(t,
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
-			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret)),
-		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
-			upstream.URL+"/user")))
-	if err := caddy.Load([]byte(cfg), true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
+			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret))+","+
+			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
+				upstream.URL+"/user")), true)
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
 			stopCaddy(t)
 		}
 	})
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 
 	// A topic starts, changes, fails and recovers.
 	a := openStream(t, http.DefaultClient, base+"/doc/orders", "")
@@ -269,25 +282,10 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 		fmt.Fprint(w, `{"a":1}`)
 	}))
 	t.Cleanup(upstream.Close)
-	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	port := freePort(t)
-	cfg := fmt.Sprintf(`{
-		"admin": {"disabled": true},
-		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
-		"apps": {"http": {"servers": {"test": {
-			"listen": ["127.0.0.1:%d"],
-			"automatic_https": {"disable": true},
-			"routes": [%s]
-		}}}}
-	}`, t.TempDir(), logFile, port,
+	base, logFile := startCaddyLoggingAtDebug(t,
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
-			upstream.URL+"/doc/{http.request.uri.path.1}")))
-	if err := caddy.Load([]byte(cfg), true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
+			upstream.URL+"/doc/{http.request.uri.path.1}")), false)
 	t.Cleanup(func() { stopCaddy(t) })
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	header := func(token string) http.Header { return http.Header{"X-Api-Token": {token}} }
 
 	if status, _ := eventSourceStatus(t, base+"/doc/a", header(bad)); status != http.StatusUnauthorized {

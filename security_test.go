@@ -51,6 +51,14 @@ func startCaddyLogging(t *testing.T, routes string) (base string, logs func() st
 // response's status and body; a stream is closed once its headers are in.
 func getStatus(t *testing.T, url string, header http.Header) (int, http.Header) {
 	t.Helper()
+	resp := getWith(t, url, header)
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header
+}
+
+// getWith sends a GET of url with header.
+func getWith(t *testing.T, url string, header http.Header) *http.Response {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -62,8 +70,7 @@ func getStatus(t *testing.T, url string, header http.Header) (int, http.Header) 
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode, resp.Header
+	return resp
 }
 
 // eventSourceStatus requests url as a browser's EventSource does and
@@ -75,17 +82,7 @@ func getStatus(t *testing.T, url string, header http.Header) (int, http.Header) 
 func eventSourceStatus(t *testing.T, url string, header http.Header) (int, http.Header) {
 	t.Helper()
 	for range 3 {
-		req, err := http.NewRequest(http.MethodGet, url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, values := range header {
-			req.Header[name] = values
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s: %v", url, err)
-		}
+		resp := getWith(t, url, header)
 		if resp.StatusCode != http.StatusOK {
 			resp.Body.Close()
 			return resp.StatusCode, resp.Header
