@@ -7,6 +7,7 @@ package pollsse
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -407,8 +408,16 @@ http://%s {
 	// Nothing touches the system's trust store, and no listener is
 	// added on port 80 for redirects.
 	p := startCaddyProcess(t, caddyfile, "skip_install_trust", "auto_https disable_redirects")
-	waitForListener(t, httpsAddr)
 	waitForListener(t, httpAddr)
+	// Caddy issues the internal certificate in the background once the
+	// config has loaded; handshakes fail until it has.
+	waitFor(t, 30*time.Second, "the internal certificate of "+httpsAddr, func() bool {
+		c, err := tls.Dial("tcp", httpsAddr, &tls.Config{InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	b := newBrowser(t)
 
 	const state = `window.streams && window.streams.map((s) => s.doc && s.doc.v)`
