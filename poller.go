@@ -72,8 +72,17 @@ func (t *topic) run(ctx context.Context) {
 			if stop {
 				return
 			}
+			// A topic whose upstream refuses its credentials polls no
+			// more once it has no subscriber: until the idle timeout
+			// ends it, it only answers the refusal to the browsers that
+			// come back (and whose EventSource then stops), so that
+			// made-up credentials cost the upstream one request each.
+			paused := !idleUntil.IsZero() && t.denied.Load() != 0
+			if !paused && !time.Now().Before(next) {
+				break
+			}
 			wake := next
-			if !idleUntil.IsZero() && idleUntil.Before(wake) {
+			if paused || !idleUntil.IsZero() && idleUntil.Before(wake) {
 				wake = idleUntil
 			}
 			timer.Reset(time.Until(wake))
@@ -81,9 +90,6 @@ func (t *topic) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-timer.C:
-			}
-			if !time.Now().Before(next) {
-				break
 			}
 		}
 	}

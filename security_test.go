@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -424,5 +425,61 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 	seen := strings.Join(hops, " ")
 	if !strings.Contains(seen, "/hop/four/1") || strings.Contains(seen, "/hop/four/0") {
 		t.Errorf("a chain of 4 redirects was not stopped after 3: %v", hops)
+	}
+}
+
+// TestRefusedTopicPollsNoMore: a topic whose upstream refuses its forwarded
+// credentials polls no more once its subscribers are gone, so that made-up
+// credentials cost the upstream a request each, and a browser that comes
+// back with one gets the 401 at once, without a new request.
+func TestRefusedTopicPollsNoMore(t *testing.T) {
+	var mu sync.Mutex
+	requests := map[string]int{}
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests[r.Header.Get("Authorization")]++
+		mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer good" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, `{"a":1}`)
+	}))
+	t.Cleanup(upstream.Close)
+	count := func(token string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return requests[token]
+	}
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"50ms","max_backoff":"50ms","forward_headers":["Authorization"]`, upstream.URL))+"]")
+
+	good := openStreamWith(t, base+"/events", bearer("good"), "")
+	if ev := good.next(5 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	const tokens = 5
+	for i := range tokens {
+		if status, _ := eventSourceStatus(t, base+"/events", bearer(fmt.Sprintf("made-up-%d", i))); status != http.StatusUnauthorized {
+			t.Errorf("made-up token %d: status %d, want 401", i, status)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // ten intervals
+	for i := range tokens {
+		// The poll that was refused, and at most one more that was due
+		// before the refused stream had ended.
+		if n := count(fmt.Sprintf("Bearer made-up-%d", i)); n < 1 || n > 2 {
+			t.Errorf("made-up token %d: %d upstream requests, want 1", i, n)
+		}
+	}
+	if n := count("Bearer good"); n < 5 {
+		t.Errorf("the accepted token's topic made %d requests in 500ms at a 50ms interval", n)
+	}
+	before := count("Bearer made-up-0")
+	if status, _ := getStatus(t, base+"/events", bearer("made-up-0")); status != http.StatusUnauthorized {
+		t.Errorf("coming back with a refused token: status %d, want 401", status)
+	}
+	if n := count("Bearer made-up-0"); n != before {
+		t.Errorf("coming back with a refused token made %d upstream requests", n-before)
 	}
 }
