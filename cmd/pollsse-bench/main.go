@@ -65,6 +65,7 @@ type options struct {
 	timeout      time.Duration
 	pprof        string
 	pause        bool
+	accessLog    bool
 }
 
 func main() {
@@ -94,6 +95,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "end the whole run after this long")
 	flag.StringVar(&o.pprof, "pprof", "", "enable Caddy's admin endpoint on this address, for /debug/pprof")
 	flag.BoolVar(&o.pause, "pause", false, "after holding the idle streams, wait for Enter before the events (to profile)")
+	flag.BoolVar(&o.accessLog, "access-log", false, "turn the server's access logs on (Caddy then wraps the connections, and streams stay on their goroutines)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "pollsse-bench:", err)
@@ -196,7 +198,7 @@ func runTrial(ctx context.Context, o options) (*trial, error) {
 		}
 		p, err := startCaddy(o.caddy, env, serverConfig{
 			upstream: up.url, interval: o.interval, writeTimeout: o.writeTimeout,
-			heartbeat: o.heartbeat, pprof: o.pprof,
+			heartbeat: o.heartbeat, pprof: o.pprof, accessLog: o.accessLog,
 		})
 		if err != nil {
 			return nil, err

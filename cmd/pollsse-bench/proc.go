@@ -106,6 +106,8 @@ type serverConfig struct {
 	writeTimeout time.Duration
 	heartbeat    time.Duration
 	pprof        string // admin listen address for /debug/pprof, "" for none
+	// accessLog turns the server's access logs on, written to a file.
+	accessLog bool
 }
 
 // caddyJSON returns the config: one server on port, /sse/<topic> streaming
@@ -126,21 +128,32 @@ func caddyJSON(port int, dir string, sc serverConfig) []byte {
 	if sc.pprof != "" {
 		admin = map[string]any{"listen": sc.pprof}
 	}
+	logs := map[string]any{"default": map[string]any{
+		"level":   "WARN",
+		"exclude": []string{"http.log.access"},
+		"writer":  map[string]any{"output": "file", "filename": filepath.Join(dir, "caddy.log")},
+	}}
+	server := map[string]any{
+		"listen":          []string{"127.0.0.1:" + strconv.Itoa(port)},
+		"automatic_https": map[string]any{"disable": true},
+		"routes": []any{map[string]any{
+			"match":  []any{map[string]any{"path": []string{"/sse/*"}}},
+			"handle": []any{handler},
+		}},
+	}
+	if sc.accessLog {
+		server["logs"] = map[string]any{}
+		logs["access"] = map[string]any{
+			"level":   "INFO",
+			"include": []string{"http.log.access"},
+			"writer":  map[string]any{"output": "file", "filename": filepath.Join(dir, "access.log")},
+		}
+	}
 	cfg := map[string]any{
 		"admin":   admin,
 		"storage": map[string]any{"module": "file_system", "root": filepath.Join(dir, "storage")},
-		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
-			"level":  "WARN",
-			"writer": map[string]any{"output": "file", "filename": filepath.Join(dir, "caddy.log")},
-		}}},
-		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"bench": map[string]any{
-			"listen":          []string{"127.0.0.1:" + strconv.Itoa(port)},
-			"automatic_https": map[string]any{"disable": true},
-			"routes": []any{map[string]any{
-				"match":  []any{map[string]any{"path": []string{"/sse/*"}}},
-				"handle": []any{handler},
-			}},
-		}}}},
+		"logging": map[string]any{"logs": logs},
+		"apps":    map[string]any{"http": map[string]any{"servers": map[string]any{"bench": server}}},
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	return b
