@@ -72,26 +72,7 @@ func TestCaddyfileErrors(t *testing.T) {
 // TestCaddyfileMissingArguments gives every subdirective without its
 // argument: each error names the subdirective and what it wants.
 func TestCaddyfileMissingArguments(t *testing.T) {
-	wants := map[string]string{
-		"upstream":        "upstream: want a URL",
-		"interval":        "interval: want a duration",
-		"retry":           "retry: want a duration",
-		"heartbeat":       "heartbeat: want a duration",
-		"idle_timeout":    "idle_timeout: want a duration",
-		"timeout":         "timeout: want a duration",
-		"write_timeout":   "write_timeout: want a duration",
-		"max_backoff":     "max_backoff: want a duration",
-		"history":         "history: want a number of events",
-		"header_up":       "header_up: want a header name and a value",
-		"max_body":        "max_body: want a size",
-		"forward_headers": "forward_headers: want one or more header names",
-		"max_topics":      "max_topics: want a number",
-		"max_subscribers": "max_subscribers: want a number",
-		"mode":            "mode: want json_patch, merge_patch or snapshot",
-		"select":          "select: want a JSON pointer",
-		"ignore":          "ignore: want one or more JSON pointers",
-	}
-	for name, want := range wants {
+	for name, want := range subdirectiveArgErrors {
 		t.Run(name, func(t *testing.T) {
 			upstream := "http://a.test/x"
 			if name == "upstream" {
@@ -102,6 +83,65 @@ func TestCaddyfileMissingArguments(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, want)
 			}
 		})
+	}
+}
+
+// subdirectiveArgErrors is every subdirective of poll_sse, with the error
+// it gives without its argument.
+var subdirectiveArgErrors = map[string]string{
+	"upstream":        "upstream: want a URL",
+	"interval":        "interval: want a duration",
+	"retry":           "retry: want a duration",
+	"heartbeat":       "heartbeat: want a duration",
+	"idle_timeout":    "idle_timeout: want a duration",
+	"timeout":         "timeout: want a duration",
+	"write_timeout":   "write_timeout: want a duration",
+	"max_backoff":     "max_backoff: want a duration",
+	"history":         "history: want a number of events",
+	"header_up":       "header_up: want a header name and a value",
+	"max_body":        "max_body: want a size",
+	"forward_headers": "forward_headers: want one or more header names",
+	"max_topics":      "max_topics: want a number",
+	"max_subscribers": "max_subscribers: want a number",
+	"mode":            "mode: want json_patch, merge_patch or snapshot",
+	"select":          "select: want a JSON pointer",
+	"ignore":          "ignore: want one or more JSON pointers",
+}
+
+// TestReadmeCaddyfile checks the README's Caddyfile section: its syntax
+// block names every subdirective and no other, and its example adapts.
+func TestReadmeCaddyfile(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Caddyfile\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	if !ok {
+		t.Fatal("README.md has no Caddyfile section")
+	}
+	blocks := strings.Split(section, "```")
+	if len(blocks) < 4 {
+		t.Fatal("the Caddyfile section has fewer than two code blocks")
+	}
+	syntax, example := blocks[1], blocks[3]
+	listed := map[string]bool{}
+	for line := range strings.SplitSeq(syntax, "\n") {
+		if fields := strings.Fields(line); len(fields) > 1 && strings.HasPrefix(line, "    ") {
+			listed[fields[0]] = true
+		}
+	}
+	for name := range subdirectiveArgErrors {
+		if !listed[name] {
+			t.Errorf("the README's syntax block does not list %s", name)
+		}
+		delete(listed, name)
+	}
+	for name := range listed {
+		t.Errorf("the README's syntax block lists %s, which poll_sse does not take", name)
+	}
+	if _, err := adapt(t, example); err != nil {
+		t.Errorf("the README's example does not adapt: %v\n%s", err, example)
 	}
 }
 
