@@ -50,6 +50,17 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"header_up without a value", `poll_sse { upstream http://a.test/x; header_up X-Key }`, []string{"header_up: want a value for header 'X-Key'"}},
 		{"upstream without a URL", `poll_sse { upstream }`, []string{"upstream: want a URL"}},
 		{"an argument after the inline upstream", `poll_sse http://a.test/x extra`, []string{"unexpected argument 'extra' after the upstream URL"}},
+		{"a bad max_backoff", `poll_sse { upstream http://a.test/x; max_backoff later }`, []string{"max_backoff: invalid duration 'later'"}},
+		{"a zero max_backoff", `poll_sse { upstream http://a.test/x; max_backoff 0s }`, []string{"max_backoff: must be positive, not '0s'"}},
+		{"a max_body that is not a size", `poll_sse { upstream http://a.test/x; max_body lots }`, []string{"max_body: want a positive size", "not 'lots'"}},
+		{"a zero max_body", `poll_sse { upstream http://a.test/x; max_body 0 }`, []string{"max_body: want a positive size", "not '0'"}},
+		{"an extra argument to max_body", `poll_sse { upstream http://a.test/x; max_body 1MB 2MB }`, []string{"max_body: unexpected argument '2MB'"}},
+		{"forward_headers with a name that is no header", `poll_sse { upstream http://a.test/x; forward_headers "X Bad" }`, []string{`forward_headers: "X Bad" is not a header name`}},
+		{"forward_headers Host", `poll_sse { upstream http://a.test/x; forward_headers Authorization host }`, []string{"forward_headers: host cannot be forwarded"}},
+		{"forward_headers If-None-Match", `poll_sse { upstream http://a.test/x; forward_headers If-None-Match }`, []string{"forward_headers: If-None-Match cannot be forwarded"}},
+		{"a zero max_topics", `poll_sse { upstream http://a.test/x; max_topics 0 }`, []string{"max_topics: want a positive number, not '0'"}},
+		{"a max_topics that is not a number", `poll_sse { upstream http://a.test/x; max_topics many }`, []string{"max_topics: want a positive number, not 'many'"}},
+		{"a negative max_subscribers", `poll_sse { upstream http://a.test/x; max_subscribers -1 }`, []string{"max_subscribers: want a positive number, not '-1'"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,6 +173,13 @@ func TestJSONConfigErrors(t *testing.T) {
 		{"an unknown mode", `{"handler":"poll_sse","upstream":"http://a.test/x","mode":"diff"}`, `mode: unknown mode "diff"`},
 		{"a select that is not a pointer", `{"handler":"poll_sse","upstream":"http://a.test/x","select":"data"}`, `select: invalid JSON pointer "data"`},
 		{"an unknown field", `{"handler":"poll_sse","upstream":"http://a.test/x","intervall":"1s"}`, `unknown field "intervall"`},
+		{"a negative max_backoff", `{"handler":"poll_sse","upstream":"http://a.test/x","max_backoff":-1}`, "max_backoff: must be positive"},
+		{"a negative max_body", `{"handler":"poll_sse","upstream":"http://a.test/x","max_body":-1}`, "max_body: must be positive, not -1"},
+		{"a negative max_topics", `{"handler":"poll_sse","upstream":"http://a.test/x","max_topics":-5}`, "max_topics: must be positive, not -5"},
+		{"a negative max_subscribers", `{"handler":"poll_sse","upstream":"http://a.test/x","max_subscribers":-5}`, "max_subscribers: must be positive, not -5"},
+		{"a forwarded header that header_up sets", `{"handler":"poll_sse","upstream":"http://a.test/x","forward_headers":["Authorization"],"header_up":{"authorization":["Bearer static"]}}`, "forward_headers: Authorization is also set by header_up"},
+		{"a forwarded header of the connection", `{"handler":"poll_sse","upstream":"http://a.test/x","forward_headers":["Connection"]}`, "forward_headers: Connection cannot be forwarded"},
+		{"an empty forwarded header name", `{"handler":"poll_sse","upstream":"http://a.test/x","forward_headers":[""]}`, `forward_headers: "" is not a header name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
