@@ -191,3 +191,44 @@ func TestDetachedStreamEndsCleanlyOnReload(t *testing.T) {
 		t.Errorf("the stream ended with %v, want the end of a complete chunked body", err)
 	}
 }
+
+// TestAccessLogsKeepStreamsOnTheirGoroutines: Caddy wraps the connections
+// of a host whose requests it logs, so its streams keep their goroutines
+// (and still notice a client leaving at once); the streams of a host that
+// the access logs skip are detached as usual.
+func TestAccessLogsKeepStreamsOnTheirGoroutines(t *testing.T) {
+	for _, tt := range []struct {
+		name, logs string
+		want       int
+	}{
+		{"a logged host", `{}`, 5},
+		{"a host the logs skip", `{"skip_hosts":["127.0.0.1"]}`, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			api := newFakeAPI(t, `{"a":1}`)
+			base, _ := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL)), tt.logs)
+			t.Cleanup(func() { stopCaddy(t) })
+			var streams []*streamClient
+			for range 5 {
+				sc := openStream(t, http.DefaultClient, base+"/events", "")
+				sc.next(5 * time.Second)
+				streams = append(streams, sc)
+			}
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			if n := strings.Count(stacks, "caddy-pollsse.(*Handler).stream("); n != tt.want {
+				t.Errorf("%d goroutines run a stream loop for 5 clients, want %d", n, tt.want)
+			}
+			api.set(`{"a":2}`)
+			for i, sc := range streams {
+				if ev := sc.next(5 * time.Second); ev.name != "patch" {
+					t.Fatalf("client %d got %+v, want the patch", i, ev)
+				}
+			}
+			for _, sc := range streams {
+				sc.close()
+			}
+			waitFor(t, 5*time.Second, "the streams to end with the heartbeat an hour away", func() bool { return streamGoroutines() == 0 })
+		})
+	}
+}

@@ -53,15 +53,15 @@ func readLogLines(t *testing.T, path string) []logLine {
 
 // startCaddyLoggingAtDebug runs Caddy with one server of the given routes
 // (JSON) and its log at DEBUG, as JSON lines, in a file, whose path it
-// returns with the server's base URL. accessLogs turns the server's access
-// logs on.
-func startCaddyLoggingAtDebug(t *testing.T, routes string, accessLogs bool) (base, logFile string) {
+// returns with the server's base URL. serverLogs is the server's access log
+// config (JSON), "" for none.
+func startCaddyLoggingAtDebug(t *testing.T, routes, serverLogs string) (base, logFile string) {
 	t.Helper()
 	logFile = filepath.Join(t.TempDir(), "caddy.log")
 	port := freePort(t)
 	logs := ""
-	if accessLogs {
-		logs = `"logs": {},`
+	if serverLogs != "" {
+		logs = `"logs": ` + serverLogs + `,`
 	}
 	cfg := fmt.Sprintf(`{
 		"admin": {"disabled": true},
@@ -128,7 +128,7 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
 			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret))+","+
 			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
-				upstream.URL+"/user")), true)
+				upstream.URL+"/user")), `{}`)
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
@@ -284,7 +284,7 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	t.Cleanup(upstream.Close)
 	base, logFile := startCaddyLoggingAtDebug(t,
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
-			upstream.URL+"/doc/{http.request.uri.path.1}")), false)
+			upstream.URL+"/doc/{http.request.uri.path.1}")), "")
 	t.Cleanup(func() { stopCaddy(t) })
 	header := func(token string) http.Header { return http.Header{"X-Api-Token": {token}} }
 
