@@ -149,14 +149,7 @@ func TestCaddyCommandReloadAndStopWithOpenStreams(t *testing.T) {
 	p := startCaddyProcess(t, site)
 	url := fmt.Sprintf("http://127.0.0.1:%d/events", port)
 
-	var streams []*streamClient
-	for range 5 {
-		sc := openStream(t, http.DefaultClient, url, "")
-		if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
-			t.Fatalf("got %+v", ev)
-		}
-		streams = append(streams, sc)
-	}
+	streams := openStreams(t, url, 5)
 
 	p.command(t, "reload", "--config", p.config, "--force")
 	for _, sc := range streams {

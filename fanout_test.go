@@ -71,12 +71,7 @@ func bigDocument(n int) string {
 func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
-	var streams []*streamClient
-	for range 20 {
-		sc := openStream(t, http.DefaultClient, base+"/events", "")
-		sc.next(5 * time.Second)
-		streams = append(streams, sc)
-	}
+	streams := openStreams(t, base+"/events", 20)
 	buf := make([]byte, 1<<20)
 	stacks := string(buf[:runtime.Stack(buf, true)])
 	if n := strings.Count(stacks, "caddy-pollsse.(*Handler).stream("); n != 0 {
@@ -208,12 +203,7 @@ func TestAccessLogsKeepStreamsOnTheirGoroutines(t *testing.T) {
 			api := newFakeAPI(t, `{"a":1}`)
 			base, _ := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL)), tt.logs)
 			t.Cleanup(func() { stopCaddy(t) })
-			var streams []*streamClient
-			for range 5 {
-				sc := openStream(t, http.DefaultClient, base+"/events", "")
-				sc.next(5 * time.Second)
-				streams = append(streams, sc)
-			}
+			streams := openStreams(t, base+"/events", 5)
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
 			if n := strings.Count(stacks, "caddy-pollsse.(*Handler).stream("); n != tt.want {

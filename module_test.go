@@ -399,12 +399,7 @@ func streamGoroutines() int {
 func TestClientDisconnectEndsItsStream(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
-	var streams []*streamClient
-	for range 10 {
-		sc := openStream(t, http.DefaultClient, base+"/events", "")
-		sc.next(5 * time.Second)
-		streams = append(streams, sc)
-	}
+	streams := openStreams(t, base+"/events", 10)
 	if n := streamGoroutines(); n != 10 {
 		t.Fatalf("%d stream goroutines for 10 clients", n)
 	}

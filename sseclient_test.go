@@ -161,6 +161,21 @@ func openStream(t testing.TB, client *http.Client, url, lastEventID string) *str
 	return sc
 }
 
+// openStreams opens n streams of url, each of which must begin with a
+// snapshot.
+func openStreams(t testing.TB, url string, n int) []*streamClient {
+	t.Helper()
+	var streams []*streamClient
+	for range n {
+		sc := openStream(t, http.DefaultClient, url, "")
+		if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("stream %d began with %+v, want a snapshot", len(streams), ev)
+		}
+		streams = append(streams, sc)
+	}
+	return streams
+}
+
 // next returns the next event that is not a heartbeat, failing the test
 // after timeout.
 func (sc *streamClient) next(timeout time.Duration) sseEvent {
