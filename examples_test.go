@@ -4,16 +4,22 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -324,34 +330,160 @@ func TestExamplePerUserStreamsThroughForwardAuth(t *testing.T) {
 	}
 }
 
-// TestExampleNginxHasNoBuffering checks what examples/nginx relies on:
-// the stream's answer tells nginx not to buffer it.
-func TestExampleNginxHasNoBuffering(t *testing.T) {
-	api := newFakeAPI(t, `{"n":1}`)
-	port := freePort(t)
-	runExample(t, "examples/nginx/Caddyfile",
-		"http://127.0.0.1:8080", fmt.Sprintf("http://127.0.0.1:%d", port),
-		"http://legacy.internal:8080", api.URL)
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/events", port))
+// nginxPath returns the path of Debian's nginx.
+func nginxPath(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		return "/usr/sbin/nginx"
+	}
+	path, err := exec.LookPath("nginx")
 	if err != nil {
+		t.Fatal("nginx is not installed: `make test` installs it (apt-get install nginx-light)")
+	}
+	return path
+}
+
+// startNginx runs nginx in the foreground, in a directory of its own, with
+// server (a server block) in its http block, and stops it when the test
+// ends. The configuration must pass `nginx -t`, whose message fails the
+// test otherwise.
+func startNginx(t *testing.T, server string) {
+	t.Helper()
+	nginx := nginxPath(t)
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log info;
+events {
+    worker_connections 64;
+}
+http {
+    access_log off;
+    client_body_temp_path %[1]s/client_body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+
+%[2]s
+}
+`, dir, server)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" {
-		t.Errorf("X-Accel-Buffering: %q, want no", got)
+	args := []string{"-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log")}
+	if out, err := exec.Command(nginx, append([]string{"-t"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t refuses the configuration: %v\n%s\n%s", err, out, conf)
 	}
-	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
-	if !strings.HasPrefix(line, "retry: ") {
-		t.Errorf("first line %q", line)
-	}
-	conf, err := os.ReadFile("examples/nginx/nginx.conf")
-	if err != nil {
+	cmd := exec.Command(nginx, args...)
+	var output lockedBuffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"proxy_pass http://127.0.0.1:8080;", "proxy_buffering off;", "proxy_http_version 1.1;", "proxy_read_timeout"} {
-		if !bytes.Contains(conf, []byte(want)) {
-			t.Errorf("nginx.conf lacks %q", want)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		// SIGTERM: nginx stops at once, without waiting for open streams.
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Error("nginx did not stop on SIGTERM")
 		}
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx output:\n%s\nerror.log:\n%s", output.String(), log)
+		}
+	})
+}
+
+// TestExampleNginxStreamsThroughNginx runs examples/nginx as it is written:
+// a real nginx with the example's server block (only its port, certificate
+// and Caddy's address changed), in front of a real Caddy with the example's
+// Caddyfile. Over HTTPS, with HTTP/1.1 and with HTTP/2, a request for
+// example.com's /events gets the stream, and its events arrive one by one,
+// not held in nginx's buffers.
+func TestExampleNginxStreamsThroughNginx(t *testing.T) {
+	api := newFakeAPI(t, `{"n":0}`)
+	caddyPort := freePort(t)
+	// Heartbeats would push a buffered event out; an hour has none.
+	runExample(t, "examples/nginx/Caddyfile",
+		"http://legacy.internal:8080", api.URL,
+		":8080", fmt.Sprintf(":%d", caddyPort),
+		"interval 2s", "interval 50ms",
+		"heartbeat 15s", "heartbeat 1h")
+
+	dir := t.TempDir()
+	cert, key := selfSignedPEM(t)
+	certPath, keyPath := filepath.Join(dir, "example.com.crt"), filepath.Join(dir, "example.com.key")
+	if err := os.WriteFile(certPath, []byte(cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("examples/nginx/nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nginxAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	server := string(example)
+	for _, r := range [][2]string{
+		{"listen 443 ", "listen " + nginxAddr + " "},
+		{"/etc/ssl/example.com.crt", certPath},
+		{"/etc/ssl/example.com.key", keyPath},
+		{"proxy_pass http://127.0.0.1:8080;", fmt.Sprintf("proxy_pass http://127.0.0.1:%d;", caddyPort)},
+	} {
+		if !strings.Contains(server, r[0]) {
+			t.Fatalf("examples/nginx/nginx.conf has no %q", r[0])
+		}
+		server = strings.ReplaceAll(server, r[0], r[1])
+	}
+	startNginx(t, server)
+	waitForListener(t, nginxAddr)
+
+	// Every connection goes to nginx, which sees the host of the URL:
+	// example.com, as a browser would send it.
+	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return new(net.Dialer).DialContext(ctx, network, nginxAddr)
+	}
+	tlsConfig := &tls.Config{InsecureSkipVerify: true, ServerName: "example.com"}
+	for _, tt := range []struct {
+		proto     string
+		transport *http.Transport
+	}{
+		{"HTTP/1.1", &http.Transport{DialContext: dial, TLSClientConfig: tlsConfig,
+			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}},
+		{"HTTP/2.0", &http.Transport{DialContext: dial, TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true}},
+	} {
+		t.Run(tt.proto, func(t *testing.T) {
+			t.Cleanup(tt.transport.CloseIdleConnections)
+			api.set(`{"n":0}`)
+			req, _ := http.NewRequest(http.MethodGet, "https://example.com/events", nil)
+			req.Header.Set("Accept", "text/event-stream")
+			resp, err := tt.transport.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.Proto != tt.proto {
+				t.Errorf("nginx answered over %s, want %s", resp.Proto, tt.proto)
+			}
+			if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "text/event-stream" {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+				t.Fatalf("through nginx: %s with Content-Type %q and %d bytes %q, want 200 and the stream", resp.Status, ct, len(body), body)
+			}
+			br := bufio.NewReader(resp.Body)
+			if line, err := br.ReadString('\n'); !strings.HasPrefix(line, "retry: ") {
+				t.Fatalf("the body begins with %q (%v), want the stream's retry field", line, err)
+			}
+			expectOneByOne(t, api, eventReader(br, nil))
+		})
 	}
 }
 
