@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -122,6 +124,77 @@ func runExample(t *testing.T, path string, replacements ...string) {
 		stopCaddy(t)
 		assertNoStreamGoroutines(t)
 	})
+}
+
+// TestExampleDemoPatchesOneOrderAtATime runs the demo as examples/Caddyfile
+// has it, its "legacy API" included, and reads its stream: after the
+// snapshot, each change is a patch of one order (its status replaced, or the
+// order added or removed) and of the open_orders count, never a new
+// snapshot or a replace of the whole list. The demo shows all three kinds
+// within a few seconds.
+func TestExampleDemoPatchesOneOrderAtATime(t *testing.T) {
+	port := freePort(t)
+	// Polls every 200ms see each second's change on its own.
+	runExample(t, "examples/Caddyfile",
+		"http://localhost:8080", fmt.Sprintf("http://127.0.0.1:%d", port),
+		"127.0.0.1:8081", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"interval 1s", "interval 200ms")
+	sc := openStream(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/events", port), "")
+	ev := sc.next(10 * time.Second)
+	if ev.name != "snapshot" {
+		t.Fatalf("the stream began with %+v, want a snapshot", ev)
+	}
+	doc := []byte(ev.data)
+	var first struct {
+		Orders []struct {
+			ID     int    `json:"id"`
+			Status string `json:"status"`
+		} `json:"orders"`
+	}
+	if err := json.Unmarshal(doc, &first); err != nil || len(first.Orders) == 0 {
+		t.Fatalf("the demo's document %s (%v), want a list of orders", doc, err)
+	}
+	element := regexp.MustCompile(`^/orders/(0|[1-9][0-9]*)(/status)?$`)
+	seen := map[string]bool{}
+	for deadline := time.Now().Add(20 * time.Second); !(seen["replace status"] && seen["add"] && seen["remove"]); {
+		ev, ok := sc.nextOrTimeout(time.Until(deadline))
+		if !ok {
+			t.Fatalf("in 20s the demo sent no patch of each kind (an order's status replaced, an order added, one removed): %v", seen)
+		}
+		if ev.name != "patch" {
+			t.Fatalf("got %+v, want a patch", ev)
+		}
+		var ops []struct{ Op, Path string }
+		if err := json.Unmarshal([]byte(ev.data), &ops); err != nil {
+			t.Fatal(err)
+		}
+		orders := map[string]bool{}
+		for _, op := range ops {
+			if op.Path == "/open_orders" && op.Op == "replace" {
+				continue
+			}
+			m := element.FindStringSubmatch(op.Path)
+			switch {
+			case m != nil && m[2] == "/status" && op.Op == "replace":
+				seen["replace status"] = true
+			case m != nil && m[2] == "" && (op.Op == "add" || op.Op == "remove"):
+				seen[op.Op] = true
+			default:
+				t.Fatalf("the patch %s has %s %s: want only one order's status replaced, or one order added or removed", ev.data, op.Op, op.Path)
+			}
+			orders[m[1]] = true
+		}
+		if len(orders) != 1 {
+			t.Errorf("the patch %s changes %d orders, want one", ev.data, len(orders))
+		}
+		patch, err := jsonpatch.DecodePatch([]byte(ev.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc, err = patch.Apply(doc); err != nil {
+			t.Fatalf("the patch %s does not apply to %s: %v", ev.data, doc, err)
+		}
+	}
 }
 
 // TestExampleListIgnoresVolatileFieldsBehindEncode runs examples/list: the
