@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -529,8 +530,11 @@ http://%s {
 
 // TestBrowserDemoScreenshot runs the demo as examples/Caddyfile has it (its
 // own "legacy API" included), on free ports, and takes a screenshot of the
-// page once a few changes have arrived: testdata/artifacts/demo.png, and
-// docs/demo.png, which the README shows, when POLLSSE_UPDATE_SCREENSHOT=1.
+// page once it has shown an order's new status, an order added and one
+// removed:
+// testdata/artifacts/demo.png, and docs/demo.png, which the README shows,
+// when POLLSSE_UPDATE_SCREENSHOT=1. The page's event log shows patches of
+// one element each, never a replace of all the orders.
 func TestBrowserDemoScreenshot(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	apiAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -542,8 +546,20 @@ func TestBrowserDemoScreenshot(t *testing.T) {
 	waitForListener(t, addr)
 	b := newBrowser(t)
 	b.run(chromedp.EmulateViewport(1280, 760), chromedp.Navigate("http://"+addr+"/"))
-	// The legacy API changes every second; three events take about two.
-	b.waitFor(15*time.Second, "three events", `window.pollsse && window.pollsse.events >= 3`, pageDocument)
+	// The legacy API changes every second: in five seconds, an order is
+	// added, three change their status and one is removed.
+	const logPaths = `[...document.querySelectorAll("#log .path")].map((p) => p.textContent)`
+	const logOps = `[...document.querySelectorAll("#log .ops li")].map((li) => li.textContent)`
+	b.waitFor(15*time.Second, "an order's new status, an order added and one removed",
+		`["replace /orders/", "add /orders/", "remove /orders/"].every((op) => `+logOps+`.some((l) => l.startsWith(op)))`, logOps)
+	var paths []string
+	b.eval(logPaths, &paths)
+	element := regexp.MustCompile(`^/(open_orders|orders/(0|[1-9][0-9]*)(/status)?)$`)
+	for _, p := range paths {
+		if !element.MatchString(p) {
+			t.Errorf("the page's event log shows an operation on %s: want one order or open_orders (all paths: %q)", p, paths)
+		}
+	}
 	var page demoPage
 	b.eval(pageDocument, &page)
 	if page.State != "live" || page.Upstream != "upstream up" || page.Connection != "connection open" {
