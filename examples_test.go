@@ -270,18 +270,7 @@ func TestExampleListIgnoresVolatileFieldsBehindEncode(t *testing.T) {
 func TestExampleLiveAPIBehindBasicAuth(t *testing.T) {
 	t.Setenv("LEGACY_API_KEY", "key-from-env")
 	api := newFakeAPI(t, `{"order":42}`)
-	port := freePort(t)
-	// The same password, hashed with bcrypt's least cost: the example's
-	// cost 14 takes seconds under the race detector.
-	hash, err := bcrypt.GenerateFromPassword([]byte("live demo"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runExample(t, "examples/live-api/Caddyfile",
-		"api.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
-		"http://legacy.internal:8080", api.URL,
-		"$2a$14$nhzVlWgfm3bc7kd9U88/Uul6mSczQeLARQk5pS.NgC1E.flmZpLL2", string(hash))
-	url := fmt.Sprintf("http://127.0.0.1:%d/live/orders/42?page=2", port)
+	url := runLiveAPIExample(t, api) + "/live/orders/42?page=2"
 
 	resp, err := http.Get(url)
 	if err != nil {
@@ -316,6 +305,72 @@ func TestExampleLiveAPIBehindBasicAuth(t *testing.T) {
 	}
 	if got.Header.Get("Authorization") != "" {
 		t.Errorf("the subscriber's credentials reached the upstream: %q", got.Header.Get("Authorization"))
+	}
+}
+
+// runLiveAPIExample runs examples/live-api in front of api and returns its
+// base URL.
+func runLiveAPIExample(t *testing.T, api *fakeAPI) string {
+	t.Helper()
+	port := freePort(t)
+	// The same password, hashed with bcrypt's least cost: the example's
+	// cost 14 takes seconds under the race detector.
+	hash, err := bcrypt.GenerateFromPassword([]byte("live demo"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runExample(t, "examples/live-api/Caddyfile",
+		"api.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
+		"http://legacy.internal:8080", api.URL,
+		"$2a$14$nhzVlWgfm3bc7kd9U88/Uul6mSczQeLARQk5pS.NgC1E.flmZpLL2", string(hash))
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+// TestExampleLiveAPIPathsAsHandlePathCleansThem checks what the README says
+// of {http.request.uri.path} under handle_path: Caddy resolves the path's
+// dot segments (also percent-encoded ones) and merges its slashes before
+// poll_sse reads it, so those reach the upstream resolved, and what is
+// still a dot segment after that, %252e%252e, gets 400.
+func TestExampleLiveAPIPathsAsHandlePathCleansThem(t *testing.T) {
+	api := newFakeAPI(t, `{"order":1}`)
+	base := runLiveAPIExample(t, api)
+	for _, tt := range []struct{ path, upstream string }{
+		{"/live/orders/a/../41", "/v1/orders/41?page=1"},
+		{"/live/a/%2e%2e/orders/42", "/v1/orders/42?page=1"},
+		{"/live/orders//43", "/v1/orders/43?page=1"},
+		{"/live/orders/./44", "/v1/orders/44?page=1"},
+		{"/live/orders/%252e%252e/45", ""},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			before := len(api.requestLog())
+			req, err := http.NewRequest(http.MethodGet, base+tt.path+"?page=1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.SetBasicAuth("ops", "live demo")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if tt.upstream == "" {
+				body, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Errorf("%s: %s %q, want 400", tt.path, resp.Status, body)
+				}
+				if n := len(api.requestLog()) - before; n != 0 {
+					t.Errorf("%s caused %d upstream requests", tt.path, n)
+				}
+				return
+			}
+			if ev, ok := <-eventReader(resp.Body, nil); !ok || ev.name != "snapshot" {
+				t.Fatalf("%s: %s, then %+v, want a snapshot", tt.path, resp.Status, ev)
+			}
+			log := api.requestLog()
+			if len(log) == before || log[before].URL.RequestURI() != tt.upstream {
+				t.Errorf("%s: the upstream got %v, want %s", tt.path, log[before:], tt.upstream)
+			}
+		})
 	}
 }
 
