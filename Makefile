@@ -1,6 +1,6 @@
 # make test: install what the tests need when it is missing, then vet and
-# run every test (Go with the race detector, headless Chromium included, and
-# the browser client's tests under Node).
+# run every test (Go with the race detector, headless Chromium and nginx
+# included, and the browser client's tests under Node).
 
 GO ?= go
 # apt-get needs root; use sudo when not root.
@@ -12,10 +12,12 @@ export DEBIAN_FRONTEND := noninteractive
 test: deps vet go-test client-test
 
 # Node.js runs the browser client's tests; Debian's chromium is the browser
-# that the Go tests drive (browser_test.go).
+# that the Go tests drive (browser_test.go); nginx-light is the nginx that
+# examples/nginx runs behind (examples_test.go).
 deps:
 	@command -v node >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends nodejs; }
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
+	@test -x /usr/sbin/nginx || command -v nginx >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends nginx-light; }
 
 vet:
 	$(GO) vet ./...

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,7 +205,8 @@ func demoCaddyfile(t *testing.T, replacements ...string) string {
 }
 
 // pageDocument is what the demo page holds: the document it keeps and the
-// one it shows, both as JSON, and its count of events.
+// one it shows, both as JSON, its count of events, and the notice it shows
+// above the document (empty when there is none).
 const pageDocument = `({
 	document: JSON.stringify(window.pollsse && window.pollsse.document),
 	shown: document.getElementById("doc").textContent,
@@ -212,12 +214,13 @@ const pageDocument = `({
 	state: document.body.dataset.state,
 	connection: document.getElementById("connection").textContent,
 	upstream: document.getElementById("upstream").textContent,
+	notice: ((n) => n && !n.hidden ? n.textContent : "")(document.getElementById("notice")),
 })`
 
 // demoPage is the state of the demo page, as pageDocument reads it.
 type demoPage struct {
-	Document, Shown, State, Connection, Upstream string
-	Events                                       int
+	Document, Shown, State, Connection, Upstream, Notice string
+	Events                                               int
 }
 
 // converged tells whether the page keeps and shows the upstream's latest
@@ -334,6 +337,67 @@ window.EventSource = class extends window.EventSource {
 	}
 	api.mutate(30)
 	api.waitConverged(t, b, "after changes on the new stream")
+}
+
+// TestBrowserDemoShowsUpstreamDown opens the demo page against an upstream
+// that fails after its first document: the page says "upstream down: " and
+// the reason above the document it keeps showing, and clears that when the
+// upstream is back. When the upstream fails again and Caddy restarts
+// meanwhile, the page's reconnect gets a fresh snapshot (the new Caddy knows
+// none of the old ids) and no status event: the snapshot clears it.
+func TestBrowserDemoShowsUpstreamDown(t *testing.T) {
+	api := newFakeAPI(t, `{"orders":[{"id":1,"status":"packing"}]}`)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	caddyfile := demoCaddyfile(t,
+		"http://localhost:8080", "http://"+addr,
+		"http://127.0.0.1:8081/api/orders", api.URL,
+		"interval 1s", "interval 50ms\n\t\tretry 300ms\n\t\tmax_backoff 500ms",
+		"http://127.0.0.1:8081", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+	)
+	p := startCaddyProcess(t, caddyfile)
+	waitForListener(t, addr)
+	b := newBrowser(t)
+	b.run(chromedp.Navigate("http://" + addr + "/"))
+	const notice = `((n) => n && !n.hidden ? n.textContent : "")(document.getElementById("notice"))`
+	const down = notice + `.startsWith("upstream down: ") && ` + notice + `.includes("503")`
+	shows := func(doc string) string {
+		return fmt.Sprintf(`(() => {
+	try { return JSON.stringify(JSON.parse(document.getElementById("doc").textContent)) === JSON.stringify(%s); }
+	catch { return false; }
+})()`, doc)
+	}
+	b.waitFor(15*time.Second, "the first document", shows(`{"orders":[{"id":1,"status":"packing"}]}`), pageDocument)
+	var page demoPage
+	if b.eval(pageDocument, &page); page.Notice != "" {
+		t.Errorf("the page shows %q while the upstream is up", page.Notice)
+	}
+
+	api.setStatus(http.StatusServiceUnavailable)
+	b.waitFor(15*time.Second, `"upstream down: " and the reason`, down, pageDocument)
+	if b.eval(pageDocument, &page); !sameJSON(page.Shown, `{"orders":[{"id":1,"status":"packing"}]}`) {
+		t.Errorf("while the upstream is down the page shows %q, want the last document", page.Shown)
+	}
+	t.Logf("the page says %q", page.Notice)
+
+	api.set(`{"orders":[{"id":1,"status":"shipped"}]}`)
+	api.setStatus(http.StatusOK)
+	b.waitFor(15*time.Second, "the notice to go with the upstream's recovery",
+		notice+` === "" && `+shows(`{"orders":[{"id":1,"status":"shipped"}]}`), pageDocument)
+
+	api.setStatus(http.StatusServiceUnavailable)
+	b.waitFor(15*time.Second, "the upstream down again", down, pageDocument)
+	p.command(t, "stop")
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("caddy did not exit after caddy stop")
+	}
+	api.set(`{"orders":[{"id":1,"status":"delivered"}]}`)
+	api.setStatus(http.StatusOK)
+	startCaddyProcess(t, caddyfile)
+	waitForListener(t, addr)
+	b.waitFor(15*time.Second, "the fresh snapshot after the restart to clear the notice",
+		notice+` === "" && `+shows(`{"orders":[{"id":1,"status":"delivered"}]}`), pageDocument)
 }
 
 // streamsPage opens one stream per topic with the browser client and keeps,
@@ -466,8 +530,11 @@ http://%s {
 
 // TestBrowserDemoScreenshot runs the demo as examples/Caddyfile has it (its
 // own "legacy API" included), on free ports, and takes a screenshot of the
-// page once a few changes have arrived: testdata/artifacts/demo.png, and
-// docs/demo.png, which the README shows, when POLLSSE_UPDATE_SCREENSHOT=1.
+// page once it has shown an order's new status, an order added and one
+// removed:
+// testdata/artifacts/demo.png, and docs/demo.png, which the README shows,
+// when POLLSSE_UPDATE_SCREENSHOT=1. The page's event log shows patches of
+// one element each, never a replace of all the orders.
 func TestBrowserDemoScreenshot(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	apiAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -479,8 +546,20 @@ func TestBrowserDemoScreenshot(t *testing.T) {
 	waitForListener(t, addr)
 	b := newBrowser(t)
 	b.run(chromedp.EmulateViewport(1280, 760), chromedp.Navigate("http://"+addr+"/"))
-	// The legacy API changes every second; three events take about two.
-	b.waitFor(15*time.Second, "three events", `window.pollsse && window.pollsse.events >= 3`, pageDocument)
+	// The legacy API changes every second: in five seconds, an order is
+	// added, three change their status and one is removed.
+	const logPaths = `[...document.querySelectorAll("#log .path")].map((p) => p.textContent)`
+	const logOps = `[...document.querySelectorAll("#log .ops li")].map((li) => li.textContent)`
+	b.waitFor(15*time.Second, "an order's new status, an order added and one removed",
+		`["replace /orders/", "add /orders/", "remove /orders/"].every((op) => `+logOps+`.some((l) => l.startsWith(op)))`, logOps)
+	var paths []string
+	b.eval(logPaths, &paths)
+	element := regexp.MustCompile(`^/(open_orders|orders/(0|[1-9][0-9]*)(/status)?)$`)
+	for _, p := range paths {
+		if !element.MatchString(p) {
+			t.Errorf("the page's event log shows an operation on %s: want one order or open_orders (all paths: %q)", p, paths)
+		}
+	}
 	var page demoPage
 	b.eval(pageDocument, &page)
 	if page.State != "live" || page.Upstream != "upstream up" || page.Connection != "connection open" {

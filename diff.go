@@ -166,7 +166,7 @@ func (jsonPatchDiffer) diff(prev, next *document) (string, []byte, error) {
 	return eventPatch, w.out, nil
 }
 
-// mergePatchDiffer is the merge_patch mode: changes are RFC 7386 merge
+// mergePatchDiffer is the merge_patch mode: changes are RFC 7396 merge
 // patches. A change that a merge patch cannot say (a member set to null, a
 // new value holding an object with a null member, a document that is not an
 // object), or whose merge patch would be more than patchSlack longer than

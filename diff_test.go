@@ -16,7 +16,7 @@ import (
 )
 
 // applyDiffEvent applies an event to the document a subscriber holds, as a
-// client does, with an implementation of RFC 6902 and RFC 7386 that is not
+// client does, with an implementation of RFC 6902 and RFC 7396 that is not
 // ours.
 func applyDiffEvent(held []byte, event string, data []byte) ([]byte, error) {
 	switch event {

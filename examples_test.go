@@ -4,21 +4,29 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -118,6 +126,77 @@ func runExample(t *testing.T, path string, replacements ...string) {
 	})
 }
 
+// TestExampleDemoPatchesOneOrderAtATime runs the demo as examples/Caddyfile
+// has it, its "legacy API" included, and reads its stream: after the
+// snapshot, each change is a patch of one order (its status replaced, or the
+// order added or removed) and of the open_orders count, never a new
+// snapshot or a replace of the whole list. The demo shows all three kinds
+// within a few seconds.
+func TestExampleDemoPatchesOneOrderAtATime(t *testing.T) {
+	port := freePort(t)
+	// Polls every 200ms see each second's change on its own.
+	runExample(t, "examples/Caddyfile",
+		"http://localhost:8080", fmt.Sprintf("http://127.0.0.1:%d", port),
+		"127.0.0.1:8081", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"interval 1s", "interval 200ms")
+	sc := openStream(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/events", port), "")
+	ev := sc.next(10 * time.Second)
+	if ev.name != "snapshot" {
+		t.Fatalf("the stream began with %+v, want a snapshot", ev)
+	}
+	doc := []byte(ev.data)
+	var first struct {
+		Orders []struct {
+			ID     int    `json:"id"`
+			Status string `json:"status"`
+		} `json:"orders"`
+	}
+	if err := json.Unmarshal(doc, &first); err != nil || len(first.Orders) == 0 {
+		t.Fatalf("the demo's document %s (%v), want a list of orders", doc, err)
+	}
+	element := regexp.MustCompile(`^/orders/(0|[1-9][0-9]*)(/status)?$`)
+	seen := map[string]bool{}
+	for deadline := time.Now().Add(20 * time.Second); !(seen["replace status"] && seen["add"] && seen["remove"]); {
+		ev, ok := sc.nextOrTimeout(time.Until(deadline))
+		if !ok {
+			t.Fatalf("in 20s the demo sent no patch of each kind (an order's status replaced, an order added, one removed): %v", seen)
+		}
+		if ev.name != "patch" {
+			t.Fatalf("got %+v, want a patch", ev)
+		}
+		var ops []struct{ Op, Path string }
+		if err := json.Unmarshal([]byte(ev.data), &ops); err != nil {
+			t.Fatal(err)
+		}
+		orders := map[string]bool{}
+		for _, op := range ops {
+			if op.Path == "/open_orders" && op.Op == "replace" {
+				continue
+			}
+			m := element.FindStringSubmatch(op.Path)
+			switch {
+			case m != nil && m[2] == "/status" && op.Op == "replace":
+				seen["replace status"] = true
+			case m != nil && m[2] == "" && (op.Op == "add" || op.Op == "remove"):
+				seen[op.Op] = true
+			default:
+				t.Fatalf("the patch %s has %s %s: want only one order's status replaced, or one order added or removed", ev.data, op.Op, op.Path)
+			}
+			orders[m[1]] = true
+		}
+		if len(orders) != 1 {
+			t.Errorf("the patch %s changes %d orders, want one", ev.data, len(orders))
+		}
+		patch, err := jsonpatch.DecodePatch([]byte(ev.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc, err = patch.Apply(doc); err != nil {
+			t.Fatalf("the patch %s does not apply to %s: %v", ev.data, doc, err)
+		}
+	}
+}
+
 // TestExampleListIgnoresVolatileFieldsBehindEncode runs examples/list: the
 // legacy API's answers differ on every poll only in the ignored fields,
 // which cause no event and are absent from the snapshot, and a real change
@@ -191,18 +270,7 @@ func TestExampleListIgnoresVolatileFieldsBehindEncode(t *testing.T) {
 func TestExampleLiveAPIBehindBasicAuth(t *testing.T) {
 	t.Setenv("LEGACY_API_KEY", "key-from-env")
 	api := newFakeAPI(t, `{"order":42}`)
-	port := freePort(t)
-	// The same password, hashed with bcrypt's least cost: the example's
-	// cost 14 takes seconds under the race detector.
-	hash, err := bcrypt.GenerateFromPassword([]byte("live demo"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runExample(t, "examples/live-api/Caddyfile",
-		"api.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
-		"http://legacy.internal:8080", api.URL,
-		"$2a$14$nhzVlWgfm3bc7kd9U88/Uul6mSczQeLARQk5pS.NgC1E.flmZpLL2", string(hash))
-	url := fmt.Sprintf("http://127.0.0.1:%d/live/orders/42?page=2", port)
+	url := runLiveAPIExample(t, api) + "/live/orders/42?page=2"
 
 	resp, err := http.Get(url)
 	if err != nil {
@@ -237,6 +305,72 @@ func TestExampleLiveAPIBehindBasicAuth(t *testing.T) {
 	}
 	if got.Header.Get("Authorization") != "" {
 		t.Errorf("the subscriber's credentials reached the upstream: %q", got.Header.Get("Authorization"))
+	}
+}
+
+// runLiveAPIExample runs examples/live-api in front of api and returns its
+// base URL.
+func runLiveAPIExample(t *testing.T, api *fakeAPI) string {
+	t.Helper()
+	port := freePort(t)
+	// The same password, hashed with bcrypt's least cost: the example's
+	// cost 14 takes seconds under the race detector.
+	hash, err := bcrypt.GenerateFromPassword([]byte("live demo"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runExample(t, "examples/live-api/Caddyfile",
+		"api.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
+		"http://legacy.internal:8080", api.URL,
+		"$2a$14$nhzVlWgfm3bc7kd9U88/Uul6mSczQeLARQk5pS.NgC1E.flmZpLL2", string(hash))
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+// TestExampleLiveAPIPathsAsHandlePathCleansThem checks what the README says
+// of {http.request.uri.path} under handle_path: Caddy resolves the path's
+// dot segments (also percent-encoded ones) and merges its slashes before
+// poll_sse reads it, so those reach the upstream resolved, and what is
+// still a dot segment after that, %252e%252e, gets 400.
+func TestExampleLiveAPIPathsAsHandlePathCleansThem(t *testing.T) {
+	api := newFakeAPI(t, `{"order":1}`)
+	base := runLiveAPIExample(t, api)
+	for _, tt := range []struct{ path, upstream string }{
+		{"/live/orders/a/../41", "/v1/orders/41?page=1"},
+		{"/live/a/%2e%2e/orders/42", "/v1/orders/42?page=1"},
+		{"/live/orders//43", "/v1/orders/43?page=1"},
+		{"/live/orders/./44", "/v1/orders/44?page=1"},
+		{"/live/orders/%252e%252e/45", ""},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			before := len(api.requestLog())
+			req, err := http.NewRequest(http.MethodGet, base+tt.path+"?page=1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.SetBasicAuth("ops", "live demo")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if tt.upstream == "" {
+				body, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Errorf("%s: %s %q, want 400", tt.path, resp.Status, body)
+				}
+				if n := len(api.requestLog()) - before; n != 0 {
+					t.Errorf("%s caused %d upstream requests", tt.path, n)
+				}
+				return
+			}
+			if ev, ok := <-eventReader(resp.Body, nil); !ok || ev.name != "snapshot" {
+				t.Fatalf("%s: %s, then %+v, want a snapshot", tt.path, resp.Status, ev)
+			}
+			log := api.requestLog()
+			if len(log) == before || log[before].URL.RequestURI() != tt.upstream {
+				t.Errorf("%s: the upstream got %v, want %s", tt.path, log[before:], tt.upstream)
+			}
+		})
 	}
 }
 
@@ -324,34 +458,160 @@ func TestExamplePerUserStreamsThroughForwardAuth(t *testing.T) {
 	}
 }
 
-// TestExampleNginxHasNoBuffering checks what examples/nginx relies on:
-// the stream's answer tells nginx not to buffer it.
-func TestExampleNginxHasNoBuffering(t *testing.T) {
-	api := newFakeAPI(t, `{"n":1}`)
-	port := freePort(t)
-	runExample(t, "examples/nginx/Caddyfile",
-		"http://127.0.0.1:8080", fmt.Sprintf("http://127.0.0.1:%d", port),
-		"http://legacy.internal:8080", api.URL)
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/events", port))
+// nginxPath returns the path of Debian's nginx.
+func nginxPath(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		return "/usr/sbin/nginx"
+	}
+	path, err := exec.LookPath("nginx")
 	if err != nil {
+		t.Fatal("nginx is not installed: `make test` installs it (apt-get install nginx-light)")
+	}
+	return path
+}
+
+// startNginx runs nginx in the foreground, in a directory of its own, with
+// server (a server block) in its http block, and stops it when the test
+// ends. The configuration must pass `nginx -t`, whose message fails the
+// test otherwise.
+func startNginx(t *testing.T, server string) {
+	t.Helper()
+	nginx := nginxPath(t)
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log info;
+events {
+    worker_connections 64;
+}
+http {
+    access_log off;
+    client_body_temp_path %[1]s/client_body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+
+%[2]s
+}
+`, dir, server)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if got := resp.Header.Get("X-Accel-Buffering"); got != "no" {
-		t.Errorf("X-Accel-Buffering: %q, want no", got)
+	args := []string{"-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log")}
+	if out, err := exec.Command(nginx, append([]string{"-t"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t refuses the configuration: %v\n%s\n%s", err, out, conf)
 	}
-	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
-	if !strings.HasPrefix(line, "retry: ") {
-		t.Errorf("first line %q", line)
-	}
-	conf, err := os.ReadFile("examples/nginx/nginx.conf")
-	if err != nil {
+	cmd := exec.Command(nginx, args...)
+	var output lockedBuffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"proxy_pass http://127.0.0.1:8080;", "proxy_buffering off;", "proxy_http_version 1.1;", "proxy_read_timeout"} {
-		if !bytes.Contains(conf, []byte(want)) {
-			t.Errorf("nginx.conf lacks %q", want)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		// SIGTERM: nginx stops at once, without waiting for open streams.
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Error("nginx did not stop on SIGTERM")
 		}
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx output:\n%s\nerror.log:\n%s", output.String(), log)
+		}
+	})
+}
+
+// TestExampleNginxStreamsThroughNginx runs examples/nginx as it is written:
+// a real nginx with the example's server block (only its port, certificate
+// and Caddy's address changed), in front of a real Caddy with the example's
+// Caddyfile. Over HTTPS, with HTTP/1.1 and with HTTP/2, a request for
+// example.com's /events gets the stream, and its events arrive one by one,
+// not held in nginx's buffers.
+func TestExampleNginxStreamsThroughNginx(t *testing.T) {
+	api := newFakeAPI(t, `{"n":0}`)
+	caddyPort := freePort(t)
+	// Heartbeats would push a buffered event out; an hour has none.
+	runExample(t, "examples/nginx/Caddyfile",
+		"http://legacy.internal:8080", api.URL,
+		":8080", fmt.Sprintf(":%d", caddyPort),
+		"interval 2s", "interval 50ms",
+		"heartbeat 15s", "heartbeat 1h")
+
+	dir := t.TempDir()
+	cert, key := selfSignedPEM(t)
+	certPath, keyPath := filepath.Join(dir, "example.com.crt"), filepath.Join(dir, "example.com.key")
+	if err := os.WriteFile(certPath, []byte(cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("examples/nginx/nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nginxAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	server := string(example)
+	for _, r := range [][2]string{
+		{"listen 443 ", "listen " + nginxAddr + " "},
+		{"/etc/ssl/example.com.crt", certPath},
+		{"/etc/ssl/example.com.key", keyPath},
+		{"proxy_pass http://127.0.0.1:8080;", fmt.Sprintf("proxy_pass http://127.0.0.1:%d;", caddyPort)},
+	} {
+		if !strings.Contains(server, r[0]) {
+			t.Fatalf("examples/nginx/nginx.conf has no %q", r[0])
+		}
+		server = strings.ReplaceAll(server, r[0], r[1])
+	}
+	startNginx(t, server)
+	waitForListener(t, nginxAddr)
+
+	// Every connection goes to nginx, which sees the host of the URL:
+	// example.com, as a browser would send it.
+	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return new(net.Dialer).DialContext(ctx, network, nginxAddr)
+	}
+	tlsConfig := &tls.Config{InsecureSkipVerify: true, ServerName: "example.com"}
+	for _, tt := range []struct {
+		proto     string
+		transport *http.Transport
+	}{
+		{"HTTP/1.1", &http.Transport{DialContext: dial, TLSClientConfig: tlsConfig,
+			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}},
+		{"HTTP/2.0", &http.Transport{DialContext: dial, TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true}},
+	} {
+		t.Run(tt.proto, func(t *testing.T) {
+			t.Cleanup(tt.transport.CloseIdleConnections)
+			api.set(`{"n":0}`)
+			req, _ := http.NewRequest(http.MethodGet, "https://example.com/events", nil)
+			req.Header.Set("Accept", "text/event-stream")
+			resp, err := tt.transport.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.Proto != tt.proto {
+				t.Errorf("nginx answered over %s, want %s", resp.Proto, tt.proto)
+			}
+			if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "text/event-stream" {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+				t.Fatalf("through nginx: %s with Content-Type %q and %d bytes %q, want 200 and the stream", resp.Status, ct, len(body), body)
+			}
+			br := bufio.NewReader(resp.Body)
+			if line, err := br.ReadString('\n'); !strings.HasPrefix(line, "retry: ") {
+				t.Fatalf("the body begins with %q (%v), want the stream's retry field", line, err)
+			}
+			expectOneByOne(t, api, eventReader(br, nil))
+		})
 	}
 }
 

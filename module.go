@@ -117,7 +117,7 @@ type Handler struct {
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
 
 	// What a change is sent as. `json_patch`: a `patch` event, an RFC 6902
-	// JSON Patch. `merge_patch`: a `merge` event, an RFC 7386 JSON Merge
+	// JSON Patch. `merge_patch`: a `merge` event, an RFC 7396 JSON Merge
 	// Patch, or a `snapshot` event where a merge patch cannot say the change
 	// (a member set to null, or a document that is not an object).
 	// `snapshot`: a whole `snapshot` event; this mode also streams responses

@@ -179,6 +179,28 @@ describe("connect", () => {
     assert.equal(seen.changes.length, 1);
   });
 
+  test("reports a status that comes before any snapshot, while there is no document", () => {
+    const { stream, seen, source } = record();
+    source().feed(
+      "retry: 3000\n\n" +
+        frame("status", undefined, '{"upstream":"down","error":"select \\"/data\\": no member \\"data\\"","topic":"0123456789ab"}'),
+    );
+    assert.deepEqual(seen.statuses, [
+      { connection: "open" },
+      { upstream: "down", error: 'select "/data": no member "data"', topic: "0123456789ab" },
+    ]);
+    assert.equal(stream.document, undefined);
+    assert.equal(stream.lastEventId, null);
+    assert.deepEqual(seen.changes, []);
+    assert.deepEqual(seen.errors, []);
+    assert.equal(FakeEventSource.all.length, 1, "a status before the snapshot made the client reconnect");
+
+    source().feed(frame("status", undefined, '{"upstream":"up"}') + frame("snapshot", "1", '{"data":[]}'));
+    assert.deepEqual(seen.statuses.at(-1), { upstream: "up" });
+    assert.deepEqual(stream.document, { data: [] });
+    assert.equal(stream.lastEventId, "1");
+  });
+
   test("reports a status that is not JSON as an error, without reconnecting", () => {
     const { seen, source } = record();
     source().feed(frame("snapshot", "1", "{}") + frame("status", undefined, "oops"));
