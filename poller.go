@@ -28,7 +28,8 @@ type poller struct {
 	// prev is the last document that parsed, nil until the first success.
 	prev *document
 	// etag and lastModified are the validators of the response that made
-	// prev, sent as If-None-Match and If-Modified-Since.
+	// prev, sent as If-None-Match and If-Modified-Since; lastModified only
+	// when it is a strong validator (strongLastModified).
 	etag, lastModified string
 	// failing is set while polls fail, so that the transitions, not the
 	// polls, make log lines and status events.
@@ -289,6 +290,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	if err != nil {
 		return response{}, err
 	}
+	received := time.Now()
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified && p.prev != nil {
 		return response{notModified: true}, nil
@@ -315,8 +317,33 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	return response{
 		body:         body,
 		etag:         resp.Header.Get("ETag"),
-		lastModified: resp.Header.Get("Last-Modified"),
+		lastModified: strongLastModified(resp.Header, received),
 	}, nil
+}
+
+// strongLastModified returns the Last-Modified of a response received at
+// received when it is a strong validator, and "" otherwise. A Last-Modified
+// has a precision of one second: the document may change again within that
+// second and keep it, so that a poll conditional on it would be answered 304
+// for a document that it has never seen, until the next change. Such a date
+// is strong only when it is at least one second before the response's Date,
+// or before the time it was received when it has no Date (RFC 9110 section
+// 8.8.2.2). A weak one is not sent back: the next poll is unconditional, and
+// the byte comparison keeps an unchanged body cheap.
+func strongLastModified(header http.Header, received time.Time) string {
+	value := header.Get("Last-Modified")
+	modified, err := http.ParseTime(value)
+	if err != nil {
+		return ""
+	}
+	at := received
+	if date, err := http.ParseTime(header.Get("Date")); err == nil {
+		at = date
+	}
+	if at.Sub(modified) < time.Second {
+		return ""
+	}
+	return value
 }
 
 // describeRequestError drops the request URL from err, for logs, so that a

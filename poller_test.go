@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -258,4 +260,183 @@ func TestPollsOfManyTopicsAreSpread(t *testing.T) {
 	if lo < 89*time.Millisecond || hi-lo < 5*time.Millisecond {
 		t.Errorf("waits between polls from %s to %s: want jitter within 90-110ms", lo, hi)
 	}
+}
+
+func TestStrongLastModified(t *testing.T) {
+	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	date := func(d time.Time) string { return d.Format(http.TimeFormat) }
+	tests := []struct {
+		name               string
+		lastModified, date string
+		received           time.Time
+		want               string
+	}{
+		{"a date a second before the response's Date is strong", date(at.Add(-time.Second)), date(at), at, date(at.Add(-time.Second))},
+		{"a date long before the response's Date is strong", date(at.Add(-time.Hour)), date(at), at, date(at.Add(-time.Hour))},
+		{"a date in the second of the response's Date is weak", date(at), date(at), at.Add(900 * time.Millisecond), ""},
+		{"a date after the response's Date is weak", date(at.Add(time.Minute)), date(at), at, ""},
+		{"the response's Date counts, not when it was received", date(at), date(at), at.Add(time.Hour), ""},
+		{"without a Date, a date a second before it was received is strong", date(at), "", at.Add(time.Second), date(at)},
+		{"without a Date, a date less than a second before it was received is weak", date(at), "", at.Add(999 * time.Millisecond), ""},
+		{"an unparsable Date counts as none", date(at), "yesterday", at.Add(2 * time.Second), date(at)},
+		{"an unparsable date is none", "yesterday", date(at), at, ""},
+		{"no Last-Modified is none", "", date(at), at, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.lastModified != "" {
+				h.Set("Last-Modified", tt.lastModified)
+			}
+			if tt.date != "" {
+				h.Set("Date", tt.date)
+			}
+			if got := strongLastModified(h, tt.received); got != tt.want {
+				t.Errorf("strongLastModified(Last-Modified %q, Date %q) = %q, want %q", tt.lastModified, tt.date, got, tt.want)
+			}
+		})
+	}
+}
+
+// A fileExchange is one request to a file server and its answer.
+type fileExchange struct {
+	path, ifModifiedSince string
+	status                int
+	date, lastModified    string
+}
+
+// TestChangeInTheSecondOfLastModifiedIsDelivered: Go's http.FileServer
+// validates with Last-Modified alone, whose precision is one second. When a
+// file is written twice within one second, the stream delivers the second
+// version too: a Last-Modified in the second of the response's Date is not
+// sent back as If-Modified-Since, and polls are conditional again once the
+// Last-Modified of a response is a second older than its Date.
+func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
+	dir := t.TempDir()
+	files := http.FileServer(http.Dir(dir))
+	var mu sync.Mutex
+	var exchanges []fileExchange
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The Date that net/http would set, set here so that it can be
+		// recorded.
+		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		files.ServeHTTP(rec, r)
+		mu.Lock()
+		defer mu.Unlock()
+		exchanges = append(exchanges, fileExchange{
+			path:            r.URL.Path,
+			ifModifiedSince: r.Header.Get("If-Modified-Since"),
+			status:          rec.status,
+			date:            w.Header().Get("Date"),
+			lastModified:    w.Header().Get("Last-Modified"),
+		})
+	}))
+	t.Cleanup(upstream.Close)
+	exchangesOf := func(path string) []fileExchange {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []fileExchange
+		for _, e := range exchanges {
+			if e.path == path {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms"`,
+		upstream.URL+"/{http.request.uri.query.file}"))+"]")
+
+	// The first version must be written and polled within one second of
+	// the clock, as a file that is written and read soon after; a slow
+	// machine that crosses a second between them tries again with another
+	// file, another topic.
+	var sc *streamClient
+	var path string
+	for attempt := 0; ; attempt++ {
+		if attempt == 3 {
+			t.Fatal("the first poll never came in the second that the file was written")
+		}
+		// Start just after a second begins.
+		now := time.Now()
+		time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
+		name := fmt.Sprintf("doc%d.json", attempt)
+		path = "/" + name
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(`{"v":1}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sc = openStream(t, http.DefaultClient, base+"/events?file="+name, "")
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"v":1}` {
+			t.Fatalf("got %+v, want the snapshot of v1", ev)
+		}
+		first := exchangesOf(path)[0]
+		if first.date == first.lastModified {
+			break
+		}
+		t.Logf("the first poll was answered at %s, for a file written at %s: again", first.date, first.lastModified)
+		sc.close()
+	}
+
+	// The second version, in the same second as the first: the file's
+	// modification time says the same second.
+	file := filepath.Join(dir, path[1:])
+	info, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(`{"v":2}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(file, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := sc.nextOrTimeout(3 * time.Second); !ok || ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/v","value":2}]`) {
+		ex := exchangesOf(path)
+		t.Logf("%d requests, the first ones: %+v", len(ex), ex[:min(len(ex), 5)])
+		t.Fatalf("got %+v, %v; want the patch to v2", ev, ok)
+	}
+
+	// Once a second has passed, polls are conditional again and cost 304s.
+	lastModified := exchangesOf(path)[0].lastModified
+	waitFor(t, 5*time.Second, "a 304 to If-Modified-Since", func() bool {
+		for _, e := range exchangesOf(path) {
+			if e.status == http.StatusNotModified && e.ifModifiedSince == lastModified {
+				return true
+			}
+		}
+		return false
+	})
+	// Each poll was conditional exactly when the last full answer before
+	// it had a Last-Modified at least a second before its Date.
+	var latest fileExchange
+	for i, e := range exchangesOf(path) {
+		want := ""
+		if latest.status == http.StatusOK {
+			modified, _ := http.ParseTime(latest.lastModified)
+			date, _ := http.ParseTime(latest.date)
+			if date.Sub(modified) >= time.Second {
+				want = latest.lastModified
+			}
+		}
+		if e.ifModifiedSince != want {
+			t.Errorf("request %d: If-Modified-Since %q after a full answer of %+v, want %q", i, e.ifModifiedSince, latest, want)
+		}
+		if e.status == http.StatusOK {
+			latest = e
+		}
+	}
+	if ev, ok := sc.nextOrTimeout(100 * time.Millisecond); ok {
+		t.Errorf("an event %+v for an unchanged file", ev)
+	}
+}
+
+// A statusRecorder records the status of a response.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
 }
