@@ -98,7 +98,11 @@ type topicConfig struct {
 type topic struct {
 	// key is url, followed by a keyed hash of header when headers are
 	// forwarded; it is never logged.
-	key    string
+	key string
+	// id names the topic in log lines and status events: a keyed hash of
+	// key (topicID), which tells topics of one URL apart without saying
+	// anything of their credentials.
+	id     string
 	url    string
 	header http.Header
 	log    eventLog
@@ -290,6 +294,22 @@ func (h *hub) topicKey(url string, fwd http.Header) string {
 	return url + " " + hex.EncodeToString(mac.Sum(nil))
 }
 
+// topicIDLength is the length of a topic's id, in hex digits: 48 bits, so
+// that the ids of a hub's topics do not collide in practice.
+const topicIDLength = 12
+
+// topicID returns the short id of the topic of key: the first hex digits of
+// an HMAC-SHA-256 of key under the hub's secret. Keyed, so that an id, which
+// every subscriber of the topic sees in status events, gives no way to test
+// guesses of a secret in the upstream URL (its password, an API key in its
+// query) offline.
+func (h *hub) topicID(key string) string {
+	mac := hmac.New(sha256.New, h.keySecret)
+	mac.Write([]byte("topic id\x00"))
+	mac.Write([]byte(key))
+	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
+}
+
 // A capError refuses a subscriber because the hub is at one of its caps.
 type capError struct {
 	cap   string
@@ -324,6 +344,7 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 		ctx, cancel := context.WithCancel(h.ctx)
 		t = &topic{
 			key:    key,
+			id:     h.topicID(key),
 			url:    url,
 			header: fwd,
 			log:    newMemoryLog(h.cfg.history),

@@ -164,7 +164,8 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 	}
 	api.setStatus(http.StatusServiceUnavailable)
 	down := sc.next(5 * time.Second)
-	if down.name != "status" || down.hasID || down.data != `{"upstream":"down","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":10}` {
+	topic := decodeStatus(t, down).Topic
+	if len(topic) != 12 || down.data != `{"upstream":"down","topic":"`+topic+`","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":10}` {
 		t.Fatalf("got %+v, want a down status without id", down)
 	}
 	start := api.count.Load()
@@ -184,7 +185,7 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 	}
 	api.set(`{"a":2}`)
 	for _, c := range []*streamClient{sc, late} {
-		if ev := c.next(5 * time.Second); ev.name != "status" || ev.data != `{"upstream":"up"}` {
+		if ev := c.next(5 * time.Second); ev.name != "status" || ev.data != `{"upstream":"up","topic":"`+topic+`"}` {
 			t.Fatalf("got %+v, want up", ev)
 		}
 		if ev := c.next(5 * time.Second); ev.name != "patch" {

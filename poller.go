@@ -50,7 +50,7 @@ func (t *topic) run(ctx context.Context) {
 	cfg := t.hub.cfg
 	p := &poller{
 		t:      t,
-		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url))),
+		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
 		sched:  schedule{interval: cfg.interval, maxBackoff: cfg.maxBackoff},
 	}
 	p.wait = p.sched.next(0, 0)
@@ -190,8 +190,10 @@ func (e *bodyTooLargeError) Error() string {
 // statusData is the data of a status event.
 type statusData struct {
 	Upstream string `json:"upstream"`
-	Status   int    `json:"status,omitempty"`
-	Error    string `json:"error,omitempty"`
+	// Topic is the topic's id, as in the log lines of its poller.
+	Topic  string `json:"topic"`
+	Status int    `json:"status,omitempty"`
+	Error  string `json:"error,omitempty"`
 	// RetryInMS is how long until the next poll, in milliseconds.
 	RetryInMS int64 `json:"retry_in_ms,omitempty"`
 }
@@ -223,7 +225,7 @@ func (p *poller) failed(err error) {
 		return
 	}
 	p.downSent = true
-	data := statusData{Upstream: "down", Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
+	data := statusData{Upstream: "down", Topic: p.t.id, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
 	p.t.log.appendStatus(b, true)
 }
@@ -242,7 +244,7 @@ func (p *poller) recovered() {
 		return
 	}
 	p.downSent = false
-	b, _ := json.Marshal(statusData{Upstream: "up"})
+	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.t.id})
 	p.t.log.appendStatus(b, false)
 }
 

@@ -1,6 +1,7 @@
 package pollsse
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -439,4 +440,85 @@ type statusRecorder struct {
 func (r *statusRecorder) WriteHeader(status int) {
 	r.status = status
 	r.ResponseWriter.WriteHeader(status)
+}
+
+// TestTopicIDsTellTopicsApart: the topics of two users of one upstream URL
+// log lines that differ in their topic field, which never holds their
+// credentials, and each user's status events carry the id of the log lines
+// of that user's topic.
+func TestTopicIDsTellTopicsApart(t *testing.T) {
+	api := newUsersAPI(t)
+	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"10ms","max_backoff":"10ms","forward_headers":["Authorization"]`, api.URL+"/account")), "")
+	t.Cleanup(func() {
+		stopCaddy(t)
+		assertNoStreamGoroutines(t)
+	})
+	users := []string{"alice", "bob"}
+	streams := map[string]*streamClient{}
+	for _, user := range users {
+		sc := openStreamWith(t, base+"/events", bearer(user+"-token"), "")
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("%s got %+v", user, ev)
+		}
+		streams[user] = sc
+	}
+	// Alice's credential is revoked, bob's document breaks: each topic
+	// fails in its own way, then recovers.
+	api.setDoc("alice-token", "")
+	api.setDoc("bob-token", "not JSON")
+	ids := map[string]string{}
+	for _, user := range users {
+		sd := decodeStatus(t, streams[user].next(5*time.Second))
+		if sd.Upstream != "down" || len(sd.Topic) != 12 || strings.Trim(sd.Topic, "0123456789abcdef") != "" {
+			t.Errorf("%s got %+v, want down with a topic of 12 hex digits", user, sd)
+		}
+		ids[user] = sd.Topic
+	}
+	if ids["alice"] == ids["bob"] {
+		t.Errorf("both users' status events name the topic %q", ids["alice"])
+	}
+	api.setDoc("alice-token", `{"user":"alice","balance":1}`)
+	api.setDoc("bob-token", `{"user":"bob","balance":1}`)
+	for _, user := range users {
+		if sd := decodeStatus(t, streams[user].next(5*time.Second)); sd.Upstream != "up" || sd.Topic != ids[user] {
+			t.Errorf("%s got %+v, want up with topic %q", user, sd, ids[user])
+		}
+	}
+
+	// The log lines of each topic, by message.
+	lines := map[string][]string{} // topic id + " " + message -> errors
+	for _, l := range readLogLines(t, logFile) {
+		for _, secret := range []string{"alice-token", "bob-token"} {
+			if strings.Contains(l.raw, secret) {
+				t.Errorf("a log line holds %q: %s", secret, l.raw)
+			}
+		}
+		if l.Logger != "http.handlers.poll_sse" || l.Upstream == "" {
+			continue
+		}
+		var fields struct {
+			Topic string `json:"topic"`
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(l.raw), &fields); err != nil {
+			t.Fatal(err)
+		}
+		if fields.Topic != ids["alice"] && fields.Topic != ids["bob"] {
+			t.Errorf("a line of a topic names the topic %q, not one that its subscribers were told: %s", fields.Topic, l.raw)
+		}
+		key := fields.Topic + " " + l.Msg
+		lines[key] = append(lines[key], fields.Error)
+	}
+	for user, failure := range map[string]string{"alice": "401", "bob": "not valid JSON"} {
+		id := ids[user]
+		for _, msg := range []string{"topic started", "upstream recovered"} {
+			if n := len(lines[id+" "+msg]); n != 1 {
+				t.Errorf("%s's topic %s: %d lines %q, want 1", user, id, n, msg)
+			}
+		}
+		if errs := lines[id+" upstream failing"]; len(errs) != 1 || !strings.Contains(errs[0], failure) {
+			t.Errorf("%s's topic %s: lines \"upstream failing\" with errors %q, want one with %q", user, id, errs, failure)
+		}
+	}
 }
