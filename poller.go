@@ -68,22 +68,21 @@ func (t *topic) run(ctx context.Context) {
 		start := time.Now()
 		p.poll(ctx)
 		next := start.Add(p.wait)
+		// Subscribers neither hasten nor hold back the next poll: a topic
+		// whose upstream refuses its credentials polls on the backoff of
+		// its failures, whose every step costs one request, while the
+		// browsers that come back are answered the refusal, until the idle
+		// timeout after its last subscriber ends it.
 		for {
 			idleUntil, stop := t.hub.idleUntil(t)
 			if stop {
 				return
 			}
-			// A topic whose upstream refuses its credentials polls no
-			// more once it has no subscriber: until the idle timeout
-			// ends it, it only answers the refusal to the browsers that
-			// come back (and whose EventSource then stops), so that
-			// made-up credentials cost the upstream one request each.
-			paused := !idleUntil.IsZero() && t.denied.Load() != 0
-			if !paused && !time.Now().Before(next) {
+			if !time.Now().Before(next) {
 				break
 			}
 			wake := next
-			if paused || !idleUntil.IsZero() && idleUntil.Before(wake) {
+			if !idleUntil.IsZero() && idleUntil.Before(wake) {
 				wake = idleUntil
 			}
 			timer.Reset(time.Until(wake))
