@@ -35,7 +35,7 @@ type poller struct {
 	// polls, make log lines and status events.
 	failing bool
 	// downSent is set while subscribers have been told that the upstream
-	// is down: failures before the first document tell them nothing.
+	// is down: a refusal before the first document tells them nothing.
 	downSent bool
 	// failures counts the failed polls since the last success.
 	failures int
@@ -129,6 +129,7 @@ func (p *poller) poll(ctx context.Context) {
 	p.recovered()
 	if p.prev == nil {
 		p.t.log.appendDocument(doc, "", nil)
+		p.t.documented.Store(true)
 		p.prev = doc
 		p.keepValidators(res)
 		metrics.countPoll(pollChanged, start)
@@ -198,8 +199,12 @@ type statusData struct {
 }
 
 // failed records a failed poll and schedules the next one with a backoff.
-// Subscribers hear of the first failure after a success, not of every
-// failed poll; before the first success they wait.
+// The first failure of an outage is logged at Warn, the others at Debug,
+// and subscribers are told of the outage once, with a down status event,
+// not of every failed poll. Those that wait for the topic's first document
+// are told too, except of a refusal of the topic's credentials, which ends
+// their streams instead, so that their browsers' reconnects get the 401 or
+// 403.
 func (p *poller) failed(err error) {
 	p.failures++
 	var status int
@@ -214,13 +219,11 @@ func (p *poller) failed(err error) {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
 		}
-		return
+	} else {
+		p.failing = true
+		p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
 	}
-	// The first failure after a success, or of a topic's first polls, is
-	// logged once; subscribers hear of it only when they have a document.
-	p.failing = true
-	p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
-	if p.prev == nil {
+	if p.downSent || p.prev == nil && refusal(status) {
 		return
 	}
 	p.downSent = true
