@@ -131,3 +131,25 @@ func TestOutageRequestCounts(t *testing.T) {
 		t.Errorf("scaled run: %d requests with backoff, %d without; want about 4-5 and 30", scaledWith, scaledWithout)
 	}
 }
+
+// TestRefusedTopicRequestCounts measures, on a fake clock over the poller's
+// schedule at the default settings, the upstream requests of a topic whose
+// upstream refuses its credentials. The topic of a made-up credential lives
+// until idle_timeout after its browser's last visit: the reconnect, after
+// the retry hint, that gets the 401. A credential whose browsers keep
+// coming back keeps its topic polling on the backoff of its failures.
+func TestRefusedTopicRequestCounts(t *testing.T) {
+	life := defaultRetry + defaultIdleTimeout
+	for _, tt := range []struct {
+		jitter string
+		rnd    func(int64) int64
+	}{{"no jitter", rndLow}, {"the most jitter", rndHigh}} {
+		sched := schedule{interval: defaultInterval, maxBackoff: defaultMaxBackoff, rnd: tt.rnd}
+		made, hour := outagePolls(sched, life), outagePolls(sched, time.Hour)
+		t.Logf("%s: %d requests in the %s of a made-up credential's topic, %d in an hour of refused visitors", tt.jitter, made, life, hour)
+		// As the README says.
+		if made != 4 || hour < 60 || hour > 85 {
+			t.Errorf("%s: %d requests for a made-up credential, %d in an hour; want 4, and 60 to 85", tt.jitter, made, hour)
+		}
+	}
+}

@@ -284,7 +284,7 @@ func (g *connGroup) service(s *connStream, w *sweeper) {
 		s.writeFrames(frames, next, w)
 		return
 	}
-	if g.t.refusedBeforeSnapshot(s.cursor) {
+	if g.t.refusedBeforeSnapshot() {
 		w.write(s.rc, lastChunk)
 		s.closed = true
 		s.closeConn()

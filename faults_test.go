@@ -474,3 +474,35 @@ func TestStreamRefusedBeforeItsSnapshotEnds(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamToldOfAnOutageThenRefusedEnds: a stream that waits for its
+// topic's first document, and has been told that the upstream is down,
+// ends without another event when the upstream then refuses the topic's
+// credentials, on both paths a stream takes, and the reconnect of its
+// browser gets the 401.
+func TestStreamToldOfAnOutageThenRefusedEnds(t *testing.T) {
+	for _, path := range []string{"/plain", "/encoded"} {
+		t.Run(path[1:], func(t *testing.T) {
+			api := newFakeAPI(t, `{"a":1}`)
+			api.setStatus(http.StatusServiceUnavailable)
+			base := startCaddy(t, `[{"match":[{"path":["/encoded"]}],"handle":[{"handler":"encode","encodings":{"gzip":{}}}]},`+
+				pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"20ms","max_backoff":"20ms"`, api.URL))+"]")
+			sc := openStream(t, http.DefaultClient, base+path, "")
+			if sd := decodeStatus(t, sc.next(5*time.Second)); sd.Upstream != "down" || sd.Status != http.StatusServiceUnavailable {
+				t.Fatalf("got %+v, want down with 503", sd)
+			}
+			api.setStatus(http.StatusUnauthorized)
+			if ev, ok := sc.nextOrTimeout(10 * time.Second); ok {
+				t.Fatalf("got %+v, want the stream to end", ev)
+			}
+			select {
+			case <-sc.done:
+			case <-time.After(time.Second):
+				t.Fatal("the refused stream did not end")
+			}
+			if status, _ := getStatus(t, base+path, nil); status != http.StatusUnauthorized {
+				t.Errorf("the reconnect got %d, want 401", status)
+			}
+		})
+	}
+}

@@ -98,7 +98,11 @@ type topicConfig struct {
 type topic struct {
 	// key is url, followed by a keyed hash of header when headers are
 	// forwarded; it is never logged.
-	key    string
+	key string
+	// id names the topic in log lines and status events: a keyed hash of
+	// key (topicID), which tells topics of one URL apart without saying
+	// anything of their credentials.
+	id     string
 	url    string
 	header http.Header
 	log    eventLog
@@ -111,6 +115,9 @@ type topic struct {
 	// refused is closed and replaced whenever denied becomes non-zero, so
 	// that the streams still waiting for their first snapshot end.
 	refused atomic.Pointer[chan struct{}]
+	// documented is set once the poller has put the topic's first document
+	// in its log.
+	documented atomic.Bool
 
 	// subscribers and lastLeave are guarded by hub.mu.
 	subscribers int
@@ -290,6 +297,22 @@ func (h *hub) topicKey(url string, fwd http.Header) string {
 	return url + " " + hex.EncodeToString(mac.Sum(nil))
 }
 
+// topicIDLength is the length of a topic's id, in hex digits: 48 bits, so
+// that the ids of a hub's topics do not collide in practice.
+const topicIDLength = 12
+
+// topicID returns the short id of the topic of key: the first hex digits of
+// an HMAC-SHA-256 of key under the hub's secret. Keyed, so that an id, which
+// every subscriber of the topic sees in status events, gives no way to test
+// guesses of a secret in the upstream URL (its password, an API key in its
+// query) offline.
+func (h *hub) topicID(key string) string {
+	mac := hmac.New(sha256.New, h.keySecret)
+	mac.Write([]byte("topic id\x00"))
+	mac.Write([]byte(key))
+	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
+}
+
 // A capError refuses a subscriber because the hub is at one of its caps.
 type capError struct {
 	cap   string
@@ -324,6 +347,7 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 		ctx, cancel := context.WithCancel(h.ctx)
 		t = &topic{
 			key:    key,
+			id:     h.topicID(key),
 			url:    url,
 			header: fwd,
 			log:    newMemoryLog(h.cfg.history),
@@ -446,7 +470,7 @@ func (h *hub) pace(ctx context.Context) bool {
 // answer records the outcome of a poll of t: status is the upstream's
 // HTTP status when the poll failed for one, else 0.
 func (t *topic) answer(status int) {
-	if status != http.StatusUnauthorized && status != http.StatusForbidden {
+	if !refusal(status) {
 		t.denied.Store(0)
 		return
 	}
@@ -454,6 +478,12 @@ func (t *topic) answer(status int) {
 		ch := make(chan struct{})
 		close(*t.refused.Swap(&ch))
 	}
+}
+
+// refusal tells whether an upstream's HTTP status refuses the credentials
+// of the request.
+func refusal(status int) bool {
+	return status == http.StatusUnauthorized || status == http.StatusForbidden
 }
 
 // deniedStatus returns 401 or 403 while the upstream's latest answer for t
@@ -464,12 +494,16 @@ func (t *topic) deniedStatus() int { return int(t.denied.Load()) }
 // refuses t's credentials.
 func (t *topic) refusedChan() <-chan struct{} { return *t.refused.Load() }
 
-// refusedBeforeSnapshot tells whether a stream at cursor should end: it has
-// had no snapshot (the topic has no document) and the upstream refuses the
-// topic's credentials. Its browser reconnects, and the new request gets
-// the 401 or 403 as its response, so that EventSource stops.
-func (t *topic) refusedBeforeSnapshot(cursor uint64) bool {
-	return cursor == 0 && t.denied.Load() != 0
+// refusedBeforeSnapshot tells whether a stream whose last read of the log
+// came back empty should end: the upstream refuses the topic's credentials,
+// and the topic has no document, so that the stream has had no snapshot
+// (it may have had the status event of an earlier failure). Its browser
+// reconnects, and the new request gets the 401 or 403 as its response, so
+// that EventSource stops.
+func (t *topic) refusedBeforeSnapshot() bool {
+	// denied first: a topic refused after its first document was
+	// documented before.
+	return t.denied.Load() != 0 && !t.documented.Load()
 }
 
 // Destruct stops every poller of the hub; the usage pool calls it when no

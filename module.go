@@ -452,7 +452,7 @@ func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor u
 		if len(frames) > 0 {
 			continue
 		}
-		if t.refusedBeforeSnapshot(cursor) {
+		if t.refusedBeforeSnapshot() {
 			return
 		}
 		select {

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -164,7 +165,8 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 	}
 	api.setStatus(http.StatusServiceUnavailable)
 	down := sc.next(5 * time.Second)
-	if down.name != "status" || down.hasID || down.data != `{"upstream":"down","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":10}` {
+	topic := decodeStatus(t, down).Topic
+	if len(topic) != 12 || down.data != `{"upstream":"down","topic":"`+topic+`","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":10}` {
 		t.Fatalf("got %+v, want a down status without id", down)
 	}
 	start := api.count.Load()
@@ -184,7 +186,7 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 	}
 	api.set(`{"a":2}`)
 	for _, c := range []*streamClient{sc, late} {
-		if ev := c.next(5 * time.Second); ev.name != "status" || ev.data != `{"upstream":"up"}` {
+		if ev := c.next(5 * time.Second); ev.name != "status" || ev.data != `{"upstream":"up","topic":"`+topic+`"}` {
 			t.Fatalf("got %+v, want up", ev)
 		}
 		if ev := c.next(5 * time.Second); ev.name != "patch" {
@@ -196,37 +198,76 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 	}
 }
 
-func TestSubscriberWaitsForFirstSuccess(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	api.setStatus(http.StatusBadGateway)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"100ms"`, api.URL))+"]")
-	resp, err := http.Get(base + "/events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	readEvent(br) // retry
-	// Heartbeats go on while no poll has succeeded, and nothing else comes.
-	for range 2 {
-		ev, err := readEvent(br)
-		if err != nil || !ev.comment {
-			t.Fatalf("got %+v, %v; want a heartbeat", ev, err)
-		}
-	}
-	api.setStatus(http.StatusOK)
-	for {
-		ev, err := readEvent(br)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ev.comment {
-			continue
-		}
-		if ev.name != "snapshot" || ev.data != `{"a":1}` {
-			t.Fatalf("got %+v, want the snapshot and no status before it", ev)
-		}
-		break
+// TestSubscribersWaitingForTheFirstDocumentAreToldWhy: while no poll of a
+// topic has succeeded (here a select that points at nothing), its
+// subscribers are told so with the down status and its reason, once: those
+// already waiting when the polls fail get it then, those that come later at
+// once. When the first document comes, each gets the up status and then the
+// snapshot, and goes on as any subscriber, on both paths a stream takes (a
+// plain HTTP/1.1 stream taken off its goroutine, an encoded one that keeps
+// it).
+func TestSubscribersWaitingForTheFirstDocumentAreToldWhy(t *testing.T) {
+	for _, path := range []string{"/plain", "/encoded"} {
+		t.Run(path[1:], func(t *testing.T) {
+			api := newFakeAPI(t, `{"items":[1]}`)
+			// The first poll answers only when the test says.
+			release := make(chan struct{})
+			var first atomic.Bool
+			var once sync.Once
+			api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if first.CompareAndSwap(false, true) {
+					<-release
+				}
+				api.serve(w, r)
+			})
+			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			base := startCaddy(t, `[{"match":[{"path":["/encoded"]}],"handle":[{"handler":"encode","encodings":{"gzip":{}}}]},`+
+				pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"10ms","max_backoff":"10ms","heartbeat":"50ms","select":"/data"`, api.URL))+"]")
+
+			early := openStream(t, http.DefaultClient, base+path, "")
+			once.Do(func() { close(release) })
+			down := early.next(5 * time.Second)
+			sd := decodeStatus(t, down)
+			if sd.Upstream != "down" || !strings.Contains(sd.Error, `select "/data"`) || len(sd.Topic) != 12 {
+				t.Fatalf("a waiting subscriber got %+v, want down with the select's error", sd)
+			}
+			start := api.count.Load()
+			waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+5 })
+			late := openStream(t, http.DefaultClient, base+path, "")
+			if ev := late.next(5 * time.Second); ev != down {
+				t.Fatalf("a subscriber that came during the failures got %+v, want %+v", ev, down)
+			}
+			for _, sc := range []*streamClient{early, late} {
+				if ev, ok := sc.nextOrTimeout(150 * time.Millisecond); ok {
+					t.Fatalf("got %+v, want heartbeats only while the polls fail", ev)
+				}
+			}
+
+			api.set(`{"data":{"a":1}}`)
+			var snap sseEvent
+			for _, sc := range []*streamClient{early, late} {
+				if sd := decodeStatus(t, sc.next(5*time.Second)); sd.Upstream != "up" || sd.Topic != decodeStatus(t, down).Topic {
+					t.Fatalf("got %+v, want up", sd)
+				}
+				if snap = sc.next(5 * time.Second); snap.name != "snapshot" || snap.data != `{"a":1}` {
+					t.Fatalf("got %+v, want the first snapshot after the up status", snap)
+				}
+			}
+			api.set(`{"data":{"a":2}}`)
+			for _, sc := range []*streamClient{early, late} {
+				if ev := sc.next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/a","value":2}]`) {
+					t.Fatalf("got %+v, want the patch", ev)
+				}
+			}
+			// After the first document, a new subscriber starts with the
+			// snapshot, and the snapshot's id resumes exactly.
+			if ev := openStream(t, http.DefaultClient, base+path, "").next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":2}` {
+				t.Errorf("a new subscriber got %+v, want the snapshot", ev)
+			}
+			if ev := openStream(t, http.DefaultClient, base+path, snap.id).next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/a","value":2}]`) {
+				t.Errorf("resuming from the first snapshot got %+v, want the patch", ev)
+			}
+		})
 	}
 }
 

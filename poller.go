@@ -28,13 +28,14 @@ type poller struct {
 	// prev is the last document that parsed, nil until the first success.
 	prev *document
 	// etag and lastModified are the validators of the response that made
-	// prev, sent as If-None-Match and If-Modified-Since.
+	// prev, sent as If-None-Match and If-Modified-Since; lastModified only
+	// when it is a strong validator (strongLastModified).
 	etag, lastModified string
 	// failing is set while polls fail, so that the transitions, not the
 	// polls, make log lines and status events.
 	failing bool
 	// downSent is set while subscribers have been told that the upstream
-	// is down: failures before the first document tell them nothing.
+	// is down: a refusal before the first document tells them nothing.
 	downSent bool
 	// failures counts the failed polls since the last success.
 	failures int
@@ -49,7 +50,7 @@ func (t *topic) run(ctx context.Context) {
 	cfg := t.hub.cfg
 	p := &poller{
 		t:      t,
-		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url))),
+		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
 		sched:  schedule{interval: cfg.interval, maxBackoff: cfg.maxBackoff},
 	}
 	p.wait = p.sched.next(0, 0)
@@ -67,22 +68,21 @@ func (t *topic) run(ctx context.Context) {
 		start := time.Now()
 		p.poll(ctx)
 		next := start.Add(p.wait)
+		// Subscribers neither hasten nor hold back the next poll: a topic
+		// whose upstream refuses its credentials polls on the backoff of
+		// its failures, whose every step costs one request, while the
+		// browsers that come back are answered the refusal, until the idle
+		// timeout after its last subscriber ends it.
 		for {
 			idleUntil, stop := t.hub.idleUntil(t)
 			if stop {
 				return
 			}
-			// A topic whose upstream refuses its credentials polls no
-			// more once it has no subscriber: until the idle timeout
-			// ends it, it only answers the refusal to the browsers that
-			// come back (and whose EventSource then stops), so that
-			// made-up credentials cost the upstream one request each.
-			paused := !idleUntil.IsZero() && t.denied.Load() != 0
-			if !paused && !time.Now().Before(next) {
+			if !time.Now().Before(next) {
 				break
 			}
 			wake := next
-			if paused || !idleUntil.IsZero() && idleUntil.Before(wake) {
+			if !idleUntil.IsZero() && idleUntil.Before(wake) {
 				wake = idleUntil
 			}
 			timer.Reset(time.Until(wake))
@@ -129,6 +129,7 @@ func (p *poller) poll(ctx context.Context) {
 	p.recovered()
 	if p.prev == nil {
 		p.t.log.appendDocument(doc, "", nil)
+		p.t.documented.Store(true)
 		p.prev = doc
 		p.keepValidators(res)
 		metrics.countPoll(pollChanged, start)
@@ -189,15 +190,21 @@ func (e *bodyTooLargeError) Error() string {
 // statusData is the data of a status event.
 type statusData struct {
 	Upstream string `json:"upstream"`
-	Status   int    `json:"status,omitempty"`
-	Error    string `json:"error,omitempty"`
+	// Topic is the topic's id, as in the log lines of its poller.
+	Topic  string `json:"topic"`
+	Status int    `json:"status,omitempty"`
+	Error  string `json:"error,omitempty"`
 	// RetryInMS is how long until the next poll, in milliseconds.
 	RetryInMS int64 `json:"retry_in_ms,omitempty"`
 }
 
 // failed records a failed poll and schedules the next one with a backoff.
-// Subscribers hear of the first failure after a success, not of every
-// failed poll; before the first success they wait.
+// The first failure of an outage is logged at Warn, the others at Debug,
+// and subscribers are told of the outage once, with a down status event,
+// not of every failed poll. Those that wait for the topic's first document
+// are told too, except of a refusal of the topic's credentials, which ends
+// their streams instead, so that their browsers' reconnects get the 401 or
+// 403.
 func (p *poller) failed(err error) {
 	p.failures++
 	var status int
@@ -212,17 +219,15 @@ func (p *poller) failed(err error) {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
 		}
-		return
+	} else {
+		p.failing = true
+		p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
 	}
-	// The first failure after a success, or of a topic's first polls, is
-	// logged once; subscribers hear of it only when they have a document.
-	p.failing = true
-	p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
-	if p.prev == nil {
+	if p.downSent || p.prev == nil && refusal(status) {
 		return
 	}
 	p.downSent = true
-	data := statusData{Upstream: "down", Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
+	data := statusData{Upstream: "down", Topic: p.t.id, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
 	p.t.log.appendStatus(b, true)
 }
@@ -241,7 +246,7 @@ func (p *poller) recovered() {
 		return
 	}
 	p.downSent = false
-	b, _ := json.Marshal(statusData{Upstream: "up"})
+	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.t.id})
 	p.t.log.appendStatus(b, false)
 }
 
@@ -289,6 +294,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	if err != nil {
 		return response{}, err
 	}
+	received := time.Now()
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified && p.prev != nil {
 		return response{notModified: true}, nil
@@ -315,8 +321,33 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	return response{
 		body:         body,
 		etag:         resp.Header.Get("ETag"),
-		lastModified: resp.Header.Get("Last-Modified"),
+		lastModified: strongLastModified(resp.Header, received),
 	}, nil
+}
+
+// strongLastModified returns the Last-Modified of a response received at
+// received when it is a strong validator, and "" otherwise. A Last-Modified
+// has a precision of one second: the document may change again within that
+// second and keep it, so that a poll conditional on it would be answered 304
+// for a document that it has never seen, until the next change. Such a date
+// is strong only when it is at least one second before the response's Date,
+// or before the time it was received when it has no Date (RFC 9110 section
+// 8.8.2.2). A weak one is not sent back: the next poll is unconditional, and
+// the byte comparison keeps an unchanged body cheap.
+func strongLastModified(header http.Header, received time.Time) string {
+	value := header.Get("Last-Modified")
+	modified, err := http.ParseTime(value)
+	if err != nil {
+		return ""
+	}
+	at := received
+	if date, err := http.ParseTime(header.Get("Date")); err == nil {
+		at = date
+	}
+	if at.Sub(modified) < time.Second {
+		return ""
+	}
+	return value
 }
 
 // describeRequestError drops the request URL from err, for logs, so that a

@@ -1,10 +1,13 @@
 package pollsse
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -178,8 +181,9 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 			} else {
 				// The poller starts the second poll once the first has failed.
 				waitFor(t, 5*time.Second, "the poll to fail", func() bool { return polls.Load() >= 2 })
-				if frames := logFrames(tp); len(frames) != 0 {
-					t.Errorf("a body over max_body made %q", frames)
+				// No document: a new subscriber reads only why.
+				if frames := logFrames(tp); len(frames) != 1 || !strings.HasPrefix(frames[0], "event: status\n") || !strings.Contains(frames[0], "larger than max_body (1000 bytes)") {
+					t.Errorf("a body over max_body made %q, want only a status event", frames)
 				}
 			}
 			if n := read.Load(); n > tt.wantRead*polls.Load() {
@@ -257,5 +261,265 @@ func TestPollsOfManyTopicsAreSpread(t *testing.T) {
 	t.Logf("waits between polls of a topic at a 100ms interval: 10th percentile %s, 90th %s", lo, hi)
 	if lo < 89*time.Millisecond || hi-lo < 5*time.Millisecond {
 		t.Errorf("waits between polls from %s to %s: want jitter within 90-110ms", lo, hi)
+	}
+}
+
+func TestStrongLastModified(t *testing.T) {
+	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	date := func(d time.Time) string { return d.Format(http.TimeFormat) }
+	tests := []struct {
+		name               string
+		lastModified, date string
+		received           time.Time
+		want               string
+	}{
+		{"a date a second before the response's Date is strong", date(at.Add(-time.Second)), date(at), at, date(at.Add(-time.Second))},
+		{"a date long before the response's Date is strong", date(at.Add(-time.Hour)), date(at), at, date(at.Add(-time.Hour))},
+		{"a date in the second of the response's Date is weak", date(at), date(at), at.Add(900 * time.Millisecond), ""},
+		{"a date after the response's Date is weak", date(at.Add(time.Minute)), date(at), at, ""},
+		{"the response's Date counts, not when it was received", date(at), date(at), at.Add(time.Hour), ""},
+		{"without a Date, a date a second before it was received is strong", date(at), "", at.Add(time.Second), date(at)},
+		{"without a Date, a date less than a second before it was received is weak", date(at), "", at.Add(999 * time.Millisecond), ""},
+		{"an unparsable Date counts as none", date(at), "yesterday", at.Add(2 * time.Second), date(at)},
+		{"an unparsable date is none", "yesterday", date(at), at, ""},
+		{"no Last-Modified is none", "", date(at), at, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.lastModified != "" {
+				h.Set("Last-Modified", tt.lastModified)
+			}
+			if tt.date != "" {
+				h.Set("Date", tt.date)
+			}
+			if got := strongLastModified(h, tt.received); got != tt.want {
+				t.Errorf("strongLastModified(Last-Modified %q, Date %q) = %q, want %q", tt.lastModified, tt.date, got, tt.want)
+			}
+		})
+	}
+}
+
+// A fileExchange is one request to a file server and its answer.
+type fileExchange struct {
+	path, ifModifiedSince string
+	status                int
+	date, lastModified    string
+}
+
+// TestChangeInTheSecondOfLastModifiedIsDelivered: Go's http.FileServer
+// validates with Last-Modified alone, whose precision is one second. When a
+// file is written twice within one second, the stream delivers the second
+// version too: a Last-Modified in the second of the response's Date is not
+// sent back as If-Modified-Since, and polls are conditional again once the
+// Last-Modified of a response is a second older than its Date.
+func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
+	dir := t.TempDir()
+	files := http.FileServer(http.Dir(dir))
+	var mu sync.Mutex
+	var exchanges []fileExchange
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The Date that net/http would set, set here so that it can be
+		// recorded.
+		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		files.ServeHTTP(rec, r)
+		mu.Lock()
+		defer mu.Unlock()
+		exchanges = append(exchanges, fileExchange{
+			path:            r.URL.Path,
+			ifModifiedSince: r.Header.Get("If-Modified-Since"),
+			status:          rec.status,
+			date:            w.Header().Get("Date"),
+			lastModified:    w.Header().Get("Last-Modified"),
+		})
+	}))
+	t.Cleanup(upstream.Close)
+	exchangesOf := func(path string) []fileExchange {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []fileExchange
+		for _, e := range exchanges {
+			if e.path == path {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms"`,
+		upstream.URL+"/{http.request.uri.query.file}"))+"]")
+
+	// The first version must be written and polled within one second of
+	// the clock, as a file that is written and read soon after; a slow
+	// machine that crosses a second between them tries again with another
+	// file, another topic.
+	var sc *streamClient
+	var path string
+	for attempt := 0; ; attempt++ {
+		if attempt == 3 {
+			t.Fatal("the first poll never came in the second that the file was written")
+		}
+		// Start just after a second begins.
+		now := time.Now()
+		time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
+		name := fmt.Sprintf("doc%d.json", attempt)
+		path = "/" + name
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(`{"v":1}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sc = openStream(t, http.DefaultClient, base+"/events?file="+name, "")
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"v":1}` {
+			t.Fatalf("got %+v, want the snapshot of v1", ev)
+		}
+		first := exchangesOf(path)[0]
+		if first.date == first.lastModified {
+			break
+		}
+		t.Logf("the first poll was answered at %s, for a file written at %s: again", first.date, first.lastModified)
+		sc.close()
+	}
+
+	// The second version, in the same second as the first: the file's
+	// modification time says the same second.
+	file := filepath.Join(dir, path[1:])
+	info, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(`{"v":2}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(file, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := sc.nextOrTimeout(3 * time.Second); !ok || ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/v","value":2}]`) {
+		ex := exchangesOf(path)
+		t.Logf("%d requests, the first ones: %+v", len(ex), ex[:min(len(ex), 5)])
+		t.Fatalf("got %+v, %v; want the patch to v2", ev, ok)
+	}
+
+	// Once a second has passed, polls are conditional again and cost 304s.
+	lastModified := exchangesOf(path)[0].lastModified
+	waitFor(t, 5*time.Second, "a 304 to If-Modified-Since", func() bool {
+		for _, e := range exchangesOf(path) {
+			if e.status == http.StatusNotModified && e.ifModifiedSince == lastModified {
+				return true
+			}
+		}
+		return false
+	})
+	// Each poll was conditional exactly when the last full answer before
+	// it had a Last-Modified at least a second before its Date.
+	var latest fileExchange
+	for i, e := range exchangesOf(path) {
+		want := ""
+		if latest.status == http.StatusOK {
+			modified, _ := http.ParseTime(latest.lastModified)
+			date, _ := http.ParseTime(latest.date)
+			if date.Sub(modified) >= time.Second {
+				want = latest.lastModified
+			}
+		}
+		if e.ifModifiedSince != want {
+			t.Errorf("request %d: If-Modified-Since %q after a full answer of %+v, want %q", i, e.ifModifiedSince, latest, want)
+		}
+		if e.status == http.StatusOK {
+			latest = e
+		}
+	}
+	if ev, ok := sc.nextOrTimeout(100 * time.Millisecond); ok {
+		t.Errorf("an event %+v for an unchanged file", ev)
+	}
+}
+
+// A statusRecorder records the status of a response.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
+}
+
+// TestTopicIDsTellTopicsApart: the topics of two users of one upstream URL
+// log lines that differ in their topic field, which never holds their
+// credentials, and each user's status events carry the id of the log lines
+// of that user's topic.
+func TestTopicIDsTellTopicsApart(t *testing.T) {
+	api := newUsersAPI(t)
+	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"10ms","max_backoff":"10ms","forward_headers":["Authorization"]`, api.URL+"/account")), "")
+	t.Cleanup(func() {
+		stopCaddy(t)
+		assertNoStreamGoroutines(t)
+	})
+	users := []string{"alice", "bob"}
+	streams := map[string]*streamClient{}
+	for _, user := range users {
+		sc := openStreamWith(t, base+"/events", bearer(user+"-token"), "")
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("%s got %+v", user, ev)
+		}
+		streams[user] = sc
+	}
+	// Alice's credential is revoked, bob's document breaks: each topic
+	// fails in its own way, then recovers.
+	api.setDoc("alice-token", "")
+	api.setDoc("bob-token", "not JSON")
+	ids := map[string]string{}
+	for _, user := range users {
+		sd := decodeStatus(t, streams[user].next(5*time.Second))
+		if sd.Upstream != "down" || len(sd.Topic) != 12 || strings.Trim(sd.Topic, "0123456789abcdef") != "" {
+			t.Errorf("%s got %+v, want down with a topic of 12 hex digits", user, sd)
+		}
+		ids[user] = sd.Topic
+	}
+	if ids["alice"] == ids["bob"] {
+		t.Errorf("both users' status events name the topic %q", ids["alice"])
+	}
+	api.setDoc("alice-token", `{"user":"alice","balance":1}`)
+	api.setDoc("bob-token", `{"user":"bob","balance":1}`)
+	for _, user := range users {
+		if sd := decodeStatus(t, streams[user].next(5*time.Second)); sd.Upstream != "up" || sd.Topic != ids[user] {
+			t.Errorf("%s got %+v, want up with topic %q", user, sd, ids[user])
+		}
+	}
+
+	// The log lines of each topic, by message.
+	lines := map[string][]string{} // topic id + " " + message -> errors
+	for _, l := range readLogLines(t, logFile) {
+		for _, secret := range []string{"alice-token", "bob-token"} {
+			if strings.Contains(l.raw, secret) {
+				t.Errorf("a log line holds %q: %s", secret, l.raw)
+			}
+		}
+		if l.Logger != "http.handlers.poll_sse" || l.Upstream == "" {
+			continue
+		}
+		var fields struct {
+			Topic string `json:"topic"`
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(l.raw), &fields); err != nil {
+			t.Fatal(err)
+		}
+		if fields.Topic != ids["alice"] && fields.Topic != ids["bob"] {
+			t.Errorf("a line of a topic names the topic %q, not one that its subscribers were told: %s", fields.Topic, l.raw)
+		}
+		key := fields.Topic + " " + l.Msg
+		lines[key] = append(lines[key], fields.Error)
+	}
+	for user, failure := range map[string]string{"alice": "401", "bob": "not valid JSON"} {
+		id := ids[user]
+		for _, msg := range []string{"topic started", "upstream recovered"} {
+			if n := len(lines[id+" "+msg]); n != 1 {
+				t.Errorf("%s's topic %s: %d lines %q, want 1", user, id, n, msg)
+			}
+		}
+		if errs := lines[id+" upstream failing"]; len(errs) != 1 || !strings.Contains(errs[0], failure) {
+			t.Errorf("%s's topic %s: lines \"upstream failing\" with errors %q, want one with %q", user, id, errs, failure)
+		}
 	}
 }

@@ -417,8 +417,8 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 		t.Errorf("3 redirects on the same origin: got %+v, want the document", ev)
 	}
 	sc = openStream(t, http.DefaultClient, base+"/events?chain=four&n=4", "")
-	if ev, ok := sc.nextOrTimeout(200 * time.Millisecond); ok {
-		t.Errorf("4 redirects: got %+v, want nothing", ev)
+	if sd := decodeStatus(t, sc.next(5*time.Second)); sd.Upstream != "down" || sd.Error != "upstream redirect not followed: more than 3 redirects" {
+		t.Errorf("4 redirects: got %+v, want no document but the down status", sd)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -428,58 +428,113 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 	}
 }
 
-// TestRefusedTopicPollsNoMore: a topic whose upstream refuses its forwarded
-// credentials polls no more once its subscribers are gone, so that made-up
-// credentials cost the upstream a request each, and a browser that comes
-// back with one gets the 401 at once, without a new request.
-func TestRefusedTopicPollsNoMore(t *testing.T) {
+// TestRefusedTopicPollsOnItsBackoff: a topic whose upstream refuses its
+// forwarded credentials polls on the backoff of its failures (interval×2ⁿ
+// up to max_backoff), whatever its visitors do, who get the 401 at once:
+// visitors neither hasten its polls nor keep it from polling, so that it
+// recovers when the upstream accepts the credential again while refused
+// browsers keep coming, and a made-up credential costs the upstream the
+// requests of that schedule until idle_timeout after its last visitor.
+func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
+	const (
+		interval    = 50 * time.Millisecond
+		maxBackoff  = 400 * time.Millisecond
+		idleTimeout = time.Second
+		// slack is what the upstream's clock may add to or take from a
+		// wait between two polls.
+		slack = 50 * time.Millisecond
+	)
 	var mu sync.Mutex
-	requests := map[string]int{}
+	accepted := map[string]bool{}
+	arrivals := map[string][]time.Time{}
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
 		mu.Lock()
-		requests[r.Header.Get("Authorization")]++
+		arrivals[auth] = append(arrivals[auth], time.Now())
+		ok := accepted[auth]
 		mu.Unlock()
-		if r.Header.Get("Authorization") != "Bearer good" {
+		if !ok {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
 		fmt.Fprint(w, `{"a":1}`)
 	}))
 	t.Cleanup(upstream.Close)
-	count := func(token string) int {
+	requests := func(auth string) []time.Time {
 		mu.Lock()
 		defer mu.Unlock()
-		return requests[token]
+		return append([]time.Time(nil), arrivals[auth]...)
 	}
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"50ms","max_backoff":"50ms","forward_headers":["Authorization"]`, upstream.URL))+"]")
+	// The most polls that a topic can make in a time: those of the
+	// schedule at its shortest waits.
+	fastest := schedule{interval: interval, maxBackoff: maxBackoff, rnd: rndHigh}
+	most := func(d time.Duration) int { return outagePolls(fastest, d+slack) }
+	handler := func(idle time.Duration) string {
+		return fmt.Sprintf(`"upstream":%q,"interval":%q,"max_backoff":%q,"idle_timeout":%q,"forward_headers":["Authorization"]`,
+			upstream.URL, interval, maxBackoff, idle)
+	}
+	base, logs := startCaddyLogging(t, "["+
+		pollSSERoute("/events", handler(time.Minute))+","+
+		pollSSERoute("/made-up", handler(idleTimeout))+"]")
 
-	good := openStreamWith(t, base+"/events", bearer("good"), "")
-	if ev := good.next(5 * time.Second); ev.name != "snapshot" {
-		t.Fatalf("got %+v", ev)
-	}
-	const tokens = 5
-	for i := range tokens {
-		if status, _ := eventSourceStatus(t, base+"/events", bearer(fmt.Sprintf("made-up-%d", i))); status != http.StatusUnauthorized {
-			t.Errorf("made-up token %d: status %d, want 401", i, status)
+	t.Run("a refused topic recovers while refused visitors keep coming", func(t *testing.T) {
+		const token = "rotated"
+		// Visitors every interval, for long enough that the backoff
+		// reaches max_backoff.
+		for start := time.Now(); time.Since(start) < 3*maxBackoff; time.Sleep(interval) {
+			if status, _ := eventSourceStatus(t, base+"/events", bearer(token)); status != http.StatusUnauthorized {
+				t.Fatalf("a refused visitor got %d, want 401", status)
+			}
 		}
-	}
-	time.Sleep(500 * time.Millisecond) // ten intervals
-	for i := range tokens {
-		// The poll that was refused, and at most one more that was due
-		// before the refused stream had ended.
-		if n := count(fmt.Sprintf("Bearer made-up-%d", i)); n < 1 || n > 2 {
-			t.Errorf("made-up token %d: %d upstream requests, want 1", i, n)
+		polls := requests("Bearer " + token)
+		span := time.Since(polls[0])
+		t.Logf("%d upstream requests in %s of refused visitors every %s", len(polls), span.Round(time.Millisecond), interval)
+		if len(polls) < 3 || len(polls) > most(span) {
+			t.Errorf("%d upstream requests in %s, want 3 to %d: the backoff of the failures", len(polls), span, most(span))
 		}
-	}
-	if n := count("Bearer good"); n < 5 {
-		t.Errorf("the accepted token's topic made %d requests in 500ms at a 50ms interval", n)
-	}
-	before := count("Bearer made-up-0")
-	if status, _ := getStatus(t, base+"/events", bearer("made-up-0")); status != http.StatusUnauthorized {
-		t.Errorf("coming back with a refused token: status %d, want 401", status)
-	}
-	if n := count("Bearer made-up-0"); n != before {
-		t.Errorf("coming back with a refused token made %d upstream requests", n-before)
-	}
+
+		mu.Lock()
+		accepted["Bearer "+token] = true
+		mu.Unlock()
+		for start := time.Now(); ; time.Sleep(interval) {
+			sc := openStreamWith(t, base+"/events", bearer(token), "")
+			if sc.resp.StatusCode == http.StatusOK {
+				if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":1}` {
+					t.Fatalf("got %+v, want the snapshot", ev)
+				}
+				t.Logf("accepted %s after the upstream was", time.Since(start).Round(time.Millisecond))
+				break
+			}
+			sc.close()
+			if sc.resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("a visitor got %d, want 401 or a stream", sc.resp.StatusCode)
+			}
+			if wait := time.Since(start); wait > maxBackoff+2*time.Second {
+				t.Fatalf("still 401 %s after the upstream accepts the credential, with a max_backoff of %s", wait, maxBackoff)
+			}
+		}
+	})
+
+	t.Run("a made-up credential costs the requests of the schedule until its topic idles out", func(t *testing.T) {
+		const tokens = 5
+		left := map[string]time.Time{}
+		for i := range tokens {
+			token := fmt.Sprintf("made-up-%d", i)
+			if status, _ := eventSourceStatus(t, base+"/made-up", bearer(token)); status != http.StatusUnauthorized {
+				t.Errorf("%s: status %d, want 401", token, status)
+			}
+			left[token] = time.Now()
+		}
+		waitFor(t, 10*time.Second, "the topics of the made-up credentials to stop", func() bool {
+			return strings.Count(logs(), "topic stopped") == tokens
+		})
+		for token, at := range left {
+			polls := requests("Bearer " + token)
+			life := at.Add(idleTimeout).Sub(polls[0])
+			t.Logf("%s: %d upstream requests in its topic's %s", token, len(polls), life.Round(time.Millisecond))
+			if len(polls) < 3 || len(polls) > most(life) {
+				t.Errorf("%s: %d upstream requests in its topic's %s, want 3 to %d: the backoff of the failures", token, len(polls), life, most(life))
+			}
+		}
+	})
 }

@@ -25,7 +25,8 @@ type eventLog interface {
 	appendDocument(doc *document, event string, data []byte)
 	// appendStatus records a change of the upstream's state. data is the
 	// status event's data; down tells whether the upstream is now failing,
-	// which subscribers that start from a snapshot are told after it.
+	// which subscribers that start from a snapshot are told after it, and
+	// those that wait for the first document are told at once.
 	appendStatus(data []byte, down bool)
 	// resume returns the cursor for a subscriber that last saw the event with
 	// the given id, or 0 when the id is unknown, malformed or too old, in
@@ -34,8 +35,14 @@ type eventLog interface {
 	// read appends to buf the frames that a subscriber at cursor has not yet
 	// received, at most cap(buf), and returns them, the subscriber's new
 	// cursor and a channel that is closed when the log next changes. Cursor
-	// 0, or a cursor that has fallen out of the history, reads a snapshot of
-	// the current document (nothing while there is none yet).
+	// 0 reads a snapshot of the current document, then the status event of
+	// a failing upstream; while there is no document yet, it reads that
+	// status event alone, and the cursor after it, from which the first
+	// document is read as a snapshot after the status events before it. A
+	// cursor that has fallen out of the history reads a snapshot, then the
+	// latest status event if it comes after the cursor. A subscriber reads
+	// every status event, or the latest, in their order among the events:
+	// its idea of the upstream's state is always the current one.
 	read(cursor uint64, buf [][]byte) (frames [][]byte, next uint64, wake <-chan struct{})
 	// changed returns a channel that is closed when the log next changes.
 	changed() <-chan struct{}
@@ -48,6 +55,8 @@ type entry struct {
 	// change is a whole snapshot: a subscriber that reaches it reads the
 	// snapshot of the current document, which says at least as much.
 	frame []byte
+	// status is set for a status event.
+	status bool
 }
 
 // A snapshotFrame is the snapshot event of one version of the document,
@@ -87,7 +96,11 @@ type memoryLog struct {
 	snap *snapshotFrame
 	// down is the status event of a failing upstream, sent after a snapshot.
 	down []byte
-	wake chan struct{}
+	// status is the latest status event, at position statusPos (0 while
+	// there is none).
+	status    []byte
+	statusPos uint64
+	wake      chan struct{}
 }
 
 func newMemoryLog(history int) *memoryLog {
@@ -139,7 +152,7 @@ func (l *memoryLog) appendStatus(data []byte, down bool) {
 	if down {
 		l.down = frame
 	}
-	l.push(entry{frame: frame})
+	l.status, l.statusPos = frame, l.push(entry{frame: frame, status: true})
 }
 
 func (l *memoryLog) changed() <-chan struct{} {
@@ -198,32 +211,61 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 		l.mu.RUnlock()
 		return buf, cursor, wake
 	}
-	if cursor != 0 && cursor+1 >= l.oldest() {
+	from, start := cursor, len(buf)
+	// after is the status event that follows the snapshot of a subscriber
+	// that starts from one.
+	var after []byte
+	switch {
+	case cursor == 0:
+		// A new subscriber: the upstream's state if it is failing.
+		after = l.down
+	case cursor+1 < l.oldest():
+		// A subscriber that fell behind the history: the latest status
+		// event, unless it has read it, for those that it missed.
+		if l.statusPos > cursor {
+			after = l.status
+		}
+	default:
+		restart := false
 		for cursor < l.head && len(buf) < cap(buf) {
 			e := l.entry(cursor + 1)
 			if e.frame == nil {
-				// A document without a patch: start again from a snapshot.
-				buf, cursor = buf[:0], 0
+				// A document without a patch: the snapshot of the
+				// current document says it and everything after it,
+				// followed by the upstream's state if it is failing.
+				// Of the events before it, the status events are
+				// kept, which the snapshot does not say.
+				buf = buf[:start]
+				for p := from + 1; p <= cursor; p++ {
+					if e := l.entry(p); e.status {
+						buf = append(buf, e.frame)
+					}
+				}
+				after, restart = l.down, true
 				break
 			}
 			buf = append(buf, e.frame)
 			cursor++
 		}
-		if cursor != 0 {
+		if !restart {
 			l.mu.RUnlock()
 			return buf, cursor, wake
 		}
 	}
-	// A new subscriber, or one that fell behind the history: a snapshot of
-	// the current document, then the upstream's state if it is failing.
-	snap, down, head := l.snap, l.down, l.head
+	snap, head := l.snap, l.head
 	l.mu.RUnlock()
 	if snap == nil {
-		return buf, 0, wake
+		// No document yet: the upstream's state alone, while it is
+		// failing, and the subscriber reads the first document from
+		// there.
+		if after == nil {
+			return buf, from, wake
+		}
+		return append(buf, after), head, wake
 	}
 	buf = append(buf, snap.get())
-	if down != nil {
-		buf = append(buf, down)
+	if after != nil {
+		buf = append(buf, after)
 	}
 	return buf, head, wake
 }

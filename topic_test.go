@@ -241,3 +241,74 @@ func TestMemoryLogHistoryCostsWhatItHolds(t *testing.T) {
 		t.Errorf("%d entries held, resume from 2 = %d", len(l.ring), l.resume(l.id(2)))
 	}
 }
+
+// TestMemoryLogStatusBeforeTheFirstDocument: subscribers that wait for the
+// first document read the down status, and then, whenever they read, the up
+// status before the first snapshot, never one without the other.
+func TestMemoryLogStatusBeforeTheFirstDocument(t *testing.T) {
+	l := newMemoryLog(8)
+	if evs, cursor := readAll(t, l, 0); len(evs) != 0 || cursor != 0 {
+		t.Fatalf("before any status: %s at %d, want nothing", names(evs), cursor)
+	}
+	l.appendStatus([]byte(`{"upstream":"down"}`), true)
+	evs, waiting := readAll(t, l, 0)
+	if got := names(evs); got != `status:{"upstream":"down"}` || evs[0].hasID {
+		t.Fatalf("a new subscriber while the upstream is down reads %q", got)
+	}
+	if evs, _ := readAll(t, l, waiting); len(evs) != 0 {
+		t.Errorf("it reads %s again", names(evs))
+	}
+
+	l.appendStatus([]byte(`{"upstream":"up"}`), false)
+	evs, between := readAll(t, l, waiting)
+	if got := names(evs); got != `status:{"upstream":"up"}` {
+		t.Errorf("between the up status and the first document, a waiting subscriber reads %q", got)
+	}
+	if evs, cursor := readAll(t, l, 0); len(evs) != 0 || cursor != 0 {
+		t.Errorf("between them, a new subscriber reads %s at %d, want nothing", names(evs), cursor)
+	}
+
+	l.appendDocument(doc(`1`), "", nil)
+	if evs, _ := readAll(t, l, between); names(evs) != "snapshot:1" {
+		t.Errorf("after the up status, it reads %q, want the snapshot", names(evs))
+	}
+	// In one read: the up status, then the snapshot.
+	frames, _, _ := l.read(waiting, make([][]byte, 0, maxFramesPerRead))
+	var got []sseEvent
+	for _, f := range frames {
+		got = append(got, parseFrames(t, f)...)
+	}
+	if names(got) != `status:{"upstream":"up"} snapshot:1` || got[1].id != l.id(3) {
+		t.Errorf("a subscriber that read the down status reads %s (ids %v), want the up status and the snapshot %s", names(got), got, l.id(3))
+	}
+	if evs, _ := readAll(t, l, 0); names(evs) != "snapshot:1" {
+		t.Errorf("a new subscriber reads %q, want the snapshot alone", names(evs))
+	}
+	l.appendDocument(doc(`2`), "patch", []byte(`[2]`))
+	if evs, _ := readAll(t, l, l.resume(l.id(3))); names(evs) != "patch:[2]" {
+		t.Errorf("resuming from the first snapshot reads %q", names(evs))
+	}
+}
+
+// TestMemoryLogSubscriberBehindHistoryReadsTheLatestStatus: a subscriber
+// that fell out of the history reads the snapshot, then the latest status
+// when it has not read it: its idea of the upstream's state is the current
+// one whatever it missed.
+func TestMemoryLogSubscriberBehindHistoryReadsTheLatestStatus(t *testing.T) {
+	l := newMemoryLog(2)
+	l.appendDocument(doc(`1`), "", nil)
+	_, live := readAll(t, l, 0)
+	l.appendStatus([]byte(`{"upstream":"down"}`), true)
+	_, toldDown := readAll(t, l, live)
+	l.appendStatus([]byte(`{"upstream":"up"}`), false)
+	_, toldUp := readAll(t, l, toldDown)
+	for v := 2; v <= 4; v++ {
+		l.appendDocument(doc(fmt.Sprint(v)), "patch", []byte(fmt.Sprintf("[%d]", v)))
+	}
+	if evs, _ := readAll(t, l, toldDown); names(evs) != `snapshot:4 status:{"upstream":"up"}` {
+		t.Errorf("a subscriber told of the outage but not of its end reads %q", names(evs))
+	}
+	if evs, _ := readAll(t, l, toldUp); names(evs) != "snapshot:4" {
+		t.Errorf("a subscriber told of both reads %q", names(evs))
+	}
+}
