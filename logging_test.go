@@ -269,9 +269,9 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 }
 
 // TestRefusalsLogNoForwardedHeader: the responses of the handler that end in
-// no stream (the upstream's 401, a cap's 503, a refused placeholder's 400)
-// put no request header in any log line at DEBUG, not even one that Caddy
-// does not hide itself, such as a token in X-Api-Token.
+// no stream (the upstream's 401, a cap's 503, a refused placeholder's 400, a
+// POST's 405) put no request header in any log line at DEBUG, not even one
+// that Caddy does not hide itself, such as a token in X-Api-Token.
 func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	const good, bad = "good-t0ken", "bad-t0ken"
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -301,6 +301,16 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	if status, _ := getStatus(t, base+"/doc/x%0d%0a", header(good)); status != http.StatusBadRequest {
 		t.Errorf("a control character: %d, want 400", status)
 	}
+	post, _ := http.NewRequest(http.MethodPost, base+"/doc/a", strings.NewReader("x"))
+	post.Header = header(good)
+	if resp, err := http.DefaultClient.Do(post); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("a POST: %d, want 405", resp.StatusCode)
+		}
+	}
 	sc.close()
 
 	refusals := 0
@@ -312,8 +322,8 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 			refusals++
 		}
 	}
-	if refusals < 3 {
-		t.Errorf("%d debug lines of refused subscribers, want the 401, the 503 and the 400", refusals)
+	if refusals < 4 {
+		t.Errorf("%d debug lines of refused subscribers, want the 401, the 503, the 400 and the 405", refusals)
 	}
 }
 

@@ -341,9 +341,24 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP subscribes the request to its topic and streams events until the
 // client leaves, the configuration is unloaded or the server stops.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	switch r.Method {
+	case http.MethodGet:
+	case http.MethodHead:
+		// The headers a stream starts with, without a stream: a HEAD polls
+		// nothing, so it cannot tell whether a GET would be refused.
+		hdr := w.Header()
+		hdr.Set("Content-Type", "text/event-stream")
+		hdr.Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	case http.MethodOptions:
+		// Headers that the site sets, such as those of CORS, go with it.
+		w.Header().Set("Allow", allowedMethods)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	default:
+		w.Header().Set("Allow", allowedMethods)
+		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	topicURL, err := h.upstream.expand(repl)
@@ -398,6 +413,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	h.stream(r.Context(), ew, t, cursor)
 	return nil
 }
+
+// allowedMethods is the Allow header of the handler's answers.
+const allowedMethods = "GET, HEAD, OPTIONS"
 
 // writeRefusal answers a subscriber that gets no stream with status and
 // err's text, and logs it at Debug. It hands Caddy no error: Caddy's error

@@ -370,16 +370,44 @@ func TestRefusedPlaceholderValues(t *testing.T) {
 	}
 }
 
+// TestMethodNotAllowed: a stream is read with GET. HEAD gets the headers a
+// stream starts with and OPTIONS the methods, neither opening a stream nor
+// polling; other methods get 405 with the reason.
 func TestMethodNotAllowed(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q`, api.URL))+"]")
-	resp, err := http.Post(base+"/events", "text/plain", strings.NewReader("x"))
-	if err != nil {
-		t.Fatal(err)
+	do := func(method string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+"/events", strings.NewReader("x"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s: reading the body: %v", method, err)
+		}
+		return resp, string(body)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
-		t.Errorf("POST: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, "PATCH"} {
+		resp, body := do(method)
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD, OPTIONS" ||
+			body != "method "+method+": a stream is read with GET\n" {
+			t.Errorf("%s: %d, Allow %q, body %q", method, resp.StatusCode, resp.Header.Get("Allow"), body)
+		}
+	}
+	if resp, body := do(http.MethodHead); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" || body != "" {
+		t.Errorf("HEAD: %d, Content-Type %q, body %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	if resp, body := do(http.MethodOptions); resp.StatusCode != http.StatusNoContent || resp.Header.Get("Allow") != "GET, HEAD, OPTIONS" || body != "" {
+		t.Errorf("OPTIONS: %d, Allow %q, body %q", resp.StatusCode, resp.Header.Get("Allow"), body)
+	}
+	if n := streamGoroutines(); n != 0 {
+		t.Errorf("%d streams open", n)
+	}
+	if n := api.count.Load(); n != 0 {
+		t.Errorf("the upstream received %d requests", n)
 	}
 }
 
