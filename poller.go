@@ -267,6 +267,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 		return response{}, err
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
 	for name, values := range cfg.headerUp {
 		if http.CanonicalHeaderKey(name) == "Host" {
 			req.Host = values[0]
