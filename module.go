@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -78,10 +79,14 @@ type Handler struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
-	// application/json` is sent unless set here. Values may hold Caddy's
-	// global placeholders, such as `{env.LEGACY_API_KEY}` or
-	// `{file./run/secrets/key}`, read when the configuration loads, so that
-	// a key can stay out of the configuration.
+	// application/json` and `User-Agent: caddy-pollsse/<version>` are sent
+	// unless set here. Values may hold Caddy's global placeholders, such as
+	// `{env.LEGACY_API_KEY}` or `{file./run/secrets/key}`, read once when the
+	// configuration loads, so that a key can stay out of the configuration;
+	// an empty environment variable is logged as a warning. Placeholders of
+	// the request, such as `{http.request.header.X-User}`, are refused: they
+	// have no value when the configuration loads, and `forward_headers`
+	// sends a header of the subscriber's request.
 	HeaderUp http.Header `json:"header_up,omitempty"`
 
 	// The longest wait between polls of a failing upstream. After n
@@ -226,7 +231,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		repl := caddy.NewReplacer()
 		for name, values := range h.HeaderUp {
 			for _, v := range values {
-				headerUp[name] = append(headerUp[name], repl.ReplaceKnown(v, ""))
+				// validate refused the placeholders that repl does not know.
+				value, err := repl.ReplaceFunc(v, func(key string, val any) (any, error) {
+					if variable, ok := strings.CutPrefix(key, "env."); ok && caddy.ToString(val) == "" {
+						h.logger.Warn("header_up: environment variable is empty or unset",
+							zap.String("header", name), zap.String("variable", variable))
+					}
+					return val, nil
+				})
+				if err != nil {
+					return fmt.Errorf("header_up %s: %w", name, err)
+				}
+				headerUp[name] = append(headerUp[name], value)
 			}
 		}
 	}
@@ -316,11 +332,44 @@ func (h *Handler) validate() error {
 			return fmt.Errorf("%s: must be positive, not %d", name, n)
 		}
 	}
+	for name, values := range h.HeaderUp {
+		for _, v := range values {
+			if err := checkHeaderUp(name, v); err != nil {
+				return err
+			}
+		}
+	}
 	if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
 		return err
 	}
 	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
 		return err
+	}
+	return nil
+}
+
+// checkHeaderUp refuses a header_up value with a placeholder that Caddy's
+// global replacer does not know, such as one of the request: header_up
+// values are replaced once, when the configuration loads, and such a
+// placeholder would reach the upstream as its literal text. It reads no
+// file and no variable.
+func checkHeaderUp(name, value string) error {
+	global := caddy.NewReplacer()
+	var unknown string
+	// An empty replacer knows nothing, so that f sees every placeholder
+	// without one being read.
+	_, _ = caddy.NewEmptyReplacer().ReplaceFunc(value, func(key string, _ any) (any, error) {
+		if unknown == "" && !strings.HasPrefix(key, "file.") {
+			if _, known := global.Get(key); !known {
+				unknown = key
+			}
+		}
+		return nil, nil
+	})
+	if unknown != "" {
+		return fmt.Errorf("header_up %s: placeholder {%s} has no value when the configuration loads and "+
+			"header_up values are read (Caddy's global placeholders, such as {env.*} and {file.*}, have one); "+
+			"to send a header of the subscriber's request, use forward_headers", name, unknown)
 	}
 	return nil
 }
