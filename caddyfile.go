@@ -26,7 +26,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	poll_sse [<matcher>] [<upstream>] {
 //	    upstream      <url>            # required (here or inline); placeholders in path and query only
-//	    interval      <duration>       # poll period, default 2s
+//	    interval      <duration>       # poll period, at least 100ms, default 2s
 //	    retry         <duration>       # SSE retry hint for browsers, default 3s
 //	    heartbeat     <duration>       # comment line after this long without a write, default 15s
 //	    history       <n>              # events kept per topic for Last-Event-ID replay, default 256
@@ -75,6 +75,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if dur <= 0 {
 				return d.Errf("%s: must be positive, not '%s'", name, d.Val())
+			}
+			if name == "interval" && dur < minInterval {
+				return d.Errf("interval: must be at least %s, not '%s', %s", minInterval, d.Val(), minIntervalReason)
 			}
 			*h.durationField(name) = caddy.Duration(dur)
 		case "history":

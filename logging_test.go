@@ -125,9 +125,9 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 
 	withPassword := strings.Replace(upstream.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
 	base, logFile := startCaddyLoggingAtDebug(t,
-		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
 			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret))+","+
-			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
+			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
 				upstream.URL+"/user")), `{}`)
 	stopped := false
 	t.Cleanup(func() {
@@ -136,11 +136,23 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		}
 	})
 
-	// A topic starts, changes, fails and recovers.
+	logged := func(msg string) int {
+		n := 0
+		for _, l := range readLogLines(t, logFile) {
+			if l.Msg == msg {
+				n++
+			}
+		}
+		return n
+	}
+
+	// A topic starts, polls the same document, changes, fails and
+	// recovers.
 	a := openStream(t, http.DefaultClient, base+"/doc/orders", "")
 	if ev := a.next(10 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
 	}
+	waitFor(t, 10*time.Second, "an unchanged poll", func() bool { return logged("poll unchanged") > 0 })
 	set(1, false)
 	if ev := a.next(10 * time.Second); ev.name != "patch" {
 		t.Fatalf("got %+v", ev)
@@ -149,7 +161,8 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	if ev := a.next(10 * time.Second); ev.name != "status" {
 		t.Fatalf("got %+v", ev)
 	}
-	time.Sleep(100 * time.Millisecond) // more failed polls: one line for the outage
+	// More failed polls, for which the outage keeps its one line.
+	waitFor(t, 10*time.Second, "a second failed poll", func() bool { return logged("poll failed") > 0 })
 	set(2, false)
 	for ev := a.next(10 * time.Second); ev.name != "patch"; ev = a.next(10 * time.Second) {
 	}
@@ -196,15 +209,7 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	// whose reader notices the client leaving: no heartbeat is needed.)
 	a.close()
 	accepted.Body.Close()
-	stoppedTopics := func() int {
-		n := 0
-		for _, l := range readLogLines(t, logFile) {
-			if l.Msg == "topic stopped" {
-				n++
-			}
-		}
-		return n
-	}
+	stoppedTopics := func() int { return logged("topic stopped") }
 	for deadline := time.Now().Add(10 * time.Second); stoppedTopics() != 3; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			for _, l := range readLogLines(t, logFile) {
@@ -283,7 +288,7 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	}))
 	t.Cleanup(upstream.Close)
 	base, logFile := startCaddyLoggingAtDebug(t,
-		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
 			upstream.URL+"/doc/{http.request.uri.path.1}")), "")
 	t.Cleanup(func() { stopCaddy(t) })
 	header := func(token string) http.Header { return http.Header{"X-Api-Token": {token}} }

@@ -33,6 +33,12 @@ const (
 	defaultWriteTimeout = 10 * time.Second
 )
 
+// minInterval is the shortest interval, and minIntervalReason why.
+const (
+	minInterval       = 100 * time.Millisecond
+	minIntervalReason = "so that no topic polls its upstream more than ten times a second"
+)
+
 // Handler streams a polled JSON upstream to browsers as Server-Sent Events.
 //
 // Each request subscribes to a topic: the upstream URL after placeholder
@@ -48,7 +54,8 @@ type Handler struct {
 	// query values; they are refused in the scheme, host and port. Required.
 	Upstream string `json:"upstream,omitempty"`
 
-	// How often to poll each upstream. Default: 2s.
+	// How often to poll each upstream. At least 100ms, so that a topic
+	// polls its upstream at most ten times a second. Default: 2s.
 	Interval caddy.Duration `json:"interval,omitempty"`
 
 	// How long a browser waits before reconnecting after the stream
@@ -321,6 +328,9 @@ func (h *Handler) validate() error {
 		if d < 0 {
 			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
 		}
+	}
+	if h.Interval != 0 && time.Duration(h.Interval) < minInterval {
+		return fmt.Errorf("interval: must be at least %s, not %s, %s", minInterval, time.Duration(h.Interval), minIntervalReason)
 	}
 	if h.History < 0 {
 		return fmt.Errorf("history: must be positive, not %d", h.History)

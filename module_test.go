@@ -22,7 +22,7 @@ func TestStreamProtocol(t *testing.T) {
 	})
 	// The default timeout, 10s: headers that waited for the first answer
 	// would miss the client's 5s.
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","retry":"2500ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":"2500ms"`, api.URL))+"]")
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
 
 	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
@@ -72,13 +72,13 @@ func TestStreamProtocol(t *testing.T) {
 
 func TestUnchangedPollsSendNothing(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	sc.next(5 * time.Second)
 	// The same document in other bytes is no change either.
 	api.set("{ \"a\" : 1 }\n")
 	start := api.count.Load()
-	waitFor(t, 5*time.Second, "10 more polls", func() bool { return api.count.Load() > start+10 })
+	waitFor(t, 5*time.Second, "5 more polls", func() bool { return api.count.Load() > start+5 })
 	if ev, ok := sc.nextOrTimeout(100 * time.Millisecond); ok {
 		t.Fatalf("unchanged polls sent %+v", ev)
 	}
@@ -86,7 +86,7 @@ func TestUnchangedPollsSendNothing(t *testing.T) {
 
 func TestResume(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","history":4`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","history":4`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	snap := sc.next(5 * time.Second)
 	var ids []string
@@ -157,23 +157,23 @@ func TestResume(t *testing.T) {
 func TestStatusEventsOncePerTransition(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	// max_backoff as short as the interval: failed polls go on at the interval.
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","max_backoff":"10ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","max_backoff":"100ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
 	}
 	api.setStatus(http.StatusServiceUnavailable)
 	down := sc.next(5 * time.Second)
-	if down.name != "status" || down.hasID || down.data != `{"upstream":"down","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":10}` {
+	if down.name != "status" || down.hasID || down.data != `{"upstream":"down","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":100}` {
 		t.Fatalf("got %+v, want a down status without id", down)
 	}
 	start := api.count.Load()
-	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+10 })
+	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+3 })
 	// A body that is not JSON is a failure too, and the same outage.
 	api.setStatus(http.StatusOK)
 	api.set(`<html>maintenance</html>`)
 	start = api.count.Load()
-	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+10 })
+	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+3 })
 	// A subscriber that arrives during the outage is told after its snapshot.
 	late := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := late.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":1}` {
@@ -199,7 +199,7 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 func TestSubscriberWaitsForFirstSuccess(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	api.setStatus(http.StatusBadGateway)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"100ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"100ms"`, api.URL))+"]")
 	resp, err := http.Get(base + "/events")
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +232,7 @@ func TestSubscriberWaitsForFirstSuccess(t *testing.T) {
 
 func TestHeartbeat(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"80ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"80ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	sc.next(5 * time.Second)
 	beats := 0
@@ -281,13 +281,14 @@ func TestManySubscribersOnePoller(t *testing.T) {
 
 func TestAtMostOneRequestInFlight(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	api.setDelay(60 * time.Millisecond)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms"`, api.URL))+"]")
+	// Each answer takes longer than the interval.
+	api.setDelay(250 * time.Millisecond)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
 	for range 20 {
 		sc := openStream(t, http.DefaultClient, base+"/events", "")
 		defer sc.close()
 	}
-	waitFor(t, 5*time.Second, "10 polls", func() bool { return api.count.Load() >= 10 })
+	waitFor(t, 5*time.Second, "5 polls", func() bool { return api.count.Load() >= 5 })
 	if m := api.maxInFlight.Load(); m != 1 {
 		t.Errorf("%d upstream requests in flight at once, want 1", m)
 	}
@@ -295,7 +296,7 @@ func TestAtMostOneRequestInFlight(t *testing.T) {
 
 func TestIdleTopicStops(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"300ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"300ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	first := sc.next(5 * time.Second)
 	sc.close()
@@ -304,7 +305,7 @@ func TestIdleTopicStops(t *testing.T) {
 	var stopped int64
 	waitFor(t, 5*time.Second, "polling to stop", func() bool {
 		n := api.count.Load()
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // longer than an interval
 		stopped = api.count.Load()
 		return n == stopped
 	})
@@ -426,7 +427,7 @@ func streamGoroutines() int {
 
 func TestClientDisconnectEndsItsStream(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
 	streams := openStreams(t, base+"/events", 10)
 	if n := streamGoroutines(); n != 10 {
 		t.Fatalf("%d stream goroutines for 10 clients", n)

@@ -287,7 +287,7 @@ func (ht headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestForwardedCredentialsNeverCrossUsers(t *testing.T) {
 	api := newUsersAPI(t)
 	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"10ms","max_backoff":"10ms","forward_headers":["authorization"]`, api.URL+"/account"))+"]")
+		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["authorization"]`, api.URL+"/account"))+"]")
 
 	alice := openStreamWith(t, base+"/events", bearer("alice-token"), "")
 	bob := openStreamWith(t, base+"/events", http.Header{"Authorization": {"Bearer bob-token"}, "Cookie": {"session=bob-cookie"}}, "")
@@ -409,7 +409,7 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"arrived":true}`)
 	})
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms"`,
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`,
 		api.URL+"/hop/{http.request.uri.query.chain}/{http.request.uri.query.n}"))+"]")
 
 	sc := openStream(t, http.DefaultClient, base+"/events?chain=three&n=3", "")
@@ -452,7 +452,7 @@ func TestRefusedTopicPollsNoMore(t *testing.T) {
 		return requests[token]
 	}
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"50ms","max_backoff":"50ms","forward_headers":["Authorization"]`, upstream.URL))+"]")
+		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["Authorization"]`, upstream.URL))+"]")
 
 	good := openStreamWith(t, base+"/events", bearer("good"), "")
 	if ev := good.next(5 * time.Second); ev.name != "snapshot" {
@@ -464,7 +464,7 @@ func TestRefusedTopicPollsNoMore(t *testing.T) {
 			t.Errorf("made-up token %d: status %d, want 401", i, status)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // ten intervals
+	time.Sleep(time.Second) // ten intervals
 	for i := range tokens {
 		// The poll that was refused, and at most one more that was due
 		// before the refused stream had ended.
@@ -473,7 +473,7 @@ func TestRefusedTopicPollsNoMore(t *testing.T) {
 		}
 	}
 	if n := count("Bearer good"); n < 5 {
-		t.Errorf("the accepted token's topic made %d requests in 500ms at a 50ms interval", n)
+		t.Errorf("the accepted token's topic made %d requests in 1s at a 100ms interval", n)
 	}
 	before := count("Bearer made-up-0")
 	if status, _ := getStatus(t, base+"/events", bearer("made-up-0")); status != http.StatusUnauthorized {
