@@ -92,7 +92,7 @@ func outagePolls(sched schedule, outage time.Duration) int {
 // during a 30s outage at interval 1s, with max_backoff 1m and with the
 // backoff off (max_backoff 1s), twice: on a fake clock over the poller's
 // schedule, and with a real Caddy against a real upstream, time-scaled
-// 1:100 (interval 10ms, outage 300ms). Set POLLSSE_OUTAGE_REAL_TIME=1 to
+// 1:10 (interval 100ms, the shortest, outage 3s). Set POLLSSE_OUTAGE_REAL_TIME=1 to
 // run the second one at full scale (about a minute).
 func TestOutageRequestCounts(t *testing.T) {
 	const interval, outage = time.Second, 30 * time.Second
@@ -105,7 +105,7 @@ func TestOutageRequestCounts(t *testing.T) {
 		t.Errorf("got %d without backoff and %d-%d with, want 30 and 4-5", without, withBackoff, withBackoffJitter)
 	}
 
-	scale := time.Duration(100)
+	scale := time.Duration(10)
 	if os.Getenv("POLLSSE_OUTAGE_REAL_TIME") != "" {
 		scale = 1
 	}

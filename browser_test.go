@@ -251,13 +251,13 @@ func (m *mutatingAPI) waitConverged(t *testing.T, b *browser, what string) demoP
 	}
 }
 
-// mutate makes n random changes to the upstream's document, a few
-// milliseconds apart, so that several land within one poll interval and
-// many polls see a change.
+// mutate makes n random changes to the upstream's document, 10ms apart,
+// so that several land within one poll interval and many polls see a
+// change.
 func (m *mutatingAPI) mutate(n int) {
 	for range n {
 		m.step()
-		time.Sleep(3 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -274,7 +274,7 @@ func TestBrowserDemoConvergesAndSurvivesARestart(t *testing.T) {
 	caddyfile := demoCaddyfile(t,
 		"http://localhost:8080", "http://"+addr,
 		"http://127.0.0.1:8081/api/orders", api.URL,
-		"interval 1s", "interval 20ms\n\t\tretry 300ms",
+		"interval 1s", "interval 100ms\n\t\tretry 300ms",
 		"http://127.0.0.1:8081", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
 	)
 	p := startCaddyProcess(t, caddyfile)
@@ -297,7 +297,7 @@ window.EventSource = class extends window.EventSource {
 	api.mutate(300)
 	page := api.waitConverged(t, b, "after 300 changes")
 	if page.Events < 20 {
-		t.Errorf("the page applied %d events for 300 changes polled every 20ms", page.Events)
+		t.Errorf("the page applied %d events for 300 changes polled every 100ms", page.Events)
 	}
 	if page.Upstream != "upstream up" {
 		t.Errorf("the upstream pill says %q", page.Upstream)
@@ -351,7 +351,7 @@ func TestBrowserDemoShowsUpstreamDown(t *testing.T) {
 	caddyfile := demoCaddyfile(t,
 		"http://localhost:8080", "http://"+addr,
 		"http://127.0.0.1:8081/api/orders", api.URL,
-		"interval 1s", "interval 50ms\n\t\tretry 300ms\n\t\tmax_backoff 500ms",
+		"interval 1s", "interval 100ms\n\t\tretry 300ms\n\t\tmax_backoff 500ms",
 		"http://127.0.0.1:8081", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
 	)
 	p := startCaddyProcess(t, caddyfile)
@@ -445,7 +445,7 @@ func TestBrowserHoldsTenStreamsOverHTTP2(t *testing.T) {
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	caddyfile := fmt.Sprintf(`(page) {
 	poll_sse /events/* %s/topic/{path.1} {
-		interval 50ms
+		interval 100ms
 	}
 	handle /proto {
 		respond "{http.request.proto}"

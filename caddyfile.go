@@ -26,14 +26,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	poll_sse [<matcher>] [<upstream>] {
 //	    upstream      <url>            # required (here or inline); placeholders in path and query only
-//	    interval      <duration>       # poll period, default 2s
+//	    interval      <duration>       # poll period, at least 100ms, default 2s
 //	    retry         <duration>       # SSE retry hint for browsers, default 3s
 //	    heartbeat     <duration>       # comment line after this long without a write, default 15s
 //	    history       <n>              # events kept per topic for Last-Event-ID replay, default 256
 //	    idle_timeout  <duration>       # keep polling this long after the last subscriber leaves, default 30s
 //	    timeout       <duration>       # upstream request timeout, default 10s
 //	    write_timeout <duration>       # drop a client whose write blocks this long, default 10s
-//	    header_up     <name> <value>   # static header on every upstream request (repeatable)
+//	    header_up     <name> <value>   # header on every upstream request (repeatable); global placeholders only
 //	    max_backoff   <duration>       # longest wait between polls of a failing upstream, default 1m
 //	    max_body      <size>           # largest upstream body read, such as 512KiB, default 10MiB
 //	    forward_headers <name>...      # subscriber headers sent upstream, part of the topic key (repeatable)
@@ -76,6 +76,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if dur <= 0 {
 				return d.Errf("%s: must be positive, not '%s'", name, d.Val())
 			}
+			if name == "interval" && dur < minInterval {
+				return d.Errf("interval: must be at least %s, not '%s', %s", minInterval, d.Val(), minIntervalReason)
+			}
 			*h.durationField(name) = caddy.Duration(dur)
 		case "history":
 			if !d.NextArg() {
@@ -94,10 +97,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.Errf("header_up: want a value for header '%s'", field)
 			}
+			if err := checkHeaderUp(field, d.Val()); err != nil {
+				return d.Err(err.Error())
+			}
 			if h.HeaderUp == nil {
 				h.HeaderUp = make(map[string][]string)
 			}
 			h.HeaderUp.Add(field, d.Val())
+			if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
+				return d.Err(err.Error())
+			}
 		case "max_body":
 			if !d.NextArg() {
 				return d.Errf("max_body: want a size")
@@ -113,7 +122,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("forward_headers: want one or more header names")
 			}
 			h.ForwardHeaders = append(h.ForwardHeaders, args...)
-			if err := checkForwardHeaders(h.ForwardHeaders, nil); err != nil {
+			if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
 				return d.Err(err.Error())
 			}
 		case "max_topics", "max_subscribers":

@@ -61,6 +61,16 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"a zero max_topics", `poll_sse { upstream http://a.test/x; max_topics 0 }`, []string{"max_topics: want a positive number, not '0'"}},
 		{"a max_topics that is not a number", `poll_sse { upstream http://a.test/x; max_topics many }`, []string{"max_topics: want a positive number, not 'many'"}},
 		{"a negative max_subscribers", `poll_sse { upstream http://a.test/x; max_subscribers -1 }`, []string{"max_subscribers: want a positive number, not '-1'"}},
+		{"an interval under 100ms", `poll_sse { upstream http://a.test/x; interval 99ms }`, []string{"interval: must be at least 100ms, not '99ms', so that no topic polls its upstream more than ten times a second, at Caddyfile:4"}},
+		{"an interval of a millisecond", `poll_sse http://a.test/x { interval 1ms }`, []string{"interval: must be at least 100ms, not '1ms'", "at Caddyfile:3"}},
+		{"a request placeholder in header_up", `poll_sse { upstream http://a.test/x; header_up X-User {header.X-User} }`,
+			[]string{"header_up X-User: placeholder {http.request.header.X-User} has no value when the configuration loads", "use forward_headers", "at Caddyfile:4"}},
+		{"a request placeholder within a header_up value", `poll_sse { upstream http://a.test/x; header_up X-Key "{env.KEY}-{query.id}" }`,
+			[]string{"header_up X-Key: placeholder {http.request.uri.query.id}", "at Caddyfile:4"}},
+		{"forward_headers after header_up of the same header", `poll_sse { upstream http://a.test/x; header_up Authorization "Bearer static"; forward_headers Cookie authorization }`,
+			[]string{"forward_headers: authorization is also set by header_up", "at Caddyfile:5"}},
+		{"header_up after forward_headers of the same header", `poll_sse { upstream http://a.test/x; forward_headers Authorization; header_up authorization "Bearer static" }`,
+			[]string{"forward_headers: Authorization is also set by header_up", "at Caddyfile:5"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,6 +190,10 @@ func TestJSONConfigErrors(t *testing.T) {
 		{"a forwarded header that header_up sets", `{"handler":"poll_sse","upstream":"http://a.test/x","forward_headers":["Authorization"],"header_up":{"authorization":["Bearer static"]}}`, "forward_headers: Authorization is also set by header_up"},
 		{"a forwarded header of the connection", `{"handler":"poll_sse","upstream":"http://a.test/x","forward_headers":["Connection"]}`, "forward_headers: Connection cannot be forwarded"},
 		{"an empty forwarded header name", `{"handler":"poll_sse","upstream":"http://a.test/x","forward_headers":[""]}`, `forward_headers: "" is not a header name`},
+		{"an interval under 100ms", `{"handler":"poll_sse","upstream":"http://a.test/x","interval":"99ms"}`, "interval: must be at least 100ms, not 99ms, so that no topic polls its upstream more than ten times a second"},
+		{"an interval of a nanosecond", `{"handler":"poll_sse","upstream":"http://a.test/x","interval":1}`, "interval: must be at least 100ms, not 1ns"},
+		{"a request placeholder in header_up", `{"handler":"poll_sse","upstream":"http://a.test/x","header_up":{"X-User":["{http.request.header.X-User}"]}}`,
+			"header_up X-User: placeholder {http.request.header.X-User} has no value when the configuration loads"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

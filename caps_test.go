@@ -11,7 +11,7 @@ import (
 func TestMaxTopics(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
 	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"10ms","max_topics":2,"retry":"2500ms"`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
+		`"upstream":%q,"interval":"100ms","max_topics":2,"retry":"2500ms"`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
 	a := openStream(t, http.DefaultClient, base+"/events?id=a", "")
 	b := openStream(t, http.DefaultClient, base+"/events?id=b", "")
 	a.next(5 * time.Second)
@@ -54,7 +54,7 @@ func TestMaxTopics(t *testing.T) {
 func TestMaxSubscribers(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
 	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"10ms","max_subscribers":3`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
+		`"upstream":%q,"interval":"100ms","max_subscribers":3`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
 	var open []*streamClient
 	for _, id := range []string{"a", "a", "b"} {
 		sc := openStream(t, http.DefaultClient, base+"/events?id="+id, "")
@@ -88,7 +88,7 @@ func TestMaxSubscribers(t *testing.T) {
 // snapshot.
 func TestAnyLastEventIDOrQuery(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
 	tests := []struct{ name, query, lastEventID string }{
 		// Caddy itself answers 431 to request headers over 16 KB.
 		{"a 12 KB id", "", strings.Repeat("7", 12<<10)},

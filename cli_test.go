@@ -145,7 +145,7 @@ func (p *caddyProcess) command(t *testing.T, args ...string) {
 func TestCaddyCommandReloadAndStopWithOpenStreams(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
 	port := freePort(t)
-	site := fmt.Sprintf("http://127.0.0.1:%d {\n\tpoll_sse /events %s {\n\t\tinterval 20ms\n\t}\n}\n", port, api.URL)
+	site := fmt.Sprintf("http://127.0.0.1:%d {\n\tpoll_sse /events %s {\n\t\tinterval 100ms\n\t}\n}\n", port, api.URL)
 	p := startCaddyProcess(t, site)
 	url := fmt.Sprintf("http://127.0.0.1:%d/events", port)
 
@@ -182,7 +182,7 @@ func TestCaddyCommandReloadAndStopWithOpenStreams(t *testing.T) {
 func TestIdsFromBeforeARestartGetASnapshot(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
 	port := freePort(t)
-	site := fmt.Sprintf("http://127.0.0.1:%d {\n\tpoll_sse /events %s {\n\t\tinterval 20ms\n\t}\n}\n", port, api.URL)
+	site := fmt.Sprintf("http://127.0.0.1:%d {\n\tpoll_sse /events %s {\n\t\tinterval 100ms\n\t}\n}\n", port, api.URL)
 	url := fmt.Sprintf("http://127.0.0.1:%d/events", port)
 
 	p := startCaddyProcess(t, site)

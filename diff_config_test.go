@@ -107,7 +107,7 @@ func TestModeSelectIgnoreValidate(t *testing.T) {
 func TestModeSelectIgnoreOnTheWire(t *testing.T) {
 	api := newFakeAPI(t, `{"generated_at":1,"data":{"about":"a text long enough that replacing data is longer than patching it","items":[{"id":1,"n":"a"}],"total":1}}`)
 	route := func(path, fields string) string {
-		return pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"20ms"%s`, api.URL, fields))
+		return pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"100ms"%s`, api.URL, fields))
 	}
 	// One upstream URL, in four configurations: four topics.
 	base := startCaddy(t, "["+strings.Join([]string{

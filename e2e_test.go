@@ -223,7 +223,7 @@ func TestEndToEndRandomMutations(t *testing.T) {
 		seed    = 20261122
 	)
 	api := newMutatingAPI(t, seed)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","history":24`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","history":3`, api.URL))+"]")
 
 	var mutating atomic.Bool
 	mutating.Store(true)

@@ -217,7 +217,7 @@ func TestExampleListIgnoresVolatileFieldsBehindEncode(t *testing.T) {
 	runExample(t, "examples/list/Caddyfile",
 		"live.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
 		"http://legacy.internal:8080", upstream.URL,
-		"interval 2s", "interval 20ms")
+		"interval 2s", "interval 100ms")
 
 	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/orders/events", port), nil)
 	req.Header.Set("Accept-Encoding", "gzip")
@@ -413,7 +413,7 @@ func TestExamplePerUserStreamsThroughForwardAuth(t *testing.T) {
 		"app.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
 		"auth.internal:9091", strings.TrimPrefix(auth.URL, "http://"),
 		"http://legacy.internal:8080", legacy.URL,
-		"interval 5s", "interval 50ms")
+		"interval 5s", "interval 100ms")
 	url := fmt.Sprintf("http://127.0.0.1:%d/me/events", port)
 	get := func(cookie, authorization string) *http.Response {
 		req, _ := http.NewRequest(http.MethodGet, url, nil)
@@ -543,7 +543,7 @@ func TestExampleNginxStreamsThroughNginx(t *testing.T) {
 	runExample(t, "examples/nginx/Caddyfile",
 		"http://legacy.internal:8080", api.URL,
 		":8080", fmt.Sprintf(":%d", caddyPort),
-		"interval 2s", "interval 50ms",
+		"interval 2s", "interval 100ms",
 		"heartbeat 15s", "heartbeat 1h")
 
 	dir := t.TempDir()

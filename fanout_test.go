@@ -70,7 +70,7 @@ func bigDocument(n int) string {
 
 func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
 	streams := openStreams(t, base+"/events", 20)
 	buf := make([]byte, 1<<20)
 	stacks := string(buf[:runtime.Stack(buf, true)])
@@ -90,7 +90,7 @@ func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 
 func TestSlowSubscriberDoesNotDelayOthersAndIsDropped(t *testing.T) {
 	api := newFakeAPI(t, bigDocument(0))
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"1h","write_timeout":"1s"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h","write_timeout":"1s"`, api.URL))+"]")
 
 	slow, _ := openPausable(t, slowClient(), base+"/events")
 	if ev := nextNamed(t, slow); ev.name != "snapshot" {
@@ -133,7 +133,7 @@ func TestSlowSubscriberDoesNotDelayOthersAndIsDropped(t *testing.T) {
 
 func TestLaggingSubscriberIsResyncedWithASnapshot(t *testing.T) {
 	api := newFakeAPI(t, bigDocument(0))
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"1h","history":4,"write_timeout":"30s"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h","history":4,"write_timeout":"30s"`, api.URL))+"]")
 	lagging, _ := openPausable(t, slowClient(), base+"/events")
 	if ev := nextNamed(t, lagging); ev.name != "snapshot" {
 		t.Fatalf("first event %+v", ev)
@@ -175,7 +175,7 @@ func TestLaggingSubscriberIsResyncedWithASnapshot(t *testing.T) {
 func TestDetachedStreamEndsCleanlyOnReload(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
 	routes := func(retry string) string {
-		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","retry":%q`, api.URL, retry)) + "]"
+		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":%q`, api.URL, retry)) + "]"
 	}
 	base := startCaddy(t, routes("3s"))
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
@@ -201,7 +201,7 @@ func TestAccessLogsKeepStreamsOnTheirGoroutines(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			api := newFakeAPI(t, `{"a":1}`)
-			base, _ := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL)), tt.logs)
+			base, _ := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL)), tt.logs)
 			t.Cleanup(func() { stopCaddy(t) })
 			streams := openStreams(t, base+"/events", 5)
 			buf := make([]byte, 1<<20)

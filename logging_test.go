@@ -125,9 +125,9 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 
 	withPassword := strings.Replace(upstream.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
 	base, logFile := startCaddyLoggingAtDebug(t,
-		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
 			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret))+","+
-			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
+			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
 				upstream.URL+"/user")), `{}`)
 	stopped := false
 	t.Cleanup(func() {
@@ -136,11 +136,23 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		}
 	})
 
-	// A topic starts, changes, fails and recovers.
+	logged := func(msg string) int {
+		n := 0
+		for _, l := range readLogLines(t, logFile) {
+			if l.Msg == msg {
+				n++
+			}
+		}
+		return n
+	}
+
+	// A topic starts, polls the same document, changes, fails and
+	// recovers.
 	a := openStream(t, http.DefaultClient, base+"/doc/orders", "")
 	if ev := a.next(10 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
 	}
+	waitFor(t, 10*time.Second, "an unchanged poll", func() bool { return logged("poll unchanged") > 0 })
 	set(1, false)
 	if ev := a.next(10 * time.Second); ev.name != "patch" {
 		t.Fatalf("got %+v", ev)
@@ -149,7 +161,8 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	if ev := a.next(10 * time.Second); ev.name != "status" {
 		t.Fatalf("got %+v", ev)
 	}
-	time.Sleep(100 * time.Millisecond) // more failed polls: one line for the outage
+	// More failed polls, for which the outage keeps its one line.
+	waitFor(t, 10*time.Second, "a second failed poll", func() bool { return logged("poll failed") > 0 })
 	set(2, false)
 	for ev := a.next(10 * time.Second); ev.name != "patch"; ev = a.next(10 * time.Second) {
 	}
@@ -196,15 +209,7 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	// whose reader notices the client leaving: no heartbeat is needed.)
 	a.close()
 	accepted.Body.Close()
-	stoppedTopics := func() int {
-		n := 0
-		for _, l := range readLogLines(t, logFile) {
-			if l.Msg == "topic stopped" {
-				n++
-			}
-		}
-		return n
-	}
+	stoppedTopics := func() int { return logged("topic stopped") }
 	for deadline := time.Now().Add(10 * time.Second); stoppedTopics() != 3; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			for _, l := range readLogLines(t, logFile) {
@@ -229,7 +234,7 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		}
 		if l.Logger == "http.handlers.poll_sse" {
 			count[l.Level+" "+l.Msg]++
-			if l.Upstream != "" && !strings.Contains(l.Upstream, "/user") && !strings.HasPrefix(l.Upstream, "http://alice:xxxxx@") {
+			if l.Upstream != "" && !strings.Contains(l.Upstream, "/user") && !strings.HasPrefix(l.Upstream, "http://xxxxx@") {
 				t.Errorf("the upstream of a topic with a password is logged as %q", l.Upstream)
 			}
 		}
@@ -269,9 +274,9 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 }
 
 // TestRefusalsLogNoForwardedHeader: the responses of the handler that end in
-// no stream (the upstream's 401, a cap's 503, a refused placeholder's 400)
-// put no request header in any log line at DEBUG, not even one that Caddy
-// does not hide itself, such as a token in X-Api-Token.
+// no stream (the upstream's 401, a cap's 503, a refused placeholder's 400, a
+// POST's 405) put no request header in any log line at DEBUG, not even one
+// that Caddy does not hide itself, such as a token in X-Api-Token.
 func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	const good, bad = "good-t0ken", "bad-t0ken"
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -283,7 +288,7 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	}))
 	t.Cleanup(upstream.Close)
 	base, logFile := startCaddyLoggingAtDebug(t,
-		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"20ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
+		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
 			upstream.URL+"/doc/{http.request.uri.path.1}")), "")
 	t.Cleanup(func() { stopCaddy(t) })
 	header := func(token string) http.Header { return http.Header{"X-Api-Token": {token}} }
@@ -301,6 +306,16 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	if status, _ := getStatus(t, base+"/doc/x%0d%0a", header(good)); status != http.StatusBadRequest {
 		t.Errorf("a control character: %d, want 400", status)
 	}
+	post, _ := http.NewRequest(http.MethodPost, base+"/doc/a", strings.NewReader("x"))
+	post.Header = header(good)
+	if resp, err := http.DefaultClient.Do(post); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("a POST: %d, want 405", resp.StatusCode)
+		}
+	}
 	sc.close()
 
 	refusals := 0
@@ -312,15 +327,96 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 			refusals++
 		}
 	}
-	if refusals < 3 {
-		t.Errorf("%d debug lines of refused subscribers, want the 401, the 503 and the 400", refusals)
+	if refusals < 4 {
+		t.Errorf("%d debug lines of refused subscribers, want the 401, the 503, the 400 and the 405", refusals)
+	}
+}
+
+// TestUpstreamURLSecretsNotLogged: an upstream URL with a user name and no
+// password, which is how some APIs take their key, and a secret-named query
+// parameter after a ";" are logged as xxxxx.
+func TestUpstreamURLSecretsNotLogged(t *testing.T) {
+	const userSecret, querySecret = "sk_live_us3r", "q-s3cret"
+	api := newFakeAPI(t, `{"a":1}`)
+	withUser := strings.Replace(api.URL, "http://", "http://"+userSecret+"@", 1)
+	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events",
+		fmt.Sprintf(`"upstream":%q,"heartbeat":"1h"`, withUser+"/doc?page=1;api_key="+querySecret)), "")
+	t.Cleanup(func() { stopCaddy(t) })
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	sc.close()
+	if got := api.requestLog()[0]; got.URL.RawQuery != "page=1;api_key="+querySecret {
+		t.Errorf("the upstream got the query %q", got.URL.RawQuery)
+	}
+
+	var started []string
+	for _, l := range readLogLines(t, logFile) {
+		if strings.Contains(l.raw, userSecret) || strings.Contains(l.raw, querySecret) {
+			t.Errorf("a log line holds a credential of the upstream URL: %s", l.raw)
+		}
+		if l.Msg == "topic started" {
+			started = append(started, l.Upstream)
+		}
+	}
+	want := "http://xxxxx@" + strings.TrimPrefix(api.URL, "http://") + "/doc?page=1;api_key=xxxxx"
+	if len(started) != 1 || started[0] != want {
+		t.Errorf("topic started with upstream %q, want once %q", started, want)
+	}
+}
+
+// TestHeaderUpPlaceholders: a header_up value's {env.*} placeholder is read
+// when the configuration loads and reaches the upstream; one whose variable
+// is empty or unset is logged as a warning that names the header and the
+// variable; no log line holds a value.
+func TestHeaderUpPlaceholders(t *testing.T) {
+	const key = "env-k3y"
+	t.Setenv("POLLSSE_TEST_API_KEY", key)
+	t.Setenv("POLLSSE_TEST_EMPTY", "")
+	api := newFakeAPI(t, `{"a":1}`)
+	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"heartbeat":"1h","header_up":{"X-Api-Key":["{env.POLLSSE_TEST_API_KEY}"],"X-Tenant":["t-{env.POLLSSE_TEST_EMPTY}"],"X-Other":["{env.POLLSSE_TEST_UNSET}"]}`,
+		api.URL)), "")
+	t.Cleanup(func() { stopCaddy(t) })
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	sc.close()
+	got := api.requestLog()[0].Header
+	if got.Get("X-Api-Key") != key || got.Get("X-Tenant") != "t-" {
+		t.Errorf("the upstream got X-Api-Key %q and X-Tenant %q", got.Get("X-Api-Key"), got.Get("X-Tenant"))
+	}
+
+	warned := map[string]string{}
+	for _, l := range readLogLines(t, logFile) {
+		if strings.Contains(l.raw, key) {
+			t.Errorf("a log line holds the value of a header_up placeholder: %s", l.raw)
+		}
+		if l.Level == "warn" && strings.HasPrefix(l.Msg, "header_up:") {
+			var fields struct{ Header, Variable string }
+			if err := json.Unmarshal([]byte(l.raw), &fields); err != nil {
+				t.Fatal(err)
+			}
+			warned[fields.Header] = fields.Variable
+		}
+	}
+	want := map[string]string{"X-Tenant": "POLLSSE_TEST_EMPTY", "X-Other": "POLLSSE_TEST_UNSET"}
+	if fmt.Sprint(warned) != fmt.Sprint(want) {
+		t.Errorf("warnings for the headers and variables %v, want %v", warned, want)
 	}
 }
 
 func TestRedactURL(t *testing.T) {
 	for _, tt := range []struct{ in, want string }{
 		{"http://api.test/doc?page=2", "http://api.test/doc?page=2"},
-		{"http://alice:pw@api.test/doc", "http://alice:xxxxx@api.test/doc"},
+		{"http://alice:pw@api.test/doc", "http://xxxxx@api.test/doc"},
+		{"http://sk_live_SECRET@api.test/doc", "http://xxxxx@api.test/doc"},
+		{"http://:pw@api.test/doc", "http://xxxxx@api.test/doc"},
+		{"http://api.test/doc?page=1;api_key=k;sort=a", "http://api.test/doc?page=1;api_key=xxxxx;sort=a"},
+		{"http://api.test/doc?token=t;page=2&sig=s", "http://api.test/doc?token=xxxxx;page=2&sig=xxxxx"},
+		{"http://api.test/doc?page=1&;key=k&", "http://api.test/doc?page=1&;key=xxxxx&"},
 		{"http://api.test/doc?api_key=k&page=2", "http://api.test/doc?api_key=xxxxx&page=2"},
 		{"http://api.test/doc?access_token=t&Signature=s&X-Amz-Credential=c", "http://api.test/doc?access_token=xxxxx&Signature=xxxxx&X-Amz-Credential=xxxxx"},
 		{"http://api.test/doc?api%5Fkey=k", "http://api.test/doc?api%5Fkey=xxxxx"},

@@ -223,7 +223,7 @@ func TestMetricsOnCaddysMetricsEndpoint(t *testing.T) {
 func testMetrics(t *testing.T, before string) {
 	api := newETagAPI(t, `{"orders":[1,2]}`)
 	base := startCaddy(t, fmt.Sprintf(`[{"match":[{"path":["/metrics"]}],"handle":[{"handler":"metrics"}]},%s%s]`, before,
-		pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h","idle_timeout":"50ms"`, api.URL))))
+		pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h","idle_timeout":"50ms"`, api.URL))))
 	metricsURL := base + "/metrics"
 	start := scrapeMetrics(t, metricsURL)
 	for _, name := range metricNames {
@@ -352,7 +352,7 @@ func TestMetricsCountSlowSubscribersDropped(t *testing.T) {
 	}))
 	t.Cleanup(upstream.Close)
 	base := startCaddy(t, fmt.Sprintf(`[{"match":[{"path":["/metrics"]}],"handle":[{"handler":"metrics"}]},%s]`,
-		pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","history":4,"write_timeout":"300ms","heartbeat":"1h"`, upstream.URL))))
+		pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","history":4,"write_timeout":"300ms","heartbeat":"1h"`, upstream.URL))))
 	start := scrapeMetrics(t, base+"/metrics")
 
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -32,6 +33,12 @@ const (
 	defaultWriteTimeout = 10 * time.Second
 )
 
+// minInterval is the shortest interval, and minIntervalReason why.
+const (
+	minInterval       = 100 * time.Millisecond
+	minIntervalReason = "so that no topic polls its upstream more than ten times a second"
+)
+
 // Handler streams a polled JSON upstream to browsers as Server-Sent Events.
 //
 // Each request subscribes to a topic: the upstream URL after placeholder
@@ -47,7 +54,8 @@ type Handler struct {
 	// query values; they are refused in the scheme, host and port. Required.
 	Upstream string `json:"upstream,omitempty"`
 
-	// How often to poll each upstream. Default: 2s.
+	// How often to poll each upstream. At least 100ms, so that a topic
+	// polls its upstream at most ten times a second. Default: 2s.
 	Interval caddy.Duration `json:"interval,omitempty"`
 
 	// How long a browser waits before reconnecting after the stream
@@ -78,10 +86,14 @@ type Handler struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
-	// application/json` is sent unless set here. Values may hold Caddy's
-	// global placeholders, such as `{env.LEGACY_API_KEY}` or
-	// `{file./run/secrets/key}`, read when the configuration loads, so that
-	// a key can stay out of the configuration.
+	// application/json` and `User-Agent: caddy-pollsse/<version>` are sent
+	// unless set here. Values may hold Caddy's global placeholders, such as
+	// `{env.LEGACY_API_KEY}` or `{file./run/secrets/key}`, read once when the
+	// configuration loads, so that a key can stay out of the configuration;
+	// an empty environment variable is logged as a warning. Placeholders of
+	// the request, such as `{http.request.header.X-User}`, are refused: they
+	// have no value when the configuration loads, and `forward_headers`
+	// sends a header of the subscriber's request.
 	HeaderUp http.Header `json:"header_up,omitempty"`
 
 	// The longest wait between polls of a failing upstream. After n
@@ -226,7 +238,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		repl := caddy.NewReplacer()
 		for name, values := range h.HeaderUp {
 			for _, v := range values {
-				headerUp[name] = append(headerUp[name], repl.ReplaceKnown(v, ""))
+				// validate refused the placeholders that repl does not know.
+				value, err := repl.ReplaceFunc(v, func(key string, val any) (any, error) {
+					if variable, ok := strings.CutPrefix(key, "env."); ok && caddy.ToString(val) == "" {
+						h.logger.Warn("header_up: environment variable is empty or unset",
+							zap.String("header", name), zap.String("variable", variable))
+					}
+					return val, nil
+				})
+				if err != nil {
+					return fmt.Errorf("header_up %s: %w", name, err)
+				}
+				headerUp[name] = append(headerUp[name], value)
 			}
 		}
 	}
@@ -306,6 +329,9 @@ func (h *Handler) validate() error {
 			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
 		}
 	}
+	if h.Interval != 0 && time.Duration(h.Interval) < minInterval {
+		return fmt.Errorf("interval: must be at least %s, not %s, %s", minInterval, time.Duration(h.Interval), minIntervalReason)
+	}
 	if h.History < 0 {
 		return fmt.Errorf("history: must be positive, not %d", h.History)
 	}
@@ -316,11 +342,44 @@ func (h *Handler) validate() error {
 			return fmt.Errorf("%s: must be positive, not %d", name, n)
 		}
 	}
+	for name, values := range h.HeaderUp {
+		for _, v := range values {
+			if err := checkHeaderUp(name, v); err != nil {
+				return err
+			}
+		}
+	}
 	if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
 		return err
 	}
 	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
 		return err
+	}
+	return nil
+}
+
+// checkHeaderUp refuses a header_up value with a placeholder that Caddy's
+// global replacer does not know, such as one of the request: header_up
+// values are replaced once, when the configuration loads, and such a
+// placeholder would reach the upstream as its literal text. It reads no
+// file and no variable.
+func checkHeaderUp(name, value string) error {
+	global := caddy.NewReplacer()
+	var unknown string
+	// An empty replacer knows nothing, so that f sees every placeholder
+	// without one being read.
+	_, _ = caddy.NewEmptyReplacer().ReplaceFunc(value, func(key string, _ any) (any, error) {
+		if unknown == "" && !strings.HasPrefix(key, "file.") {
+			if _, known := global.Get(key); !known {
+				unknown = key
+			}
+		}
+		return nil, nil
+	})
+	if unknown != "" {
+		return fmt.Errorf("header_up %s: placeholder {%s} has no value when the configuration loads and "+
+			"header_up values are read (Caddy's global placeholders, such as {env.*} and {file.*}, have one); "+
+			"to send a header of the subscriber's request, use forward_headers", name, unknown)
 	}
 	return nil
 }
@@ -341,9 +400,24 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP subscribes the request to its topic and streams events until the
 // client leaves, the configuration is unloaded or the server stops.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	switch r.Method {
+	case http.MethodGet:
+	case http.MethodHead:
+		// The headers a stream starts with, without a stream: a HEAD polls
+		// nothing, so it cannot tell whether a GET would be refused.
+		hdr := w.Header()
+		hdr.Set("Content-Type", "text/event-stream")
+		hdr.Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	case http.MethodOptions:
+		// Headers that the site sets, such as those of CORS, go with it.
+		w.Header().Set("Allow", allowedMethods)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	default:
+		w.Header().Set("Allow", allowedMethods)
+		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	topicURL, err := h.upstream.expand(repl)
@@ -398,6 +472,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	h.stream(r.Context(), ew, t, cursor)
 	return nil
 }
+
+// allowedMethods is the Allow header of the handler's answers.
+const allowedMethods = "GET, HEAD, OPTIONS"
 
 // writeRefusal answers a subscriber that gets no stream with status and
 // err's text, and logs it at Debug. It hands Caddy no error: Caddy's error

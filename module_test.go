@@ -23,7 +23,7 @@ func TestStreamProtocol(t *testing.T) {
 	})
 	// The default timeout, 10s: headers that waited for the first answer
 	// would miss the client's 5s.
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","retry":"2500ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":"2500ms"`, api.URL))+"]")
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
 
 	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
@@ -73,13 +73,13 @@ func TestStreamProtocol(t *testing.T) {
 
 func TestUnchangedPollsSendNothing(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	sc.next(5 * time.Second)
 	// The same document in other bytes is no change either.
 	api.set("{ \"a\" : 1 }\n")
 	start := api.count.Load()
-	waitFor(t, 5*time.Second, "10 more polls", func() bool { return api.count.Load() > start+10 })
+	waitFor(t, 5*time.Second, "5 more polls", func() bool { return api.count.Load() > start+5 })
 	if ev, ok := sc.nextOrTimeout(100 * time.Millisecond); ok {
 		t.Fatalf("unchanged polls sent %+v", ev)
 	}
@@ -87,7 +87,7 @@ func TestUnchangedPollsSendNothing(t *testing.T) {
 
 func TestResume(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","history":4`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","history":4`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	snap := sc.next(5 * time.Second)
 	var ids []string
@@ -158,7 +158,7 @@ func TestResume(t *testing.T) {
 func TestStatusEventsOncePerTransition(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	// max_backoff as short as the interval: failed polls go on at the interval.
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","max_backoff":"10ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","max_backoff":"100ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
@@ -166,16 +166,16 @@ func TestStatusEventsOncePerTransition(t *testing.T) {
 	api.setStatus(http.StatusServiceUnavailable)
 	down := sc.next(5 * time.Second)
 	topic := decodeStatus(t, down).Topic
-	if len(topic) != 12 || down.data != `{"upstream":"down","topic":"`+topic+`","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":10}` {
+	if len(topic) != 12 || down.data != `{"upstream":"down","topic":"`+topic+`","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":100}` {
 		t.Fatalf("got %+v, want a down status without id", down)
 	}
 	start := api.count.Load()
-	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+10 })
+	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+3 })
 	// A body that is not JSON is a failure too, and the same outage.
 	api.setStatus(http.StatusOK)
 	api.set(`<html>maintenance</html>`)
 	start = api.count.Load()
-	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+10 })
+	waitFor(t, 5*time.Second, "more failed polls", func() bool { return api.count.Load() > start+3 })
 	// A subscriber that arrives during the outage is told after its snapshot.
 	late := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := late.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":1}` {
@@ -222,7 +222,7 @@ func TestSubscribersWaitingForTheFirstDocumentAreToldWhy(t *testing.T) {
 			})
 			t.Cleanup(func() { once.Do(func() { close(release) }) })
 			base := startCaddy(t, `[{"match":[{"path":["/encoded"]}],"handle":[{"handler":"encode","encodings":{"gzip":{}}}]},`+
-				pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"10ms","max_backoff":"10ms","heartbeat":"50ms","select":"/data"`, api.URL))+"]")
+				pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"100ms","max_backoff":"100ms","heartbeat":"500ms","select":"/data"`, api.URL))+"]")
 
 			early := openStream(t, http.DefaultClient, base+path, "")
 			once.Do(func() { close(release) })
@@ -273,7 +273,7 @@ func TestSubscribersWaitingForTheFirstDocumentAreToldWhy(t *testing.T) {
 
 func TestHeartbeat(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms","heartbeat":"80ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"80ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	sc.next(5 * time.Second)
 	beats := 0
@@ -322,13 +322,14 @@ func TestManySubscribersOnePoller(t *testing.T) {
 
 func TestAtMostOneRequestInFlight(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	api.setDelay(60 * time.Millisecond)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms"`, api.URL))+"]")
+	// Each answer takes longer than the interval.
+	api.setDelay(250 * time.Millisecond)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
 	for range 20 {
 		sc := openStream(t, http.DefaultClient, base+"/events", "")
 		defer sc.close()
 	}
-	waitFor(t, 5*time.Second, "10 polls", func() bool { return api.count.Load() >= 10 })
+	waitFor(t, 5*time.Second, "5 polls", func() bool { return api.count.Load() >= 5 })
 	if m := api.maxInFlight.Load(); m != 1 {
 		t.Errorf("%d upstream requests in flight at once, want 1", m)
 	}
@@ -336,7 +337,7 @@ func TestAtMostOneRequestInFlight(t *testing.T) {
 
 func TestIdleTopicStops(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","idle_timeout":"300ms"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"300ms"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	first := sc.next(5 * time.Second)
 	sc.close()
@@ -345,7 +346,7 @@ func TestIdleTopicStops(t *testing.T) {
 	var stopped int64
 	waitFor(t, 5*time.Second, "polling to stop", func() bool {
 		n := api.count.Load()
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // longer than an interval
 		stopped = api.count.Load()
 		return n == stopped
 	})
@@ -411,16 +412,44 @@ func TestRefusedPlaceholderValues(t *testing.T) {
 	}
 }
 
+// TestMethodNotAllowed: a stream is read with GET. HEAD gets the headers a
+// stream starts with and OPTIONS the methods, neither opening a stream nor
+// polling; other methods get 405 with the reason.
 func TestMethodNotAllowed(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q`, api.URL))+"]")
-	resp, err := http.Post(base+"/events", "text/plain", strings.NewReader("x"))
-	if err != nil {
-		t.Fatal(err)
+	do := func(method string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+"/events", strings.NewReader("x"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s: reading the body: %v", method, err)
+		}
+		return resp, string(body)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
-		t.Errorf("POST: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, "PATCH"} {
+		resp, body := do(method)
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD, OPTIONS" ||
+			body != "method "+method+": a stream is read with GET\n" {
+			t.Errorf("%s: %d, Allow %q, body %q", method, resp.StatusCode, resp.Header.Get("Allow"), body)
+		}
+	}
+	if resp, body := do(http.MethodHead); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" || body != "" {
+		t.Errorf("HEAD: %d, Content-Type %q, body %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	if resp, body := do(http.MethodOptions); resp.StatusCode != http.StatusNoContent || resp.Header.Get("Allow") != "GET, HEAD, OPTIONS" || body != "" {
+		t.Errorf("OPTIONS: %d, Allow %q, body %q", resp.StatusCode, resp.Header.Get("Allow"), body)
+	}
+	if n := streamGoroutines(); n != 0 {
+		t.Errorf("%d streams open", n)
+	}
+	if n := api.count.Load(); n != 0 {
+		t.Errorf("the upstream received %d requests", n)
 	}
 }
 
@@ -439,7 +468,7 @@ func streamGoroutines() int {
 
 func TestClientDisconnectEndsItsStream(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))+"]")
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
 	streams := openStreams(t, base+"/events", 10)
 	if n := streamGoroutines(); n != 10 {
 		t.Fatalf("%d stream goroutines for 10 clients", n)

@@ -272,6 +272,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 		return response{}, err
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
 	for name, values := range cfg.headerUp {
 		if http.CanonicalHeaderKey(name) == "Host" {
 			req.Host = values[0]
@@ -405,28 +406,44 @@ func publicError(err error) string {
 	return err.Error()
 }
 
-// redactURL returns u for logs: without its password, and with the values
-// of query parameters whose names say they hold a secret (api_key, token,
-// access_token, signature, …; see secretParam) replaced by "xxxxx".
+// redactURL returns u for logs: with its userinfo, user name included,
+// replaced by "xxxxx", and with the values of query parameters whose names
+// say they hold a secret (api_key, token, access_token, signature, …; see
+// secretParam) replaced by "xxxxx". Parameters are separated by "&" or ";",
+// as upstreams may read either.
 func redactURL(u string) string {
 	parsed, err := url.Parse(u)
 	if err != nil {
 		return "(unparsable URL)"
 	}
+	if parsed.User != nil {
+		parsed.User = url.User("xxxxx")
+	}
 	if parsed.RawQuery != "" {
-		parts := strings.Split(parsed.RawQuery, "&")
-		for i, part := range parts {
+		var b strings.Builder
+		for rest := parsed.RawQuery; ; {
+			end := strings.IndexAny(rest, "&;")
+			if end < 0 {
+				end = len(rest)
+			}
+			part := rest[:end]
 			name, _, hasValue := strings.Cut(part, "=")
 			if decoded, err := url.QueryUnescape(name); err == nil {
 				name = decoded
 			}
 			if hasValue && secretParam(name) {
-				parts[i] = part[:strings.IndexByte(part, '=')+1] + "xxxxx"
+				part = part[:strings.IndexByte(part, '=')+1] + "xxxxx"
 			}
+			b.WriteString(part)
+			if end == len(rest) {
+				break
+			}
+			b.WriteByte(rest[end])
+			rest = rest[end+1:]
 		}
-		parsed.RawQuery = strings.Join(parts, "&")
+		parsed.RawQuery = b.String()
 	}
-	return parsed.Redacted()
+	return parsed.String()
 }
 
 // secretWords are the parts of query parameter names that redactURL takes

@@ -346,7 +346,7 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 		}
 		return out
 	}
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms"`,
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`,
 		upstream.URL+"/{http.request.uri.query.file}"))+"]")
 
 	// The first version must be written and polled within one second of
@@ -450,7 +450,7 @@ func (r *statusRecorder) WriteHeader(status int) {
 func TestTopicIDsTellTopicsApart(t *testing.T) {
 	api := newUsersAPI(t)
 	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"10ms","max_backoff":"10ms","forward_headers":["Authorization"]`, api.URL+"/account")), "")
+		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["Authorization"]`, api.URL+"/account")), "")
 	t.Cleanup(func() {
 		stopCaddy(t)
 		assertNoStreamGoroutines(t)

@@ -72,7 +72,7 @@ func TestEventsArriveOneByOneBehindEncode(t *testing.T) {
 		t.Run(enc, func(t *testing.T) {
 			api := newFakeAPI(t, `{"n":0}`)
 			base := startCaddy(t, fmt.Sprintf(`[{"handle":[{"handler":"encode","encodings":{%q:{}},"prefer":[%q]}]},%s]`, enc, enc,
-				pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","heartbeat":"1h"`, api.URL))))
+				pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))))
 			req, _ := http.NewRequest(http.MethodGet, base+"/events", nil)
 			req.Header.Set("Accept-Encoding", enc)
 			resp, err := http.DefaultTransport.RoundTrip(req)
@@ -153,7 +153,7 @@ func TestEventsArriveOneByOneOverHTTP2AndHTTP3(t *testing.T) {
 				"routes": [%s]
 			}}}
 		}
-	}`, t.TempDir(), certJSON, keyJSON, port, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"50ms","heartbeat":"1h"`, api.URL)))
+	}`, t.TempDir(), certJSON, keyJSON, port, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL)))
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func expectEnd(t *testing.T, sc *streamClient) {
 func TestReload(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
 	route := func(fields string) string {
-		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"20ms"%s`, api.URL, fields)) + "]"
+		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"%s`, api.URL, fields)) + "]"
 	}
 	base := startCaddy(t, route(""))
 	sc := openStream(t, http.DefaultClient, base+"/events", "")

@@ -287,7 +287,7 @@ func (ht headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestForwardedCredentialsNeverCrossUsers(t *testing.T) {
 	api := newUsersAPI(t)
 	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"10ms","max_backoff":"10ms","forward_headers":["authorization"]`, api.URL+"/account"))+"]")
+		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["authorization"]`, api.URL+"/account"))+"]")
 
 	alice := openStreamWith(t, base+"/events", bearer("alice-token"), "")
 	bob := openStreamWith(t, base+"/events", http.Header{"Authorization": {"Bearer bob-token"}, "Cookie": {"session=bob-cookie"}}, "")
@@ -409,7 +409,7 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"arrived":true}`)
 	})
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"10ms"`,
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`,
 		api.URL+"/hop/{http.request.uri.query.chain}/{http.request.uri.query.n}"))+"]")
 
 	sc := openStream(t, http.DefaultClient, base+"/events?chain=three&n=3", "")
@@ -437,9 +437,9 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 // requests of that schedule until idle_timeout after its last visitor.
 func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 	const (
-		interval    = 50 * time.Millisecond
-		maxBackoff  = 400 * time.Millisecond
-		idleTimeout = time.Second
+		interval    = 100 * time.Millisecond
+		maxBackoff  = 800 * time.Millisecond
+		idleTimeout = 2 * time.Second
 		// slack is what the upstream's clock may add to or take from a
 		// wait between two polls.
 		slack = 50 * time.Millisecond

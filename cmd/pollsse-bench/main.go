@@ -13,7 +13,7 @@
 //	go build -o /tmp/caddy ./cmd/caddy && go build -o /tmp/pollsse-bench ./cmd/pollsse-bench
 //	/tmp/pollsse-bench -caddy /tmp/caddy -n 10000 -trials 3
 //	/tmp/pollsse-bench -caddy /tmp/caddy -topics 100 -n 100 -trials 3
-//	/tmp/pollsse-bench -caddy /tmp/caddy -n 1000 -slow 0.1 -events 100 -interval 50ms -gap 0 -write-timeout 2s
+//	/tmp/pollsse-bench -caddy /tmp/caddy -n 1000 -slow 0.1 -events 100 -interval 100ms -gap 0 -write-timeout 2s
 //
 // With -target it measures a server that is already running instead, such
 // as a hub that is published to with -publish (BENCHMARKS.md measures
