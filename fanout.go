@@ -30,12 +30,12 @@ import (
 // response is chunked, as net/http started it). Publishing stays O(1) on the
 // poller's goroutine: it only wakes the groups. A stream whose socket does
 // not take a whole event at once (its client reads slowly or not at all) is
-// handed to a goroutine of its own that finishes the write with the write
-// timeout as its deadline, then catches up from its cursor like any stream
+// handed to a goroutine of its own that finishes the write with blocking
+// writes (writeMoving), then catches up from its cursor like any stream
 // and returns to the group once it has caught up; the group meanwhile
 // skips it, so it costs the others nothing. As on the goroutine path, a
 // subscriber that has fallen out of the history is sent a snapshot, and one
-// whose write blocks for write_timeout is disconnected and resumes by id
+// that takes no byte for write_timeout is disconnected and resumes by id
 // when its browser reconnects.
 
 // detachedStreams is the groups of one handler, by topic.
@@ -325,21 +325,18 @@ func (s *connStream) closeConn() {
 }
 
 // catchUp writes the rest of the chunk of frame, then frames, then what
-// the log holds after the stream's cursor, each write bounded by the write
-// timeout, until the stream has caught up and returns to its group.
+// the log holds after the stream's cursor, until the stream has caught up
+// and returns to its group; it ends the stream when no byte of a write has
+// moved for the write timeout.
 func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
 	timeout := time.Duration(s.g.h.WriteTimeout)
 	w := newSweeper()
 	var size [16]byte
+	var bufs [3][]byte
 	// write writes one frame as a chunk: the chunk's size line, the frame
 	// shared with the other streams, and CRLF, in one writev.
-	write := func(bufs ...[]byte) error {
-		if timeout > 0 {
-			s.conn.SetWriteDeadline(time.Now().Add(timeout))
-		}
-		b := net.Buffers(bufs)
-		_, err := b.WriteTo(s.conn)
-		return err
+	write := func(b ...[]byte) error {
+		return writeMoving(s.conn, append(net.Buffers(bufs[:0]), b...), timeout)
 	}
 	if err := write(rest); err != nil {
 		metrics.countWriteError(err)
@@ -466,6 +463,44 @@ func (w *sweeper) chunk(frame []byte) []byte {
 	return ch
 }
 
+// writeChecks is how many times per write timeout a blocked write to a
+// connection taken over from net/http looks whether its bytes move.
+const writeChecks = 4
+
+// writeMoving writes b to conn, a connection taken over from net/http, and
+// fails only when no byte has moved for timeout (none if 0). A write to a
+// TCP connection that reaches its deadline returns what the socket took,
+// and the connection stays usable: the deadline is set a quarter of the
+// timeout ahead at a time and the write carries on while bytes move, so
+// that a client that reads slowly but steadily gets a frame of any size,
+// and one that takes nothing is dropped between one and one and a quarter
+// timeouts after its last byte.
+func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
+	if timeout <= 0 {
+		conn.SetWriteDeadline(time.Time{})
+		_, err := b.WriteTo(conn)
+		return err
+	}
+	step := max(timeout/writeChecks, time.Millisecond)
+	moved := time.Now()
+	for {
+		deadline := time.Now().Add(step)
+		if limit := moved.Add(timeout); limit.Before(deadline) {
+			deadline = limit
+		}
+		conn.SetWriteDeadline(deadline)
+		n, err := b.WriteTo(conn)
+		if err == nil || !isTimeout(err) {
+			return err
+		}
+		if now := time.Now(); n > 0 {
+			moved = now
+		} else if !now.Before(moved.Add(timeout)) {
+			return err
+		}
+	}
+}
+
 // streamHijacked streams to a connection taken over from net/http that
 // offers no raw access, on the calling goroutine, with blocking writes.
 // (Caddy wraps the connections of a server with access logs so.) A
@@ -494,7 +529,8 @@ func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64) {
 }
 
 // A hijackedWriter writes frames as chunks to a connection taken over from
-// net/http, one write each.
+// net/http, one write each, which fails when no byte of it has moved for
+// the timeout.
 type hijackedWriter struct {
 	conn    net.Conn
 	timeout time.Duration
@@ -508,11 +544,8 @@ type hijackedWriter struct {
 const maxKeptChunkBuffer = 16 << 10
 
 func (hw *hijackedWriter) write(frame []byte) error {
-	if hw.timeout > 0 {
-		hw.conn.SetWriteDeadline(time.Now().Add(hw.timeout))
-	}
 	hw.buf = appendChunk(hw.buf[:0], frame)
-	_, err := hw.conn.Write(hw.buf)
+	err := writeMoving(hw.conn, net.Buffers{hw.buf}, hw.timeout)
 	if cap(hw.buf) > maxKeptChunkBuffer {
 		hw.buf = nil
 	}

@@ -3,16 +3,23 @@ package pollsse
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // slowClient returns an HTTP client whose connections have a small receive
@@ -220,5 +227,180 @@ func TestAccessLogsKeepStreamsOnTheirGoroutines(t *testing.T) {
 			}
 			waitFor(t, 5*time.Second, "the streams to end with the heartbeat an hour away", func() bool { return streamGoroutines() == 0 })
 		})
+	}
+}
+
+// A streamPath is one of the ways a stream reaches its client: detached
+// (plain HTTP/1.1), written on its request's goroutine to a connection that
+// Caddy wraps (HTTP/1.1 on a host with access logs), or through net/http
+// (HTTPS with HTTP/1.1, HTTP/2 and HTTP/3).
+type streamPath struct {
+	name string
+	url  string
+	// client returns a client whose connections hold little that the
+	// test has not read: small socket receive buffers and flow-control
+	// windows.
+	client func() *http.Client
+}
+
+// startCaddyOnEveryPath runs Caddy with the route (JSON) on three servers,
+// a plain one, one with access logs and an HTTPS one, and returns the
+// paths of the route's streams, each with its URL.
+func startCaddyOnEveryPath(t *testing.T, route string) []streamPath {
+	t.Helper()
+	cert, key := selfSignedPEM(t)
+	certJSON, _ := json.Marshal(cert)
+	keyJSON, _ := json.Marshal(key)
+	plain, logged, secure := freePort(t), freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`{
+		"admin": {"disabled": true},
+		"storage": {"module": "file_system", "root": %q},
+		"logging": {"logs": {"default": {"level": "ERROR"}}},
+		"apps": {
+			"tls": {"certificates": {"load_pem": [{"certificate": %s, "key": %s, "tags": ["test"]}]}},
+			"http": {"servers": {
+				"plain": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true}, "routes": [%s]},
+				"logged": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true}, "logs": {}, "routes": [%[5]s]},
+				"secure": {
+					"listen": ["127.0.0.1:%[7]d"],
+					"protocols": ["h1", "h2", "h3"],
+					"automatic_https": {"disable": true},
+					"tls_connection_policies": [{"certificate_selection": {"any_tag": ["test"]}}],
+					"routes": [%[5]s]
+				}
+			}}
+		}
+	}`, t.TempDir(), certJSON, keyJSON, plain, route, logged, secure)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() {
+		stopCaddy(t)
+		assertNoStreamGoroutines(t)
+	})
+	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, smallReceiveBuffer)
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1460)
+		})
+	}}
+	// A transport adds its protocols to its TLS config.
+	tlsConfig := func() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
+	over := func(set func(*http.Protocols)) func() *http.Client {
+		return func() *http.Client {
+			protocols := new(http.Protocols)
+			set(protocols)
+			return &http.Client{Transport: &http.Transport{
+				DialContext:     dialer.DialContext,
+				TLSClientConfig: tlsConfig(),
+				Protocols:       protocols,
+				HTTP2: &http.HTTP2Config{
+					MaxReceiveBufferPerConnection: smallReceiveBuffer,
+					MaxReceiveBufferPerStream:     smallReceiveBuffer,
+				},
+			}}
+		}
+	}
+	path := "/events"
+	if m := regexp.MustCompile(`"path":\["([^"]+)"\]`).FindStringSubmatch(route); m != nil {
+		path = m[1]
+	}
+	return []streamPath{
+		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), over(func(p *http.Protocols) { p.SetHTTP1(true) })},
+		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), over(func(p *http.Protocols) { p.SetHTTP1(true) })},
+		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), over(func(p *http.Protocols) { p.SetHTTP1(true) })},
+		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), over(func(p *http.Protocols) { p.SetHTTP2(true) })},
+		{"HTTP/3", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), func() *http.Client {
+			return &http.Client{Transport: &http3.Transport{TLSClientConfig: tlsConfig(), QUICConfig: &quic.Config{
+				InitialStreamReceiveWindow:     smallReceiveBuffer,
+				MaxStreamReceiveWindow:         smallReceiveBuffer,
+				InitialConnectionReceiveWindow: smallReceiveBuffer,
+				MaxConnectionReceiveWindow:     smallReceiveBuffer,
+			}}}
+		}},
+	}
+}
+
+// smallReceiveBuffer is the socket receive buffer and flow-control window
+// of the clients of startCaddyOnEveryPath.
+const smallReceiveBuffer = 64 << 10
+
+// A steadyReader is a client that reads slowly but steadily: at most 32 KiB
+// at a time, and rate bytes per second.
+type steadyReader struct {
+	r    io.Reader
+	rate int
+	read int
+}
+
+func (s *steadyReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p[:min(len(p), 32<<10)])
+	s.read += n
+	time.Sleep(time.Duration(n) * time.Second / time.Duration(s.rate))
+	return n, err
+}
+
+// TestWriteTimeoutDropsOnlyClientsThatTakeNothing streams an 8 MB snapshot
+// on every path to two clients each: one that reads about 2 MB/s, far less
+// than the snapshot per write_timeout, gets all of it; one that reads
+// nothing is dropped.
+func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
+	doc := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 8<<20))
+	api := newFakeAPI(t, doc)
+	paths := startCaddyOnEveryPath(t, pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"1h","heartbeat":"1h","write_timeout":"1s","max_body":%d`, api.URL, 16<<20)))
+	dropped := counterValue(metrics.droppedAsSlow)
+
+	stalled := make([]*bufio.Reader, len(paths))
+	for i, p := range paths {
+		stalled[i], _ = openPausable(t, p.client(), p.url)
+	}
+	got := make(chan string, len(paths))
+	for _, p := range paths {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
+		resp, err := p.client().Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", p.name, err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		go func() {
+			steady := &steadyReader{r: resp.Body, rate: 2 << 20}
+			br := bufio.NewReaderSize(steady, 64<<10)
+			for {
+				ev, err := readEvent(br)
+				if err != nil {
+					got <- fmt.Sprintf("%s: the stream ended after %d bytes with %v", p.name, steady.read, err)
+					return
+				}
+				if ev.name != "" {
+					if ev.name != "snapshot" || ev.data != doc {
+						got <- fmt.Sprintf("%s: got a %s event of %d bytes, want the snapshot of %d", p.name, ev.name, len(ev.data), len(doc))
+					} else {
+						got <- ""
+					}
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, 10*time.Second, "the clients that read nothing to be dropped", func() bool {
+		return counterValue(metrics.droppedAsSlow)-dropped >= float64(len(paths))
+	})
+	for range paths {
+		if msg := <-got; msg != "" {
+			t.Error(msg)
+		}
+	}
+	if n := counterValue(metrics.droppedAsSlow) - dropped; n != float64(len(paths)) {
+		t.Errorf("%v clients dropped as slow, want the %d that read nothing", n, len(paths))
+	}
+	// What the clients that read nothing get ends within the snapshot
+	// (an EventSource drops the event it has not received whole).
+	for i, br := range stalled {
+		if n, err := io.Copy(io.Discard, br); n >= int64(len(doc)) {
+			t.Errorf("%s: the client that read nothing got %d bytes and then %v, want its stream cut off", paths[i].name, n, err)
+		}
 	}
 }

@@ -80,9 +80,14 @@ type Handler struct {
 	// takes longer is a failed poll. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	// How long one write to a client may block. A client that takes no data
-	// for this long (it stopped reading, or its network is gone) is
-	// disconnected, and its browser reconnects and resumes by id. Default: 10s.
+	// How long a client may take no data while an event is written to it.
+	// A client that takes nothing for this long (it stopped reading, or its
+	// network is gone) is disconnected, and its browser reconnects and
+	// resumes by id; one that reads slowly but steadily gets events of any
+	// size. A plain HTTP/1.1 stream without `encode` is dropped when no
+	// byte has moved for this long; any other (HTTPS, HTTP/2, HTTP/3,
+	// `encode`) writes an event in pieces of 32 KiB and is dropped when a
+	// piece is not taken within this long. Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
@@ -510,8 +515,9 @@ const maxFramesPerRead = 64
 // upstream refuses t's credentials before the subscriber's first snapshot.
 // It is the only goroutine that writes to the response. A subscriber that
 // falls behind only delays itself: when it has missed more than the history
-// holds, its next read is a fresh snapshot; when a write blocks for the write
-// timeout, the stream ends, and the browser reconnects and resumes by id.
+// holds, its next read is a fresh snapshot; when it takes nothing of a write
+// for the write timeout, the stream ends, and the browser reconnects and
+// resumes by id.
 func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
 	buf := make([][]byte, 0, maxFramesPerRead)
 	heartbeat := time.Duration(h.Heartbeat)
