@@ -404,3 +404,27 @@ func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestQuietStreamOutlivesItsWriteTimeout: write_timeout bounds a write, not
+// the silence between two: on every path, a stream on which nothing is
+// written for several write timeouts gets the next change.
+func TestQuietStreamOutlivesItsWriteTimeout(t *testing.T) {
+	api := newFakeAPI(t, `{"n":0}`)
+	paths := startCaddyOnEveryPath(t, pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"20ms","heartbeat":"1h","write_timeout":"200ms"`, api.URL)))
+	streams := make([]*streamClient, len(paths))
+	for i, p := range paths {
+		streams[i] = openStream(t, p.client(), p.url, "")
+		if ev := streams[i].next(5 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("%s: the stream began with %+v", p.name, ev)
+		}
+	}
+	// What is tested is time passing with nothing to write.
+	time.Sleep(time.Second)
+	api.set(`{"n":1}`)
+	for i, sc := range streams {
+		if ev, ok := sc.nextOrTimeout(5 * time.Second); !ok || ev.name != "patch" {
+			t.Errorf("%s: after a quiet second got %+v (stream open: %v), want the patch", paths[i].name, ev, ok)
+		}
+	}
+}

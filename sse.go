@@ -110,6 +110,13 @@ func (ew *eventWriter) write(frame []byte) error {
 		}
 		frame = frame[n:]
 	}
+	// On HTTP/2 a deadline is a timer that resets the stream when it
+	// fires, with or without a write: it must not outlive the write.
+	if ew.timeout > 0 {
+		if err := ew.rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+	}
 	ew.last = time.Now()
 	return nil
 }
