@@ -272,17 +272,23 @@ func (g *connGroup) sweep(subs []*connStream, f func(*connStream, *sweeper)) {
 // once.
 const maxFramesPerWrite = 64
 
-// service writes to s what the log holds after its cursor, or ends it when
-// the upstream refuses the topic's credentials before its first snapshot.
-// s.mu is held.
+// service writes to s what the log holds after its cursor, until it has
+// caught up or its socket takes no more at once (a goroutine of its own
+// then finishes), or ends it when the upstream refuses the topic's
+// credentials before its first snapshot. s.mu is held.
 func (g *connGroup) service(s *connStream, w *sweeper) {
 	if s.lagging || s.closed {
 		return
 	}
-	frames, next, _ := g.t.log.read(s.cursor, w.frames[:0])
-	if len(frames) > 0 {
+	for {
+		frames, next, _ := g.t.log.read(s.cursor, w.frames[:0])
+		if len(frames) == 0 {
+			break
+		}
 		s.writeFrames(frames, next, w)
-		return
+		if s.lagging || s.closed {
+			return
+		}
 	}
 	if g.t.refusedBeforeSnapshot() {
 		w.write(s.rc, lastChunk)

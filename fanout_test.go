@@ -10,9 +10,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -425,6 +427,61 @@ func TestQuietStreamOutlivesItsWriteTimeout(t *testing.T) {
 	for i, sc := range streams {
 		if ev, ok := sc.nextOrTimeout(5 * time.Second); !ok || ev.name != "patch" {
 			t.Errorf("%s: after a quiet second got %+v (stream open: %v), want the patch", paths[i].name, ev, ok)
+		}
+	}
+}
+
+// TestDetachedResumeFromFarBackIsSentWhole resumes a detached stream from
+// hundreds of events back, with the upstream unchanged from then on and the
+// heartbeat an hour away: nothing but the resume itself can make the stream
+// write, and it must send every event up to the latest.
+func TestDetachedResumeFromFarBackIsSentWhole(t *testing.T) {
+	const events = 200
+	var mu sync.Mutex
+	version, growing := 0, true
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if growing {
+			version++
+		}
+		v := version
+		mu.Unlock()
+		fmt.Fprintf(w, `{"v":%d}`, v)
+	}))
+	t.Cleanup(upstream.Close)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"5ms","history":1000,"heartbeat":"1h"`, upstream.URL))+"]")
+
+	follower := openStream(t, http.DefaultClient, base+"/events", "")
+	snapshot := follower.next(10 * time.Second)
+	if snapshot.name != "snapshot" {
+		t.Fatalf("the stream began with %+v", snapshot)
+	}
+	var last sseEvent
+	for n := 0; n < events; n++ {
+		last = follower.next(10 * time.Second)
+	}
+	mu.Lock()
+	growing = false
+	final := fmt.Sprintf(`[{"op":"replace","path":"/v","value":%d}]`, version)
+	mu.Unlock()
+	patches := events
+	for last.data != final {
+		last = follower.next(10 * time.Second)
+		patches++
+	}
+
+	resumed := openStream(t, http.DefaultClient, base+"/events", snapshot.id)
+	for n := 1; n <= patches; n++ {
+		ev, ok := resumed.nextOrTimeout(10 * time.Second)
+		if !ok {
+			t.Fatalf("the resumed stream got %d of the %d events after its id, and then nothing", n-1, patches)
+		}
+		if ev.name != "patch" {
+			t.Fatalf("event %d of the resumed stream is %+v, want a patch", n, ev)
+		}
+		if n == patches && (ev.id != last.id || ev.data != last.data) {
+			t.Fatalf("the resumed stream's last event is %+v, want %+v", ev, last)
 		}
 	}
 }
