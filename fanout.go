@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Fan-out of HTTP/1.1 streams without a goroutine each.
@@ -36,7 +38,8 @@ import (
 // skips it, so it costs the others nothing. As on the goroutine path, a
 // subscriber that has fallen out of the history is sent a snapshot, and one
 // that takes no byte for write_timeout is disconnected and resumes by id
-// when its browser reconnects.
+// when its browser reconnects. A client sends nothing on its stream after
+// the request; one that sends more than maxClientBytes is disconnected.
 
 // detachedStreams is the groups of one handler, by topic.
 type detachedStreams struct {
@@ -64,9 +67,11 @@ type connStream struct {
 	rc   syscall.RawConn
 	// idx is the stream's position in g.subs, guarded by g.mu.
 	idx int
-	// one is the buffer of the goroutine that watches for the client
-	// leaving.
-	one [1]byte
+	// sent is what the client sent after its request that net/http had
+	// read ahead; buf is the buffer of the goroutine that watches for
+	// the client leaving. Both belong to that goroutine.
+	sent int
+	buf  [watchBufferSize]byte
 
 	mu     sync.Mutex
 	cursor uint64
@@ -93,8 +98,10 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 	if err != nil {
 		return false
 	}
-	_ = brw // nothing more is read from a stream's connection
-	s := &connStream{conn: conn, cursor: cursor, last: time.Now()}
+	// What net/http read ahead is what the client sent after its
+	// request; nothing of it is a request that the stream answers.
+	sent := brw.Reader.Buffered()
+	s := &connStream{conn: conn, cursor: cursor, last: time.Now(), sent: sent}
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		s.rc, err = c.SyscallConn()
@@ -105,7 +112,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 		// A connection that a listener wrapper made, whose bytes may not
 		// be the socket's: write to it with blocking writes on this
 		// goroutine.
-		h.streamHijacked(conn, t, cursor)
+		h.streamHijacked(conn, t, cursor, sent)
 		return true
 	}
 	// The group's sweeps wait until the stream is set up and has been
@@ -167,14 +174,51 @@ func (h *Handler) leave(s *connStream) {
 	}
 }
 
-// watch waits for the client to close the connection (nothing else comes
-// from a browser on a stream), and then ends the stream.
+// watch waits for the client to close the connection or to send too
+// much, and then ends the stream.
 func (s *connStream) watch() {
-	for {
-		if _, err := s.conn.Read(s.one[:]); err != nil {
-			s.close()
-			return
+	s.g.h.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
+	s.close()
+}
+
+// maxClientBytes is how much a client may send on a stream taken over from
+// net/http after its request. A browser sends nothing until it closes the
+// connection (a stream never answers another request on it), so the
+// allowance is for the odd blank line; a client that sends more has its
+// stream ended, which bounds what it costs to read.
+const maxClientBytes = 256
+
+// watchBufferSize is the size of the buffer that a stream's client is read
+// into, of which each stream has one.
+const watchBufferSize = 64
+
+// errClientSent ends a stream whose client sent more than maxClientBytes.
+var errClientSent = errors.New("the client sent data after its request")
+
+// watchClient reads conn, the connection of a stream taken over from
+// net/http whose client has sent sent bytes after its request, into buf
+// until the client closes it, the connection ends or the client has sent
+// more than maxClientBytes. It returns the error that ended the read, or
+// errClientSent.
+func watchClient(conn net.Conn, buf []byte, sent int) error {
+	for sent <= maxClientBytes {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return err
 		}
+		sent += n
+	}
+	return errClientSent
+}
+
+// logClientSent logs at Debug that a stream ended on err when its client
+// sent too much; any other end of the read is the client leaving.
+func (h *Handler) logClientSent(err error) {
+	if err != errClientSent {
+		return
+	}
+	if ce := h.logger.Check(zap.DebugLevel, "stream ended"); ce != nil {
+		ce.Write(zap.Error(err), zap.Int("max_bytes", maxClientBytes))
 	}
 }
 
@@ -510,21 +554,19 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 // streamHijacked streams to a connection taken over from net/http that
 // offers no raw access, on the calling goroutine, with blocking writes.
 // (Caddy wraps the connections of a server with access logs so.) A
-// goroutine reads from the connection to notice the client leaving.
-func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64) {
+// goroutine reads from the connection to notice the client leaving, or
+// sending more than maxClientBytes after its request, of which it had sent
+// sent.
+func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64, sent int) {
 	defer h.hub.unsubscribe(t)
 	ctx, cancel := context.WithCancel(h.streams)
 	defer cancel()
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
-		var one [1]byte
-		for {
-			if _, err := conn.Read(one[:]); err != nil {
-				cancel()
-				return
-			}
-		}
+		var buf [watchBufferSize]byte
+		h.logClientSent(watchClient(conn, buf[:], sent))
+		cancel()
 	}()
 	hw := &hijackedWriter{conn: conn, timeout: time.Duration(h.WriteTimeout), last: time.Now()}
 	h.stream(ctx, hw, t, cursor)
