@@ -7,6 +7,7 @@ package pollsse
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -423,6 +424,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	default:
 		w.Header().Set("Allow", allowedMethods)
 		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	}
+	// An EventSource's request has no body. Over HTTP/1.1, a body would
+	// come after the request on the connection that a detached stream
+	// takes over, and Caddy arms a read deadline for draining it when the
+	// handler returns, which would cut the stream. An HTTP/2 or HTTP/3
+	// request without Content-Length has ContentLength -1 whether or not
+	// data follows (every HTTP/3 GET has), and is no body.
+	if r.ContentLength > 0 || (r.ProtoMajor == 1 && r.ContentLength < 0) {
+		return h.writeRefusal(w, http.StatusBadRequest, errors.New("a stream is requested without a body, and this request has one"))
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	topicURL, err := h.upstream.expand(repl)
