@@ -540,10 +540,13 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 		}
 		conn.SetWriteDeadline(deadline)
 		n, err := b.WriteTo(conn)
-		if err == nil || !isTimeout(err) {
+		now := time.Now()
+		// A timeout before the deadline is that of a connection that
+		// an earlier one broke (a wrapped TLS connection), not a wait.
+		if err == nil || !isTimeout(err) || now.Before(deadline) {
 			return err
 		}
-		if now := time.Now(); n > 0 {
+		if n > 0 {
 			moved = now
 		} else if !now.Before(moved.Add(timeout)) {
 			return err

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -250,11 +249,13 @@ type streamPath struct {
 	client func() *http.Client
 }
 
-// startCaddyOnEveryPath runs Caddy with the route (JSON) on three servers,
-// a plain one, one with access logs and an HTTPS one, and returns the
-// paths of the route's streams, each with its URL.
-func startCaddyOnEveryPath(t *testing.T, route string) []streamPath {
+// startCaddyOnEveryPath runs Caddy with a poll_sse handler of the given
+// fields (as pollSSERoute takes them) at /events on three servers, a plain
+// one, one with access logs and an HTTPS one, and returns the paths of its
+// streams, each with its URL.
+func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 	t.Helper()
+	route := pollSSERoute("/events", fields)
 	cert, key := selfSignedPEM(t)
 	certJSON, _ := json.Marshal(cert)
 	keyJSON, _ := json.Marshal(key)
@@ -288,6 +289,9 @@ func startCaddyOnEveryPath(t *testing.T, route string) []streamPath {
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
 			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, smallReceiveBuffer)
+			// Segments as on a network: loopback's of 64 KiB, with a
+			// small receive buffer, stall a connection read slowly
+			// until the sender's window probe.
 			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1460)
 		})
 	}}
@@ -297,7 +301,7 @@ func startCaddyOnEveryPath(t *testing.T, route string) []streamPath {
 		return func() *http.Client {
 			protocols := new(http.Protocols)
 			set(protocols)
-			return &http.Client{Transport: &http.Transport{
+			tr := &http.Transport{
 				DialContext:     dialer.DialContext,
 				TLSClientConfig: tlsConfig(),
 				Protocols:       protocols,
@@ -305,25 +309,26 @@ func startCaddyOnEveryPath(t *testing.T, route string) []streamPath {
 					MaxReceiveBufferPerConnection: smallReceiveBuffer,
 					MaxReceiveBufferPerStream:     smallReceiveBuffer,
 				},
-			}}
+			}
+			t.Cleanup(tr.CloseIdleConnections)
+			return &http.Client{Transport: tr}
 		}
 	}
-	path := "/events"
-	if m := regexp.MustCompile(`"path":\["([^"]+)"\]`).FindStringSubmatch(route); m != nil {
-		path = m[1]
-	}
+	const path = "/events"
 	return []streamPath{
 		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), true, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), true, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP2(true) })},
 		{"HTTP/3", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, func() *http.Client {
-			return &http.Client{Transport: &http3.Transport{TLSClientConfig: tlsConfig(), QUICConfig: &quic.Config{
+			tr := &http3.Transport{TLSClientConfig: tlsConfig(), QUICConfig: &quic.Config{
 				InitialStreamReceiveWindow:     smallReceiveBuffer,
 				MaxStreamReceiveWindow:         smallReceiveBuffer,
 				InitialConnectionReceiveWindow: smallReceiveBuffer,
 				MaxConnectionReceiveWindow:     smallReceiveBuffer,
-			}}}
+			}}
+			t.Cleanup(func() { tr.Close() })
+			return &http.Client{Transport: tr}
 		}},
 	}
 }
@@ -354,8 +359,8 @@ func (s *steadyReader) Read(p []byte) (int, error) {
 func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
 	doc := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 8<<20))
 	api := newFakeAPI(t, doc)
-	paths := startCaddyOnEveryPath(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"1h","heartbeat":"1h","write_timeout":"1s","max_body":%d`, api.URL, 16<<20)))
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
+		`"upstream":%q,"interval":"1h","heartbeat":"1h","write_timeout":"1s","max_body":%d`, api.URL, 16<<20))
 	dropped := counterValue(metrics.droppedAsSlow)
 
 	stalled := make([]*bufio.Reader, len(paths))
@@ -417,8 +422,8 @@ func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
 // written for several write timeouts gets the next change.
 func TestQuietStreamOutlivesItsWriteTimeout(t *testing.T) {
 	api := newFakeAPI(t, `{"n":0}`)
-	paths := startCaddyOnEveryPath(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"20ms","heartbeat":"1h","write_timeout":"200ms"`, api.URL)))
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
+		`"upstream":%q,"interval":"20ms","heartbeat":"1h","write_timeout":"200ms"`, api.URL))
 	streams := make([]*streamClient, len(paths))
 	for i, p := range paths {
 		streams[i] = openStream(t, p.client(), p.url, "")
@@ -497,8 +502,8 @@ func TestDetachedResumeFromFarBackIsSentWhole(t *testing.T) {
 // connections Caddy takes over, and the other subscribers carry on.
 func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 	api := newFakeAPI(t, `{"n":0}`)
-	paths := startCaddyOnEveryPath(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL)))
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
+		`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))
 	junk := bytes.Repeat([]byte("junk\r\n"), 1<<20)
 	n := 0
 	for _, p := range paths {

@@ -496,7 +496,7 @@ func TestClientDisconnectEndsItsStream(t *testing.T) {
 // not taken for one with a body.
 func TestStreamRequestWithABodyIsRefused(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
-	paths := startCaddyOnEveryPath(t, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"heartbeat":"1h"`, api.URL)))
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(`"upstream":%q,"heartbeat":"1h"`, api.URL))
 	get := func(t *testing.T, p streamPath, body io.Reader, length int64) *http.Response {
 		t.Helper()
 		// Reading what a stream sends ends.
