@@ -382,15 +382,15 @@ func readSnapshotOf(r io.Reader, doc string) error {
 	}
 }
 
-// TestWriteTimeoutDropsOnlyClientsThatTakeNothing streams an 8 MB snapshot
-// on every path to two clients each: one that reads about 2 MB/s, far less
-// than the snapshot per write_timeout, gets all of it; one that reads
+// TestWriteTimeoutDropsOnlyClientsThatTakeNothing streams a 6 MB snapshot
+// on every path to two clients each: one that reads 1 MiB/s, far less than
+// the snapshot per write_timeout (2s), gets all of it; one that reads
 // nothing is dropped.
 func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
-	doc := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 8<<20))
+	doc := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 6<<20))
 	api := newFakeAPI(t, doc)
 	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
-		`"upstream":%q,"interval":"1h","heartbeat":"1h","write_timeout":"1s","max_body":%d`, api.URL, 16<<20))
+		`"upstream":%q,"interval":"1h","heartbeat":"1h","write_timeout":"2s","max_body":%d`, api.URL, 16<<20))
 	dropped := counterValue(metrics.droppedAsSlow)
 
 	stalled := make([]*bufio.Reader, len(paths))
@@ -408,7 +408,7 @@ func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
 		}
 		t.Cleanup(func() { resp.Body.Close() })
 		go func() {
-			steady := &steadyReader{r: resp.Body, rate: 2 << 20}
+			steady := &steadyReader{r: resp.Body, rate: 1 << 20}
 			if err := readSnapshotOf(steady, doc); err != nil {
 				got <- fmt.Sprintf("%s: %v after %d bytes", p.name, err, steady.read)
 				return
@@ -442,7 +442,7 @@ func TestWriteTimeoutDropsOnlyClientsThatTakeNothing(t *testing.T) {
 func TestQuietStreamOutlivesItsWriteTimeout(t *testing.T) {
 	api := newFakeAPI(t, `{"n":0}`)
 	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
-		`"upstream":%q,"interval":"20ms","heartbeat":"1h","write_timeout":"200ms"`, api.URL))
+		`"upstream":%q,"interval":"100ms","heartbeat":"1h","write_timeout":"200ms"`, api.URL))
 	streams := make([]*streamClient, len(paths))
 	for i, p := range paths {
 		streams[i] = openStream(t, p.client(), p.url, "")
@@ -461,11 +461,12 @@ func TestQuietStreamOutlivesItsWriteTimeout(t *testing.T) {
 }
 
 // TestDetachedResumeFromFarBackIsSentWhole resumes a detached stream from
-// hundreds of events back, with the upstream unchanged from then on and the
-// heartbeat an hour away: nothing but the resume itself can make the stream
-// write, and it must send every event up to the latest.
+// more events back than one read of the log takes (maxFramesPerWrite), with
+// the upstream unchanged from then on and the heartbeat an hour away:
+// nothing but the resume itself can make the stream write, and it must
+// send every event up to the latest.
 func TestDetachedResumeFromFarBackIsSentWhole(t *testing.T) {
-	const events = 200
+	const events = maxFramesPerWrite + 16
 	var mu sync.Mutex
 	version, growing := 0, true
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -479,7 +480,7 @@ func TestDetachedResumeFromFarBackIsSentWhole(t *testing.T) {
 	}))
 	t.Cleanup(upstream.Close)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"5ms","history":1000,"heartbeat":"1h"`, upstream.URL))+"]")
+		`"upstream":%q,"interval":"100ms","history":1000,"heartbeat":"1h"`, upstream.URL))+"]")
 
 	follower := openStream(t, http.DefaultClient, base+"/events", "")
 	snapshot := follower.next(10 * time.Second)
@@ -522,7 +523,7 @@ func TestDetachedResumeFromFarBackIsSentWhole(t *testing.T) {
 func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 	api := newFakeAPI(t, `{"n":0}`)
 	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
-		`"upstream":%q,"interval":"20ms","heartbeat":"1h"`, api.URL))
+		`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))
 	junk := bytes.Repeat([]byte("junk\r\n"), 1<<20)
 	n := 0
 	for _, p := range paths {
