@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Fan-out of HTTP/1.1 streams without a goroutine each.
@@ -30,13 +32,14 @@ import (
 // response is chunked, as net/http started it). Publishing stays O(1) on the
 // poller's goroutine: it only wakes the groups. A stream whose socket does
 // not take a whole event at once (its client reads slowly or not at all) is
-// handed to a goroutine of its own that finishes the write with the write
-// timeout as its deadline, then catches up from its cursor like any stream
+// handed to a goroutine of its own that finishes the write with blocking
+// writes (writeMoving), then catches up from its cursor like any stream
 // and returns to the group once it has caught up; the group meanwhile
 // skips it, so it costs the others nothing. As on the goroutine path, a
 // subscriber that has fallen out of the history is sent a snapshot, and one
-// whose write blocks for write_timeout is disconnected and resumes by id
-// when its browser reconnects.
+// that takes no byte for write_timeout is disconnected and resumes by id
+// when its browser reconnects. A client sends nothing on its stream after
+// the request; one that sends more than maxClientBytes is disconnected.
 
 // detachedStreams is the groups of one handler, by topic.
 type detachedStreams struct {
@@ -64,9 +67,11 @@ type connStream struct {
 	rc   syscall.RawConn
 	// idx is the stream's position in g.subs, guarded by g.mu.
 	idx int
-	// one is the buffer of the goroutine that watches for the client
-	// leaving.
-	one [1]byte
+	// sent is what the client sent after its request that net/http had
+	// read ahead; buf is the buffer of the goroutine that watches for
+	// the client leaving. Both belong to that goroutine.
+	sent int
+	buf  [watchBufferSize]byte
 
 	mu     sync.Mutex
 	cursor uint64
@@ -93,8 +98,10 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 	if err != nil {
 		return false
 	}
-	_ = brw // nothing more is read from a stream's connection
-	s := &connStream{conn: conn, cursor: cursor, last: time.Now()}
+	// What net/http read ahead is what the client sent after its
+	// request; nothing of it is a request that the stream answers.
+	sent := brw.Reader.Buffered()
+	s := &connStream{conn: conn, cursor: cursor, last: time.Now(), sent: sent}
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		s.rc, err = c.SyscallConn()
@@ -105,7 +112,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 		// A connection that a listener wrapper made, whose bytes may not
 		// be the socket's: write to it with blocking writes on this
 		// goroutine.
-		h.streamHijacked(conn, t, cursor)
+		h.streamHijacked(conn, t, cursor, sent)
 		return true
 	}
 	// The group's sweeps wait until the stream is set up and has been
@@ -167,14 +174,51 @@ func (h *Handler) leave(s *connStream) {
 	}
 }
 
-// watch waits for the client to close the connection (nothing else comes
-// from a browser on a stream), and then ends the stream.
+// watch waits for the client to close the connection or to send too
+// much, and then ends the stream.
 func (s *connStream) watch() {
-	for {
-		if _, err := s.conn.Read(s.one[:]); err != nil {
-			s.close()
-			return
+	s.g.h.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
+	s.close()
+}
+
+// maxClientBytes is how much a client may send on a stream taken over from
+// net/http after its request. A browser sends nothing until it closes the
+// connection (a stream never answers another request on it), so the
+// allowance is for the odd blank line; a client that sends more has its
+// stream ended, which bounds what it costs to read.
+const maxClientBytes = 256
+
+// watchBufferSize is the size of the buffer that a stream's client is read
+// into, of which each stream has one.
+const watchBufferSize = 64
+
+// errClientSent ends a stream whose client sent more than maxClientBytes.
+var errClientSent = errors.New("the client sent data after its request")
+
+// watchClient reads conn, the connection of a stream taken over from
+// net/http whose client has sent sent bytes after its request, into buf
+// until the client closes it, the connection ends or the client has sent
+// more than maxClientBytes. It returns the error that ended the read, or
+// errClientSent.
+func watchClient(conn net.Conn, buf []byte, sent int) error {
+	for sent <= maxClientBytes {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return err
 		}
+		sent += n
+	}
+	return errClientSent
+}
+
+// logClientSent logs at Debug that a stream ended on err when its client
+// sent too much; any other end of the read is the client leaving.
+func (h *Handler) logClientSent(err error) {
+	if err != errClientSent {
+		return
+	}
+	if ce := h.logger.Check(zap.DebugLevel, "stream ended"); ce != nil {
+		ce.Write(zap.Error(err), zap.Int("max_bytes", maxClientBytes))
 	}
 }
 
@@ -272,17 +316,23 @@ func (g *connGroup) sweep(subs []*connStream, f func(*connStream, *sweeper)) {
 // once.
 const maxFramesPerWrite = 64
 
-// service writes to s what the log holds after its cursor, or ends it when
-// the upstream refuses the topic's credentials before its first snapshot.
-// s.mu is held.
+// service writes to s what the log holds after its cursor, until it has
+// caught up or its socket takes no more at once (a goroutine of its own
+// then finishes), or ends it when the upstream refuses the topic's
+// credentials before its first snapshot. s.mu is held.
 func (g *connGroup) service(s *connStream, w *sweeper) {
 	if s.lagging || s.closed {
 		return
 	}
-	frames, next, _ := g.t.log.read(s.cursor, w.frames[:0])
-	if len(frames) > 0 {
+	for {
+		frames, next, _ := g.t.log.read(s.cursor, w.frames[:0])
+		if len(frames) == 0 {
+			break
+		}
 		s.writeFrames(frames, next, w)
-		return
+		if s.lagging || s.closed {
+			return
+		}
 	}
 	if g.t.refusedBeforeSnapshot() {
 		w.write(s.rc, lastChunk)
@@ -325,21 +375,18 @@ func (s *connStream) closeConn() {
 }
 
 // catchUp writes the rest of the chunk of frame, then frames, then what
-// the log holds after the stream's cursor, each write bounded by the write
-// timeout, until the stream has caught up and returns to its group.
+// the log holds after the stream's cursor, until the stream has caught up
+// and returns to its group; it ends the stream when no byte of a write has
+// moved for the write timeout.
 func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
 	timeout := time.Duration(s.g.h.WriteTimeout)
 	w := newSweeper()
 	var size [16]byte
+	var bufs [3][]byte
 	// write writes one frame as a chunk: the chunk's size line, the frame
 	// shared with the other streams, and CRLF, in one writev.
-	write := func(bufs ...[]byte) error {
-		if timeout > 0 {
-			s.conn.SetWriteDeadline(time.Now().Add(timeout))
-		}
-		b := net.Buffers(bufs)
-		_, err := b.WriteTo(s.conn)
-		return err
+	write := func(b ...[]byte) error {
+		return writeMoving(s.conn, append(net.Buffers(bufs[:0]), b...), timeout)
 	}
 	if err := write(rest); err != nil {
 		metrics.countWriteError(err)
@@ -466,24 +513,63 @@ func (w *sweeper) chunk(frame []byte) []byte {
 	return ch
 }
 
+// writeChecks is how many times per write timeout a blocked write to a
+// connection taken over from net/http looks whether its bytes move.
+const writeChecks = 4
+
+// writeMoving writes b to conn, a connection taken over from net/http, and
+// fails only when no byte has moved for timeout (none if 0). A write to a
+// TCP connection that reaches its deadline returns what the socket took,
+// and the connection stays usable: the deadline is set a quarter of the
+// timeout ahead at a time and the write carries on while bytes move, so
+// that a client that reads slowly but steadily gets a frame of any size,
+// and one that takes nothing is dropped between one and one and a quarter
+// timeouts after its last byte.
+func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
+	if timeout <= 0 {
+		conn.SetWriteDeadline(time.Time{})
+		_, err := b.WriteTo(conn)
+		return err
+	}
+	step := max(timeout/writeChecks, time.Millisecond)
+	moved := time.Now()
+	for {
+		deadline := time.Now().Add(step)
+		if limit := moved.Add(timeout); limit.Before(deadline) {
+			deadline = limit
+		}
+		conn.SetWriteDeadline(deadline)
+		n, err := b.WriteTo(conn)
+		now := time.Now()
+		// A timeout before the deadline is that of a connection that
+		// an earlier one broke (a wrapped TLS connection), not a wait.
+		if err == nil || !isTimeout(err) || now.Before(deadline) {
+			return err
+		}
+		if n > 0 {
+			moved = now
+		} else if !now.Before(moved.Add(timeout)) {
+			return err
+		}
+	}
+}
+
 // streamHijacked streams to a connection taken over from net/http that
 // offers no raw access, on the calling goroutine, with blocking writes.
 // (Caddy wraps the connections of a server with access logs so.) A
-// goroutine reads from the connection to notice the client leaving.
-func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64) {
+// goroutine reads from the connection to notice the client leaving, or
+// sending more than maxClientBytes after its request, of which it had sent
+// sent.
+func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64, sent int) {
 	defer h.hub.unsubscribe(t)
 	ctx, cancel := context.WithCancel(h.streams)
 	defer cancel()
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
-		var one [1]byte
-		for {
-			if _, err := conn.Read(one[:]); err != nil {
-				cancel()
-				return
-			}
-		}
+		var buf [watchBufferSize]byte
+		h.logClientSent(watchClient(conn, buf[:], sent))
+		cancel()
 	}()
 	hw := &hijackedWriter{conn: conn, timeout: time.Duration(h.WriteTimeout), last: time.Now()}
 	h.stream(ctx, hw, t, cursor)
@@ -494,7 +580,8 @@ func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64) {
 }
 
 // A hijackedWriter writes frames as chunks to a connection taken over from
-// net/http, one write each.
+// net/http, one write each, which fails when no byte of it has moved for
+// the timeout.
 type hijackedWriter struct {
 	conn    net.Conn
 	timeout time.Duration
@@ -508,11 +595,8 @@ type hijackedWriter struct {
 const maxKeptChunkBuffer = 16 << 10
 
 func (hw *hijackedWriter) write(frame []byte) error {
-	if hw.timeout > 0 {
-		hw.conn.SetWriteDeadline(time.Now().Add(hw.timeout))
-	}
 	hw.buf = appendChunk(hw.buf[:0], frame)
-	_, err := hw.conn.Write(hw.buf)
+	err := writeMoving(hw.conn, net.Buffers{hw.buf}, hw.timeout)
 	if cap(hw.buf) > maxKeptChunkBuffer {
 		hw.buf = nil
 	}

@@ -7,6 +7,7 @@ package pollsse
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -80,9 +81,14 @@ type Handler struct {
 	// takes longer is a failed poll. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	// How long one write to a client may block. A client that takes no data
-	// for this long (it stopped reading, or its network is gone) is
-	// disconnected, and its browser reconnects and resumes by id. Default: 10s.
+	// How long a client may take no data while an event is written to it.
+	// A client that takes nothing for this long (it stopped reading, or its
+	// network is gone) is disconnected, and its browser reconnects and
+	// resumes by id; one that reads slowly but steadily gets events of any
+	// size. A plain HTTP/1.1 stream without `encode` is dropped when no
+	// byte has moved for this long; any other (HTTPS, HTTP/2, HTTP/3,
+	// `encode`) writes an event in pieces of 32 KiB and is dropped when a
+	// piece is not taken within this long. Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
@@ -419,6 +425,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header().Set("Allow", allowedMethods)
 		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
 	}
+	// An EventSource's request has no body. Over HTTP/1.1, a body would
+	// come after the request on the connection that a detached stream
+	// takes over, and Caddy arms a read deadline for draining it when the
+	// handler returns, which would cut the stream. An HTTP/2 or HTTP/3
+	// request without Content-Length has ContentLength -1 whether or not
+	// data follows (every HTTP/3 GET has), and is no body.
+	if r.ContentLength > 0 || (r.ProtoMajor == 1 && r.ContentLength < 0) {
+		return h.writeRefusal(w, http.StatusBadRequest, errors.New("a stream is requested without a body, and this request has one"))
+	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	topicURL, err := h.upstream.expand(repl)
 	if err != nil {
@@ -510,8 +525,9 @@ const maxFramesPerRead = 64
 // upstream refuses t's credentials before the subscriber's first snapshot.
 // It is the only goroutine that writes to the response. A subscriber that
 // falls behind only delays itself: when it has missed more than the history
-// holds, its next read is a fresh snapshot; when a write blocks for the write
-// timeout, the stream ends, and the browser reconnects and resumes by id.
+// holds, its next read is a fresh snapshot; when it takes nothing of a write
+// for the write timeout, the stream ends, and the browser reconnects and
+// resumes by id.
 func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
 	buf := make([][]byte, 0, maxFramesPerRead)
 	heartbeat := time.Duration(h.Heartbeat)

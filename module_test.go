@@ -2,6 +2,7 @@ package pollsse
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -484,5 +485,66 @@ func TestClientDisconnectEndsItsStream(t *testing.T) {
 		if ev := sc.next(5 * time.Second); ev.name != "patch" {
 			t.Fatalf("a remaining client got %+v", ev)
 		}
+	}
+}
+
+// TestStreamRequestWithABodyIsRefused: an EventSource's GET has no body,
+// on any protocol, and a GET that has one is refused. (On HTTP/1.1 Caddy
+// would arm a deadline for reading it on the connection that the stream
+// takes over, and cut the stream a minute later.) An HTTP/2 or HTTP/3
+// request whose headers do not end the request, of unknown length, is
+// not taken for one with a body.
+func TestStreamRequestWithABodyIsRefused(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(`"upstream":%q,"heartbeat":"1h"`, api.URL))
+	get := func(t *testing.T, p streamPath, body io.Reader, length int64) *http.Response {
+		t.Helper()
+		// Reading what a stream sends ends.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		t.Cleanup(cancel)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url, body)
+		req.ContentLength = length
+		req.Header.Set("Accept", "text/event-stream")
+		resp, err := p.client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			t.Run("a body is refused", func(t *testing.T) {
+				resp := get(t, p, strings.NewReader(`{"a":1}`), 7)
+				body, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" ||
+					!strings.Contains(string(body), "body") {
+					t.Errorf("got %d %q %q, want 400 saying why", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+				}
+			})
+			if strings.Contains(p.name, "HTTP/1.1") {
+				t.Run("a chunked body is refused", func(t *testing.T) {
+					if resp := get(t, p, strings.NewReader(`{"a":1}`), -1); resp.StatusCode != http.StatusBadRequest {
+						t.Errorf("got %d, want 400", resp.StatusCode)
+					}
+				})
+			}
+			isStream := func(t *testing.T, resp *http.Response) {
+				t.Helper()
+				if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+					t.Errorf("got %d %q, want a stream", resp.StatusCode, resp.Header.Get("Content-Type"))
+				}
+			}
+			t.Run("no body streams", func(t *testing.T) { isStream(t, get(t, p, nil, 0)) })
+			if p.name == "HTTP/2" || p.name == "HTTP/3" {
+				// The request's headers go out at once, and its end
+				// once the answer has come.
+				t.Run("headers that do not end the request stream", func(t *testing.T) {
+					body, end := io.Pipe()
+					defer end.Close()
+					isStream(t, get(t, p, body, -1))
+				})
+			}
+		})
 	}
 }

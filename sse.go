@@ -76,9 +76,9 @@ func mustBeFieldValue(s string) {
 	}
 }
 
-// An eventWriter writes whole frames to one response and flushes after each,
-// so that no proxy or compressing writer between here and the browser holds
-// an event back.
+// An eventWriter writes frames to one response and flushes after each, so
+// that no proxy or compressing writer between here and the browser holds an
+// event back.
 type eventWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
@@ -91,23 +91,48 @@ func newEventWriter(w http.ResponseWriter, timeout time.Duration) *eventWriter {
 	return &eventWriter{w: w, rc: http.NewResponseController(w), timeout: timeout}
 }
 
-// write writes one frame in one Write and flushes it. A client that does not
-// take the frame within the write timeout gets an error, and its stream ends.
+// maxWritePiece is the most of a frame that an eventWriter writes and
+// flushes with one deadline. A write through net/http that reaches its
+// deadline breaks the response (an HTTP/2 stream is reset), so a large
+// frame is written in pieces, each of which the client has the write
+// timeout to take: one that takes less than this in the write timeout is
+// dropped, one that takes more gets a frame of any size.
+const maxWritePiece = 32 << 10
+
+// write writes one frame and flushes it, in pieces of at most
+// maxWritePiece. A client that does not take a piece within the write
+// timeout gets an error, and its stream ends.
 func (ew *eventWriter) write(frame []byte) error {
+	for len(frame) > 0 {
+		n := min(len(frame), maxWritePiece)
+		if err := ew.writePiece(frame[:n]); err != nil {
+			return err
+		}
+		frame = frame[n:]
+	}
+	// On HTTP/2 a deadline is a timer that resets the stream when it
+	// fires, with or without a write: it must not outlive the write.
+	if ew.timeout > 0 {
+		if err := ew.rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+	}
+	ew.last = time.Now()
+	return nil
+}
+
+// writePiece writes and flushes piece within the write timeout.
+func (ew *eventWriter) writePiece(piece []byte) error {
 	if ew.timeout > 0 {
 		err := ew.rc.SetWriteDeadline(time.Now().Add(ew.timeout))
 		if err != nil && !errors.Is(err, http.ErrNotSupported) {
 			return err
 		}
 	}
-	if _, err := ew.w.Write(frame); err != nil {
+	if _, err := ew.w.Write(piece); err != nil {
 		return err
 	}
-	if err := ew.rc.Flush(); err != nil {
-		return err
-	}
-	ew.last = time.Now()
-	return nil
+	return ew.rc.Flush()
 }
 
 func (ew *eventWriter) lastWrite() time.Time { return ew.last }
