@@ -15,12 +15,36 @@ const (
 // place, the other matched elements move, and the elements left between
 // two that stay are changed in place pairwise, then removed or added.
 func (w *patchWriter) align(p int, A, B []uint32) {
-	n, m := len(A), len(B)
+	from := w.matchEqual(A, B)
+	stay := increasingRun(from)
+	role := roles(from, stay, len(A))
+	pairChanged(from, stay, role)
 
-	// Match each element of B with the first unmatched equal element of A.
-	heads := make(map[uint64]int32, n)
-	sameNext := make([]int32, n)
-	for i := n - 1; i >= 0; i-- {
+	pl := newPlacer(w, p, len(A), len(B), role)
+	for j := range B {
+		if w.over() {
+			return
+		}
+		switch i := int(from[j]); {
+		case i < 0:
+			pl.add(B[j])
+		case role[i] == roleMoved:
+			pl.move(i)
+		default:
+			pl.change(i, A[i], B[j])
+		}
+	}
+	pl.advance(len(A))
+}
+
+// matchEqual returns, for each element of B, the index of the first element
+// of A equal to it that no element of B before it took, or -1.
+func (w *patchWriter) matchEqual(A, B []uint32) []int32 {
+	// heads[h] is the first element of A of hash h not yet taken, and
+	// sameNext[i] the next element of A after i of the same hash.
+	heads := make(map[uint64]int32, len(A))
+	sameNext := make([]int32, len(A))
+	for i := len(A) - 1; i >= 0; i-- {
 		h := w.a.nodes[A[i]].hash
 		if j, ok := heads[h]; ok {
 			sameNext[i] = j
@@ -29,7 +53,7 @@ func (w *patchWriter) align(p int, A, B []uint32) {
 		}
 		heads[h] = int32(i)
 	}
-	from := make([]int32, m)
+	from := make([]int32, len(B))
 	for j := range B {
 		from[j] = -1
 		h := w.b.nodes[B[j]].hash
@@ -38,22 +62,30 @@ func (w *patchWriter) align(p int, A, B []uint32) {
 			heads[h] = sameNext[i]
 		}
 	}
-	stay := increasingRun(from)
+	return from
+}
 
+// roles returns the role of each of the n elements of A, from the matches
+// of the elements of B and those of them that stay.
+func roles(from []int32, stay []bool, n int) []uint8 {
 	role := make([]uint8, n)
-	move := make([]bool, m)
 	for j, i := range from {
 		if i >= 0 {
 			if stay[j] {
 				role[i] = roleKept
 			} else {
 				role[i] = roleMoved
-				move[j] = true
 			}
 		}
 	}
-	// Between two elements that stay, pair the unmatched elements of A
-	// and B in order: each pair is one element changed in place.
+	return role
+}
+
+// pairChanged pairs the unmatched elements of A and B in order between two
+// elements that stay: each pair is one element changed in place, kept in
+// role and matched in from.
+func pairChanged(from []int32, stay []bool, role []uint8) {
+	n, m := len(role), len(from)
 	ia, jb := 0, 0
 	for j := 0; j <= m; j++ {
 		if j < m && !stay[j] {
@@ -80,88 +112,127 @@ func (w *patchWriter) align(p int, A, B []uint32) {
 		}
 		ia, jb = end+1, j+1
 	}
+}
 
-	// Write the operations for B from left to right. The array is then
-	// the first p elements, the elements placed so far (the prefix),
-	// the elements of A not yet placed (the rest), in A's order, and the
-	// elements after the change. An element of A that moves further right
-	// than an element that stays is parked: left in the prefix until its
-	// place comes.
-	const (
-		inRest = iota
-		gone
-		parked
-	)
-	state := make([]uint8, n)
-	parkedAt := make([]int32, n)
-	rest := make(fenwick, n) // 1 for each element of A in the rest
-	for k := range rest {
-		rest[k] = int32((k + 1) & -(k + 1))
+// A placer writes the operations for the elements of B from left to right.
+// The array is then the first p elements, the elements placed so far (the
+// prefix), the elements of A not yet placed (the rest), in A's order, and
+// the elements after the change. An element of A that moves further right
+// than an element that stays is parked: left in the prefix until its place
+// comes.
+type placer struct {
+	w    *patchWriter
+	p    int
+	role []uint8
+	// state and parkedAt are those of each element of A: parkedAt is the
+	// time of placing of a parked element.
+	state    []uint8
+	parkedAt []int32
+	rest     fenwick // 1 for each element of A in the rest
+	prefix   fenwick // 1 for each element of the prefix, by time of placing
+	// total is the length of the prefix, clock the time of the next
+	// placing.
+	total, clock int
+	// restStart is where the rest starts: the elements of A before it have
+	// left the rest.
+	restStart int
+}
+
+// States of an element of A in a placer.
+const (
+	stateRest = iota
+	stateGone
+	stateParked
+)
+
+func newPlacer(w *patchWriter, p, n, m int, role []uint8) *placer {
+	pl := &placer{
+		w:        w,
+		p:        p,
+		role:     role,
+		state:    make([]uint8, n),
+		parkedAt: make([]int32, n),
+		rest:     make(fenwick, n),
+		prefix:   make(fenwick, n+m),
 	}
-	prefix := make(fenwick, n+m) // 1 for each element of the prefix, by time of placing
-	total, clock := 0, 0
-	place := func() {
-		prefix.add(clock, 1)
-		clock++
-		total++
+	for k := range pl.rest {
+		pl.rest[k] = int32((k + 1) & -(k + 1))
 	}
-	rc := 0 // the elements of A before rc have left the rest
-	advance := func(to int) {
-		for ; rc < to; rc++ {
-			if state[rc] != inRest {
-				continue
-			}
-			rest.add(rc, -1)
-			if role[rc] == roleMoved {
-				state[rc], parkedAt[rc] = parked, int32(clock)
-				place()
-				continue
-			}
-			state[rc] = gone
-			if w.over() {
-				continue
-			}
-			n := w.pushIndex(p + total)
-			w.remove()
-			w.path = w.path[:n]
+	return pl
+}
+
+// place counts one more element at the end of the prefix.
+func (pl *placer) place() {
+	pl.prefix.add(pl.clock, 1)
+	pl.clock++
+	pl.total++
+}
+
+// advance takes the elements of A before to out of the rest: those that
+// move are parked, the others removed.
+func (pl *placer) advance(to int) {
+	w := pl.w
+	for ; pl.restStart < to; pl.restStart++ {
+		i := pl.restStart
+		if pl.state[i] != stateRest {
+			continue
 		}
-	}
-	for j := range B {
+		pl.rest.add(i, -1)
+		if pl.role[i] == roleMoved {
+			pl.state[i], pl.parkedAt[i] = stateParked, int32(pl.clock)
+			pl.place()
+			continue
+		}
+		pl.state[i] = stateGone
 		if w.over() {
-			return
+			continue
 		}
-		i := int(from[j])
-		switch {
-		case i < 0:
-			n := w.pushIndex(p + total)
-			w.withValue("add", B[j])
-			w.path = w.path[:n]
-		case move[j]:
-			var at int
-			if state[i] == parked {
-				at = int(prefix.sum(int(parkedAt[i])))
-				prefix.add(int(parkedAt[i]), -1)
-				total--
-			} else {
-				at = total + int(rest.sum(i))
-				rest.add(i, -1)
-			}
-			state[i] = gone
-			if at != total {
-				w.move(p+at, p+total)
-			}
-		default:
-			advance(i)
-			n := w.pushIndex(p + total)
-			w.value(A[i], B[j])
-			w.path = w.path[:n]
-			rest.add(i, -1)
-			state[i] = gone
-			rc = i + 1
-		}
-		place()
+		n := w.pushIndex(pl.p + pl.total)
+		w.remove()
+		w.path = w.path[:n]
 	}
-	advance(n)
+}
+
+// add places a new element, the value bi.
+func (pl *placer) add(bi uint32) {
+	w := pl.w
+	n := w.pushIndex(pl.p + pl.total)
+	w.withValue("add", bi)
+	w.path = w.path[:n]
+	pl.place()
+}
+
+// move places element i of A, from the prefix if it is parked there, or
+// else from the rest.
+func (pl *placer) move(i int) {
+	var at int
+	if pl.state[i] == stateParked {
+		at = int(pl.prefix.sum(int(pl.parkedAt[i])))
+		pl.prefix.add(int(pl.parkedAt[i]), -1)
+		pl.total--
+	} else {
+		at = pl.total + int(pl.rest.sum(i))
+		pl.rest.add(i, -1)
+	}
+	pl.state[i] = stateGone
+	if at != pl.total {
+		pl.w.move(pl.p+at, pl.p+pl.total)
+	}
+	pl.place()
+}
+
+// change places element i of A, the value ai, where it is, changed into
+// the value bi: the elements of the rest before it leave the rest first.
+func (pl *placer) change(i int, ai, bi uint32) {
+	w := pl.w
+	pl.advance(i)
+	n := w.pushIndex(pl.p + pl.total)
+	w.value(ai, bi)
+	w.path = w.path[:n]
+	pl.rest.add(i, -1)
+	pl.state[i] = stateGone
+	pl.restStart = i + 1
+	pl.place()
 }
 
 // increasingRun marks a longest subsequence of from whose values increase,
