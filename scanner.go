@@ -79,29 +79,17 @@ func (s *scanner) run() error {
 			return s.errEnd("a value")
 		}
 		at := s.pos
-		start := uint32(at - s.shift)
 		idx := uint32(len(s.nodes))
 		var h uint64
 		switch c := src[s.pos]; c {
 		case '{', '[':
-			if len(s.open) == maxDepth {
-				return fmt.Errorf("response body nests arrays and objects deeper than %d levels", maxDepth)
+			var opened bool
+			var err error
+			if h, opened, err = s.openContainer(c); err != nil {
+				return err
+			} else if opened {
+				continue
 			}
-			s.open = append(s.open, openValue{idx: idx, keys: len(s.keys), h: containerSeed(c), obj: c == '{'})
-			s.nodes = append(s.nodes, node{start: start})
-			s.pos++
-			s.space()
-			if s.pos < len(src) && src[s.pos] == c+2 { // '}' or ']'
-				s.pos++
-				h = s.close()
-				break
-			}
-			if c == '{' {
-				if err := s.key(); err != nil {
-					return err
-				}
-			}
-			continue
 		case '"':
 			escaped, err := s.string()
 			if err != nil {
@@ -112,21 +100,11 @@ func (s *scanner) run() error {
 				content = unescape(content)
 			}
 			h = mix(tagString, maphash.Bytes(hashSeed, content))
-		case 't':
-			if err := s.literal("true"); err != nil {
+		case 't', 'f', 'n':
+			var err error
+			if h, err = s.literalValue(c); err != nil {
 				return err
 			}
-			h = hashTrue
-		case 'f':
-			if err := s.literal("false"); err != nil {
-				return err
-			}
-			h = hashFalse
-		case 'n':
-			if err := s.literal("null"); err != nil {
-				return err
-			}
-			h = hashNull
 		default:
 			if err := s.number(); err != nil {
 				return err
@@ -135,16 +113,12 @@ func (s *scanner) run() error {
 		}
 		if len(s.nodes) == int(idx) {
 			// A scalar: an empty container has its node already.
-			s.nodes = append(s.nodes, node{hash: h, start: start, end: uint32(s.pos - s.shift), next: idx + 1})
+			s.nodes = append(s.nodes, node{hash: h, start: uint32(at - s.shift), end: uint32(s.pos - s.shift), next: idx + 1})
 		}
 		// A value ended: end the containers that end with it.
 		for {
 			if len(s.open) == 0 {
-				s.space()
-				if s.pos < len(src) {
-					return s.errChar("after the end of the document")
-				}
-				return nil
+				return s.end()
 			}
 			o := &s.open[len(s.open)-1]
 			if o.obj {
@@ -167,17 +141,63 @@ func (s *scanner) run() error {
 				}
 				break
 			}
-			if (o.obj && c == '}') || (!o.obj && c == ']') {
-				s.pos++
-				h = s.close()
-				continue
+			if c != o.closer() {
+				return s.errAfter(o)
 			}
-			if o.obj {
-				return s.errChar("after an object member, where a comma or '}' goes")
-			}
-			return s.errChar("after an array element, where a comma or ']' goes")
+			s.pos++
+			h = s.close()
 		}
 	}
+}
+
+// openContainer scans the opening bracket c of an array or object at s.pos,
+// and the key of an object's first member. An empty array or object is
+// scanned whole, and its hash returned; otherwise it is opened.
+func (s *scanner) openContainer(c byte) (h uint64, opened bool, err error) {
+	if len(s.open) == maxDepth {
+		return 0, false, fmt.Errorf("response body nests arrays and objects deeper than %d levels", maxDepth)
+	}
+	idx := uint32(len(s.nodes))
+	s.open = append(s.open, openValue{idx: idx, keys: len(s.keys), h: containerSeed(c), obj: c == '{'})
+	s.nodes = append(s.nodes, node{start: uint32(s.pos - s.shift)})
+	s.pos++
+	s.space()
+	if s.pos < len(s.src) && s.src[s.pos] == c+2 { // '}' or ']'
+		s.pos++
+		return s.close(), false, nil
+	}
+	if c == '{' {
+		if err := s.key(); err != nil {
+			return 0, false, err
+		}
+	}
+	return 0, true, nil
+}
+
+// closer returns the byte that ends the array or object.
+func (o *openValue) closer() byte {
+	if o.obj {
+		return '}'
+	}
+	return ']'
+}
+
+// errAfter is the error of an unexpected byte after a member or element of
+// the array or object o.
+func (s *scanner) errAfter(o *openValue) error {
+	if o.obj {
+		return s.errChar("after an object member, where a comma or '}' goes")
+	}
+	return s.errChar("after an array element, where a comma or ']' goes")
+}
+
+// end checks that only whitespace follows the document.
+func (s *scanner) end() error {
+	s.space()
+	if s.pos < len(s.src) {
+		return s.errChar("after the end of the document")
+	}
+	return nil
 }
 
 // close ends the innermost open container at s.pos and returns its hash.
@@ -383,6 +403,18 @@ func plain8(b []byte) bool {
 
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+// literalValue scans true, false or null, whose first byte is c, and
+// returns its hash.
+func (s *scanner) literalValue(c byte) (uint64, error) {
+	switch c {
+	case 't':
+		return hashTrue, s.literal("true")
+	case 'f':
+		return hashFalse, s.literal("false")
+	}
+	return hashNull, s.literal("null")
 }
 
 // literal scans true, false or null.
