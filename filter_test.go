@@ -79,7 +79,21 @@ func TestDiffSelectAndIgnore(t *testing.T) {
 			t.Errorf("snapshot %s, want %s", doc.data, want)
 		}
 	})
+	t.Run("select finds keys by value", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "/a~1b/m~0n/é/")
+		doc, err := d.parse([]byte(`{"a\/b":{"m~n":{"\u00e9":{"":[true]}}}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(doc.data) != `[true]` {
+			t.Errorf("snapshot %s", doc.data)
+		}
+	})
+}
 
+// TestDiffSelectErrors checks that a select that points at nothing in a
+// response fails the poll with an error that says where it stops.
+func TestDiffSelectErrors(t *testing.T) {
 	errs := []struct {
 		sel, body, want string
 	}{
@@ -103,14 +117,4 @@ func TestDiffSelectAndIgnore(t *testing.T) {
 			}
 		})
 	}
-	t.Run("select finds keys by value", func(t *testing.T) {
-		d := mustDiffer(t, modeJSONPatch, "/a~1b/m~0n/é/")
-		doc, err := d.parse([]byte(`{"a\/b":{"m~n":{"\u00e9":{"":[true]}}}}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(doc.data) != `[true]` {
-			t.Errorf("snapshot %s", doc.data)
-		}
-	})
 }
