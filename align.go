@@ -57,7 +57,7 @@ func (w *patchWriter) matchEqual(A, B []uint32) []int32 {
 	for j := range B {
 		from[j] = -1
 		h := w.b.nodes[B[j]].hash
-		if i, ok := heads[h]; ok && i >= 0 && sameValue(w.a, A[i], w.b, B[j]) {
+		if i, ok := heads[h]; ok && i >= 0 && sameText(w.a, A[i], w.b, B[j]) {
 			from[j] = i
 			heads[h] = sameNext[i]
 		}

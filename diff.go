@@ -97,7 +97,7 @@ func (jsonPatchDiffer) diff(prev, next *document) (string, []byte, error) {
 		return diffSnapshots(prev, next)
 	}
 	a, b := prev.root, next.root
-	if sameValue(prev, a, next, b) {
+	if sameText(prev, a, next, b) {
 		return "", nil, nil
 	}
 	ka, kb := prev.kind(a), next.kind(b)
@@ -139,7 +139,7 @@ func (mergePatchDiffer) diff(prev, next *document) (string, []byte, error) {
 		return diffSnapshots(prev, next)
 	}
 	a, b := prev.root, next.root
-	if sameValue(prev, a, next, b) {
+	if sameText(prev, a, next, b) {
 		return "", nil, nil
 	}
 	if prev.kind(a) != kindObject || next.kind(b) != kindObject {

@@ -119,9 +119,9 @@ func (d *document) members(i uint32) func(yield func(member) bool) {
 	}
 }
 
-// sameValue reports whether two values are written alike, which their
+// sameText reports whether two values are written alike, which their
 // hashes say at once when they are not.
-func sameValue(a *document, ai uint32, b *document, bi uint32) bool {
+func sameText(a *document, ai uint32, b *document, bi uint32) bool {
 	na, nb := &a.nodes[ai], &b.nodes[bi]
 	return na.hash == nb.hash && bytes.Equal(a.buf[na.start:na.end], b.buf[nb.start:nb.end])
 }
@@ -129,7 +129,7 @@ func sameValue(a *document, ai uint32, b *document, bi uint32) bool {
 // equalValue reports whether two values are equal JSON values: members in
 // any order, strings however escaped, numbers by their text.
 func equalValue(a *document, ai uint32, b *document, bi uint32) bool {
-	if sameValue(a, ai, b, bi) {
+	if sameText(a, ai, b, bi) {
 		return true
 	}
 	k := a.kind(ai)

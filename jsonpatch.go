@@ -128,7 +128,7 @@ func appendToken(dst, key []byte) []byte {
 // value writes the operations that turn a's value ai into b's value bi, at
 // w.path.
 func (w *patchWriter) value(ai, bi uint32) {
-	if w.over() || sameValue(w.a, ai, w.b, bi) {
+	if w.over() || sameText(w.a, ai, w.b, bi) {
 		return
 	}
 	k := w.a.kind(ai)
@@ -210,7 +210,7 @@ func (w *patchWriter) object(ai, bi uint32) {
 				continue
 			}
 			for i := range am {
-				if !usedA[i] && sameValue(w.a, am[i].val, w.b, bm[j].val) {
+				if !usedA[i] && sameText(w.a, am[i].val, w.b, bm[j].val) {
 					w.moveKey(am[i].key, bm[j].key)
 					usedA[i], moved[j] = true, true
 					break
@@ -248,11 +248,11 @@ func (w *patchWriter) array(ai, bi uint32) {
 	be := slices.AppendSeq(make([]uint32, 0, w.b.nodes[bi].n), w.b.children(bi))
 	// The elements before and after the change are most of the array.
 	p := 0
-	for p < len(ae) && p < len(be) && sameValue(w.a, ae[p], w.b, be[p]) {
+	for p < len(ae) && p < len(be) && sameText(w.a, ae[p], w.b, be[p]) {
 		p++
 	}
 	s := 0
-	for s < len(ae)-p && s < len(be)-p && sameValue(w.a, ae[len(ae)-1-s], w.b, be[len(be)-1-s]) {
+	for s < len(ae)-p && s < len(be)-p && sameText(w.a, ae[len(ae)-1-s], w.b, be[len(be)-1-s]) {
 		s++
 	}
 	A, B := ae[p:len(ae)-s], be[p:len(be)-s]

@@ -54,7 +54,7 @@ func (w *mergeWriter) object(ai, bi uint32) (bool, error) {
 		bv := bm[j].val
 		if from[j] >= 0 {
 			av := am[from[j]].val
-			if sameValue(w.a, av, w.b, bv) {
+			if sameText(w.a, av, w.b, bv) {
 				continue
 			}
 			if w.a.kind(av) == kindObject && w.b.kind(bv) == kindObject {
