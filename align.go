@@ -11,12 +11,12 @@ const (
 
 // align writes the operations that turn the elements A of an array into B,
 // where A and B start at index p. Elements equal in A and B are matched in
-// order; the longest run of matched elements that keep their order stays in
-// place, the other matched elements move, and the elements left between
+// order; a longest sequence of matched elements that keep their order stays
+// in place, the other matched elements move, and the elements left between
 // two that stay are changed in place pairwise, then removed or added.
 func (w *patchWriter) align(p int, A, B []uint32) {
 	from := w.matchEqual(A, B)
-	stay := increasingRun(from)
+	stay := longestIncreasing(from)
 	role := roles(from, stay, len(A))
 	pairChanged(from, stay, role)
 
@@ -235,10 +235,10 @@ func (pl *placer) change(i int, ai, bi uint32) {
 	pl.place()
 }
 
-// increasingRun marks a longest subsequence of from whose values increase,
-// skipping the values below 0.
-func increasingRun(from []int32) []bool {
-	var tails []int // tails[k]: index in from of the end of the best run of length k+1
+// longestIncreasing marks a longest increasing subsequence of from, skipping
+// the values below 0.
+func longestIncreasing(from []int32) []bool {
+	var tails []int // tails[k]: index in from of the end of the best subsequence of length k+1
 	prev := make([]int, len(from))
 	for j, v := range from {
 		if v < 0 {
@@ -256,13 +256,13 @@ func increasingRun(from []int32) []bool {
 			tails[k] = j
 		}
 	}
-	run := make([]bool, len(from))
+	marked := make([]bool, len(from))
 	if len(tails) > 0 {
 		for j := tails[len(tails)-1]; j >= 0; j = prev[j] {
-			run[j] = true
+			marked[j] = true
 		}
 	}
-	return run
+	return marked
 }
 
 // A fenwick tree counts the elements of a set of small integers.
