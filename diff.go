@@ -8,20 +8,25 @@ import (
 )
 
 // The diff engine turns each upstream response into a document and says how
-// one document changed into the next, as the data of one event.
+// one document changed into the next, as the data of one event. This file
+// holds its modes; its other files are named after its parts.
 //
-// A response is parsed once, by the scanner below, into a compact copy of the
-// JSON (whitespace dropped, every other byte kept as sent: numbers keep their
-// exact text, strings their escapes) and a tree of nodes that point into it.
-// Each node has a hash of its value, so that comparing two documents skips
-// every subtree whose hash and bytes are unchanged, and arrays are aligned on
-// their elements' hashes: an element inserted, removed or moved is one
-// operation, not a rewrite of the elements after it.
+// A response is parsed once, by the scanner (scanner.go), into a compact copy
+// of the JSON (whitespace dropped, every other byte kept as sent: numbers
+// keep their exact text, strings their escapes) and a tree of nodes that
+// point into it (document.go), which select and ignore cut down to the part
+// that is streamed (filter.go). Each node has a hash of its value, so that
+// comparing two documents skips every subtree whose hash and bytes are
+// unchanged, and arrays are aligned on their elements' hashes (align.go): an
+// element inserted, removed or moved is one operation, not a rewrite of the
+// elements after it. A change is written as a JSON Patch (jsonpatch.go) or a
+// merge patch (mergepatch.go).
 //
 // Rules that apply to every mode:
 //   - A leading UTF-8 byte order mark is dropped. A body that is not UTF-8 or
 //     not JSON (a document of any type, top-level strings, numbers and null
-//     included) is a failed poll; nothing is sent.
+//     included) is a failed poll; nothing is sent. The one exception is the
+//     snapshot mode without select and ignore, which sends UTF-8 text too.
 //   - An object with the same key more than once keeps the last member of
 //     that key, as JavaScript's JSON.parse does: the others are dropped from
 //     the snapshot, and patches are computed on what is left.
