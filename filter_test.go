@@ -79,6 +79,17 @@ func TestDiffSelectAndIgnore(t *testing.T) {
 			t.Errorf("snapshot %s, want %s", doc.data, want)
 		}
 	})
+	t.Run("a document that ignore cut aligns with one that it did not", func(t *testing.T) {
+		d := mustDiffer(t, modeJSONPatch, "", "/0/t")
+		for _, tt := range []struct{ a, b, want string }{
+			{`[{"k":1,"t":0},{"k":2},{"k":3}]`, `[{"k":3},{"k":1},{"k":2}]`, `[{"op":"move","from":"/2","path":"/0"}]`},
+			{`[{"k":3},{"k":1},{"k":2}]`, `[{"k":1,"t":0},{"k":2},{"k":3}]`, `[{"op":"move","from":"/0","path":"/2"}]`},
+		} {
+			if event, data := checkDiff(t, d, []byte(tt.a), []byte(tt.b)); event != eventPatch || string(data) != tt.want {
+				t.Errorf("%s → %s: %s %s, want patch %s", tt.a, tt.b, event, data, tt.want)
+			}
+		}
+	})
 	t.Run("select finds keys by value", func(t *testing.T) {
 		d := mustDiffer(t, modeJSONPatch, "/a~1b/m~0n/é/")
 		doc, err := d.parse([]byte(`{"a\/b":{"m~n":{"\u00e9":{"":[true]}}}}`))
