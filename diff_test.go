@@ -377,7 +377,7 @@ func (v *jv) containers(out []*jv) []*jv {
 	return out
 }
 
-// mutate makes one random change in v and returns the changed value.
+// mutateJSON makes one random change in v and returns the changed value.
 func mutateJSON(r *rand.Rand, v *jv) *jv {
 	cs := v.containers(nil)
 	if len(cs) == 0 {
