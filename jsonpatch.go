@@ -201,23 +201,7 @@ func (w *patchWriter) object(ai, bi uint32) {
 			usedA[i] = true
 		}
 	}
-	// A member renamed with its value unchanged is a move, which is
-	// shorter than removing it and adding the value again.
-	moved := make([]bool, len(bm))
-	if len(am)*len(bm) <= 1024 {
-		for j := range bm {
-			if from[j] >= 0 {
-				continue
-			}
-			for i := range am {
-				if !usedA[i] && sameText(w.a, am[i].val, w.b, bm[j].val) {
-					w.moveKey(am[i].key, bm[j].key)
-					usedA[i], moved[j] = true, true
-					break
-				}
-			}
-		}
-	}
+	moved := w.renames(am, bm, from, usedA)
 	for i := range am {
 		if !usedA[i] {
 			n := w.pushKey(am[i].key)
@@ -240,6 +224,31 @@ func (w *patchWriter) object(ai, bi uint32) {
 		}
 		w.path = w.path[:n]
 	}
+}
+
+// renames writes a move for each member of bm whose key am does not have,
+// and whose value a member of am that is not used has, written alike: a
+// member renamed with its value unchanged is a move, which is shorter than
+// removing it and adding the value again. It marks the members of am that
+// it moves used, and returns which members of bm it moved.
+func (w *patchWriter) renames(am, bm []member, from []int, usedA []bool) []bool {
+	moved := make([]bool, len(bm))
+	if len(am)*len(bm) > 1024 {
+		return moved
+	}
+	for j := range bm {
+		if from[j] >= 0 {
+			continue
+		}
+		for i := range am {
+			if !usedA[i] && sameText(w.a, am[i].val, w.b, bm[j].val) {
+				w.moveKey(am[i].key, bm[j].key)
+				usedA[i], moved[j] = true, true
+				break
+			}
+		}
+	}
+	return moved
 }
 
 // array writes the operations between two arrays.
