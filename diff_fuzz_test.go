@@ -50,10 +50,16 @@ func FuzzDiffParse(f *testing.F) {
 		}
 		// Every node's span is a value, and its hash does not depend on
 		// where it is.
+		hashes := make(map[string]uint64)
 		for i := range doc.nodes {
-			if !json.Valid(doc.text(uint32(i))) {
-				t.Fatalf("parse %q: node %d is %q", body, i, doc.text(uint32(i)))
+			text := doc.text(uint32(i))
+			if !json.Valid(text) {
+				t.Fatalf("parse %q: node %d is %q", body, i, text)
 			}
+			if h, ok := hashes[string(text)]; ok && h != doc.nodes[i].hash {
+				t.Fatalf("parse %q: two values %s have different hashes", body, text)
+			}
+			hashes[string(text)] = doc.nodes[i].hash
 		}
 	})
 }
