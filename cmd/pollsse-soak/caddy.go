@@ -43,7 +43,7 @@ const (
 	mainIdle      = 10 * time.Second
 	userIdle      = 3 * time.Second
 	tmplIdle      = 2 * time.Second
-	upTimeout     = time.Second
+	upTimeout     = 3 * time.Second
 	writeTimeout  = 2 * time.Second
 	maxBackoff    = 2 * time.Second
 	maxBody       = 2 << 20
@@ -377,11 +377,31 @@ func (in *instance) troubleInOutput() string {
 			}
 			continue
 		}
-		if strings.Contains(line, "WARNING: DATA RACE") || strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:") {
+		if strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:") {
 			out = append(out, line)
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// races returns the data races that the race detector reported in the
+// process's output: those in which the handler's code takes part, and how
+// many others there were (in Caddy's own code).
+func (in *instance) races() (ours []string, others int) {
+	b, err := os.ReadFile(filepath.Join(in.dir, "caddy.out"))
+	if err != nil {
+		return nil, 0
+	}
+	const sep = "WARNING: DATA RACE"
+	for _, r := range strings.Split(string(b), sep)[1:] {
+		r, _, _ = strings.Cut(r, "==================")
+		if strings.Contains(r, "caddy-pollsse") {
+			ours = append(ours, sep+r)
+		} else {
+			others++
+		}
+	}
+	return ours, others
 }
 
 // A sample is what the instance's process holds at one moment.

@@ -271,7 +271,7 @@ func TestUpstreamChecksPolls(t *testing.T) {
 		{"polls an interval apart", [][3]int{{0, 0, 0}, {95, 0, 0}, {190, 1, 0}, {290, 0, 0}}, ""},
 		{"a backoff that doubles", [][3]int{{0, 2, 0}, {160, 2, 0}, {480, 2, 0}, {1100, 2, 0}, {2300, 0, 0}}, ""},
 		{"Retry-After honoured", [][3]int{{0, 2, 1000}, {1000, 2, 1000}, {2000, 2, 1000}, {3000, 2, 1000}, {4000, 0, 0}}, ""},
-		{"two polls in flight", [][3]int{{0, -1, 0}, {100, 0, 0}}, "which was still in flight"},
+		{"two polls in flight", [][3]int{{0, -1, 0}, {100, 0, 0}}, "which was still in flight 1s later"},
 		{"twice the rate", [][3]int{{0, 0, 0}, {50, 0, 0}, {100, 0, 0}, {150, 0, 0}, {200, 0, 0}, {250, 0, 0}, {300, 0, 0}, {350, 0, 0}, {400, 0, 0}, {450, 0, 0},
 			{500, 0, 0}, {550, 0, 0}, {600, 0, 0}, {650, 0, 0}, {700, 0, 0}, {750, 0, 0}, {800, 0, 0}, {850, 0, 0}, {900, 0, 0}, {950, 0, 0},
 			{1000, 0, 0}, {1050, 0, 0}, {1100, 0, 0}, {1150, 0, 0}, {1200, 0, 0}, {1250, 0, 0}}, "more than one per interval"},
@@ -287,11 +287,29 @@ func TestUpstreamChecksPolls(t *testing.T) {
 					u.done(poll, outcome(p[1]), time.Duration(p[2])*time.Millisecond, "")
 				}
 			}
+			time.Sleep(inFlightGrace + 50*time.Millisecond)
 			got := rec.all()
 			if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestUpstreamLetsCaddyGiveUpOnAPoll(t *testing.T) {
+	rec := &recorder{}
+	u := &upstream{cfg: timings{interval: 100 * time.Millisecond, timeout: time.Second, maxBackoff: 2 * time.Second}, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
+	hung := u.arrive("/doc/x gen s1 on i1r1", time.Now(), "")
+	next := u.arrive("/doc/x gen s1 on i1r1", time.Now(), "")
+	// The connection of the hung poll closes a moment after the next
+	// arrived.
+	time.Sleep(50 * time.Millisecond)
+	u.release(hung)
+	u.done(hung, outcomeFailed, 0, "hang past timeout")
+	u.done(next, outcomeOK, 0, "")
+	time.Sleep(inFlightGrace)
+	if got := rec.all(); got != "" {
+		t.Fatal(got)
 	}
 }
 

@@ -274,6 +274,11 @@ func (s *soak) run(dir string) int {
 		if t := in.troubleInOutput(); t != "" {
 			s.fail("%s's output tells of trouble:\n%s", in.name(), t)
 		}
+		ours, others := in.races()
+		if len(ours) > 0 {
+			s.fail("%s: the race detector found a data race in the handler:\n%s", in.name(), ours[0])
+		}
+		s.stats.caddyRaces.Add(int64(others))
 	}
 	s.logf("%s", s.summaryLine())
 	if s.failed() != "" {
@@ -306,6 +311,10 @@ func (s *soak) watchProcesses(ctx context.Context) {
 				}
 				if t := in.troubleInOutput(); t != "" {
 					s.fail("%s's output tells of trouble:\n%s", in.name(), t)
+					return
+				}
+				if ours, _ := in.races(); len(ours) > 0 {
+					s.fail("%s: the race detector found a data race in the handler:\n%s", in.name(), ours[0])
 					return
 				}
 			}

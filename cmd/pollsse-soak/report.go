@@ -96,6 +96,9 @@ func (s *soak) report(elapsed time.Duration, race bool) string {
 	line("  faults:     %d of %d polls: %s", n, polls, strings.Join(kinds, ", "))
 	line("  operations: %d reloads with unchanged topics, %d with changed topics, %d stops and starts",
 		st.reloadsSame.Load(), st.reloadsChanged.Load(), st.restarts.Load())
+	if race {
+		line("  races:      none in the handler; %d in Caddy's own code (see caddy.out)", st.caddyRaces.Load())
+	}
 	line("  latency:    worst of a keeper %s (budget %s)", s.worstKeeper().Round(time.Millisecond), s.o.budget)
 	line("              worst of the other readers that keep up (hoppers, storms, bad ids, users) %s", time.Duration(s.stats.worstReader.Load()).Round(time.Millisecond))
 	var ks []*keeper

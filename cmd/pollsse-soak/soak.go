@@ -761,6 +761,9 @@ type stats struct {
 	tmplCreated                      atomic.Int64
 	replays, resumeSnapshots         atomic.Int64
 	worstReader                      atomic.Int64
+	// caddyRaces counts the data races reported in Caddy's own code, in
+	// which the handler takes no part.
+	caddyRaces atomic.Int64
 }
 
 func newStats() *stats {

@@ -423,7 +423,7 @@ func (u *upstream) answer(w http.ResponseWriter, r *http.Request, t *upTopic, fa
 	case "hang past timeout":
 		select {
 		case <-r.Context().Done():
-		case <-time.After(3 * u.cfg.timeout):
+		case <-time.After(u.cfg.timeout + 2*time.Second):
 		}
 		return outcomeFailed, 0
 	case "reset mid-body", "truncated body":
@@ -467,7 +467,7 @@ func (u *upstream) answer(w http.ResponseWriter, r *http.Request, t *upTopic, fa
 	case "trickle past timeout":
 		h.Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
-		for deadline := time.Now().Add(3 * u.cfg.timeout); time.Now().Before(deadline); {
+		for deadline := time.Now().Add(u.cfg.timeout + 2*time.Second); time.Now().Before(deadline); {
 			if _, err := w.Write([]byte(" ")); err != nil {
 				break
 			}
@@ -574,8 +574,7 @@ func (u *upstream) serveTemplate(w http.ResponseWriter, r *http.Request) {
 // X-Soak-Gen (which a reload that changes the topics' configuration
 // changes) and X-Soak-Instance (which names the Caddy process).
 type pollSeries struct {
-	key      string
-	inFlight int
+	key string
 	// recent are the arrivals of the last windowIntervals; run is the
 	// run of failed polls that ends with the last one.
 	recent []*poll
@@ -611,6 +610,9 @@ const (
 	// machine.
 	failureRun   = 4
 	arrivalSlack = 150 * time.Millisecond
+	// inFlightGrace is how long after the next poll arrives the upstream
+	// may take to see that Caddy gave up on the one before.
+	inFlightGrace = time.Second
 )
 
 // arrive records the arrival of a poll and checks it against the poller's
@@ -628,11 +630,19 @@ func (u *upstream) arrive(key string, at time.Time, from string) *poll {
 		u.series[key] = s
 	}
 	p := &poll{s: s, at: at, from: from}
-	// A poll older than the timeout is one that Caddy gave up on, which
-	// the handler may not have noticed yet.
-	if prev := s.last; s.inFlight > 0 && prev != nil && at.Sub(prev.at) < u.cfg.timeout-25*time.Millisecond {
-		u.v.fail("upstream: a poll of %s arrived %s after the one before, which was still in flight (%s): more than one request per topic at a time; from %s, then %s",
-			key, at.Sub(prev.at).Round(time.Millisecond), prev.fault, prev.from, from)
+	if prev := s.last; prev != nil && !prev.released {
+		// Caddy sends a poll only once it has the answer to the one before
+		// or has given up on it (a timeout), which the upstream sees a
+		// moment later, when the connection closes: the one before must
+		// end so, soon.
+		time.AfterFunc(inFlightGrace, func() {
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			if !prev.released {
+				u.v.fail("upstream: a poll of %s arrived %s after the one before, which was still in flight %s later (%s): more than one request per topic at a time; from %s, then %s",
+					key, at.Sub(prev.at).Round(time.Millisecond), inFlightGrace, prev.fault, prev.from, from)
+			}
+		})
 	}
 	if prev := s.last; prev != nil && prev.done && prev.outcome == outcomeFailed {
 		s.run = append(s.run, prev)
@@ -670,7 +680,6 @@ func (u *upstream) arrive(key string, at time.Time, from string) *poll {
 	if len(s.recent) > maxPollsPerWindow {
 		u.v.fail("upstream: %d polls of %s within %s: more than one per interval (%s)", len(s.recent), key, windowIntervals*u.cfg.interval, u.cfg.interval)
 	}
-	s.inFlight++
 	s.last = p
 	return p
 }
@@ -679,20 +688,14 @@ func (u *upstream) arrive(key string, at time.Time, from string) *poll {
 func (u *upstream) release(p *poll) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if !p.released {
-		p.released = true
-		p.s.inFlight--
-	}
+	p.released = true
 }
 
 // done records what a poll met.
 func (u *upstream) done(p *poll, o outcome, retryAfter time.Duration, fault string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if !p.released {
-		p.released = true
-		p.s.inFlight--
-	}
+	p.released = true
 	p.outcome, p.retryAfter, p.fault, p.done = o, retryAfter, fault, true
 	if o == outcomeFailed {
 		p.failures++
