@@ -366,9 +366,11 @@ func (s *soak) malloryTries(ctx context.Context, rng *rand.Rand) {
 	}
 }
 
-// storm connects n clients to one topic at once, drops them all at once
-// and has them all come back at once with their last ids: a reconnect
-// storm after a deploy.
+// storm connects n clients to one topic at once, holds them a few seconds
+// and drops them all at once; then they all come back at once, with their
+// last ids (a reconnect storm after a deploy) or as new clients (a page
+// reloaded everywhere). Every client is a reader that keeps up while it is
+// held: each change must reach all of them within the budget.
 func (s *soak) storm(ctx context.Context, rng *rand.Rand, n int) {
 	t := pick(rng, s.main[:4])
 	in := pick(rng, s.insts)
@@ -376,28 +378,32 @@ func (s *soak) storm(ctx context.Context, rng *rand.Rand, n int) {
 	if r := rng.IntN(10); r >= 7 {
 		p = pick(rng, protos[1:])
 	}
-	s.logf("storm of %d clients on %s over %s", n, t.name, p)
+	fresh := rng.IntN(2) == 0
+	s.logf("storm of %d clients on %s over %s, back %s", n, t.name, p, map[bool]string{true: "as new clients", false: "with their ids"}[fresh])
 	s.stats.storms.Add(1)
 	browsers := make([]*browser, n)
 	for i := range browsers {
 		browsers[i] = &browser{topic: t}
 	}
-	round := func(events int, maxTime time.Duration, again bool) bool {
+	round := func(hold time.Duration, again bool) bool {
 		var wg sync.WaitGroup
 		gate := make(chan struct{})
 		var bad sync.Once
 		ok := true
-		for _, b := range browsers {
+		for i, b := range browsers {
+			if again && fresh {
+				b = &browser{topic: t}
+				browsers[i] = b
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-gate
-				o := sessionOpts{proto: p, inst: in, maxTime: maxTime}
+				o := sessionOpts{proto: p, inst: in, maxTime: hold}
 				o.resume.instance = in.runID()
 				if again && b.hasLast {
 					o.resume = resume{sent: b.last, id: b.lastID, own: true, instance: in.runID()}
 				}
-				o.until = func(c *streamCheck) bool { return c.snapshots+btoi(c.replayed) > 0 && c.events >= events }
 				o.reader = s.newReader(fmt.Sprintf("a client of a storm on %s over %s on %s", t.name, p, in.name()), t, in)
 				res := s.session(ctx, b, o)
 				s.doneReader(o.reader)
@@ -412,11 +418,11 @@ func (s *soak) storm(ctx context.Context, rng *rand.Rand, n int) {
 		wg.Wait()
 		return ok
 	}
-	if !round(3, 4*time.Second, false) || ctx.Err() != nil {
+	if !round(time.Duration(2000+rng.IntN(4000))*time.Millisecond, false) || ctx.Err() != nil {
 		return
 	}
 	sleep(ctx, time.Duration(rng.IntN(600))*time.Millisecond)
-	round(2, 4*time.Second, true)
+	round(time.Duration(2000+rng.IntN(4000))*time.Millisecond, true)
 }
 
 func btoi(b bool) int {

@@ -345,9 +345,15 @@ func TestReaderOverItsBudget(t *testing.T) {
 	if got := r.late(t0.Add(4500*time.Millisecond), t0.Add(time.Millisecond), 3*time.Second); !strings.Contains(got, "served version 6") {
 		t.Errorf("over the budget after an operation: %q", got)
 	}
-	r.changed(&soak{}, 6, t0.Add(4*time.Second))
+	rec := &recorder{}
+	s := &soak{o: options{budget: 3 * time.Second}, cancel: func() {}}
+	s.failHook = rec.fail
+	r.changed(s, 6, t0.Add(4*time.Second))
 	if got := r.late(t0.Add(10*time.Second), time.Time{}, 3*time.Second); got != "" || r.worst != 4*time.Second {
 		t.Errorf("caught up, worst %s: %s", r.worst, got)
+	}
+	if got := rec.all(); !strings.Contains(got, "reached version 6 4s after the upstream served version 5: over the latency budget of 3s") {
+		t.Errorf("reaching a version late: %q", got)
 	}
 }
 

@@ -44,6 +44,8 @@ type soak struct {
 
 	failMu  sync.Mutex
 	failure string
+	// failHook, when set, receives the broken invariants instead (tests).
+	failHook func(format string, args ...any)
 
 	// ops counts the operations under way, and opsEnd is when the last
 	// one ended: latency budgets do not run across them.
@@ -65,6 +67,10 @@ type soak struct {
 
 // fail records a broken invariant and ends the run.
 func (s *soak) fail(format string, args ...any) {
+	if s.failHook != nil {
+		s.failHook(format, args...)
+		return
+	}
 	msg := fmt.Sprintf(format, args...)
 	s.failMu.Lock()
 	first := s.failure == ""
@@ -226,7 +232,12 @@ func (r *reader) changed(s *soak, v int, at time.Time) {
 	defer r.mu.Unlock()
 	calm, _ := s.calm()
 	if m, ok := r.topic.up.firstServedAfter(r.inst.runID(), r.version, later(r.since, calm)); ok && m.v <= v {
-		r.worst = max(r.worst, at.Sub(m.at))
+		d := at.Sub(m.at)
+		r.worst = max(r.worst, d)
+		if d > s.o.budget {
+			s.fail("%s reached version %d %s after the upstream served version %d: over the latency budget of %s",
+				r.who, v, d.Round(time.Millisecond), m.v, s.o.budget)
+		}
 	}
 	r.version = v
 }
