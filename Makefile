@@ -30,3 +30,10 @@ client-test:
 
 demo:
 	$(GO) run ./cmd/caddy run --config examples/Caddyfile
+
+# soak-short: a minute of everything at once against a race-enabled Caddy
+# (cmd/pollsse-soak, README "Soak test"), with a fixed seed.
+.PHONY: soak-short
+soak-short:
+	$(GO) run ./cmd/pollsse-soak -duration 60s -seed 1
+test: soak-short

@@ -19,12 +19,14 @@ import (
 // pick returns a random element.
 func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }
 
-// refusalAllowed tells whether a main topic's stream may be refused now:
-// only while an operation is under way (a stopped Caddy refuses
-// connections; a reload ends streams).
-func (s *soak) refusalAllowed() bool {
-	calm, _ := s.calm()
-	return time.Now().Before(calm)
+// refusalAllowed tells whether a session may have been refused, or its
+// request have failed: only when an operation overlapped it (a stopped
+// Caddy refuses connections; a reload ends streams, and a request that
+// comes in the middle of one may wait until it fails).
+func (s *soak) refusalAllowed(res sessionResult) bool {
+	s.opsMu.Lock()
+	defer s.opsMu.Unlock()
+	return s.opsActive > 0 || s.opsEnd.After(res.started.Add(-opGrace))
 }
 
 // hopper reads a main topic, drops and comes back, resuming by
@@ -88,7 +90,7 @@ func (s *soak) sessionOK(b *browser, res sessionResult, who string) bool {
 		s.fail("%s of %s: %v", who, b.topic.name, res.err)
 		return false
 	}
-	if res.status != 0 && res.status != 200 && !s.refusalAllowed() {
+	if res.status != 0 && res.status != 200 && !s.refusalAllowed(res) {
 		s.fail("%s: %v", who, unexpected(b, res))
 		return false
 	}
@@ -259,7 +261,7 @@ func (s *soak) churner(ctx context.Context, rng *rand.Rand) {
 				return
 			case res.status == 400:
 				s.stats.tmplRefused.Add(1)
-			case res.status == 0 && (s.refusalAllowed() || ctx.Err() != nil):
+			case res.status == 0 && (s.refusalAllowed(res) || ctx.Err() != nil):
 			default:
 				s.fail("the placeholder values %q and %q got %d (%s), not 400", h.name, h.q, res.status, strings.TrimSpace(res.body))
 				return
@@ -287,7 +289,7 @@ func (s *soak) churner(ctx context.Context, rng *rand.Rand) {
 			return
 		case res.status == 503:
 			s.stats.tmplCapped.Add(1)
-		case res.status == 0 || res.status == 200 || s.refusalAllowed():
+		case res.status == 0 || res.status == 200 || s.refusalAllowed(res):
 		default:
 			s.fail("a client of %s: %v", t.name, unexpected(b, res))
 			return
@@ -357,7 +359,7 @@ func (s *soak) malloryTries(ctx context.Context, rng *rand.Rand) {
 			s.stats.malloryRefused.Add(1)
 		case res.status == 0, res.status == 200:
 		default:
-			if !s.refusalAllowed() {
+			if !s.refusalAllowed(res) {
 				s.fail("mallory: %v", unexpected(b, res))
 				return
 			}

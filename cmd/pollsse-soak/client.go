@@ -154,6 +154,8 @@ type sessionOpts struct {
 
 // A sessionResult is how a stream went.
 type sessionResult struct {
+	// started is when the session began.
+	started time.Time
 	// status is the response's status, 0 when there was none.
 	status int
 	body   string
@@ -166,7 +168,9 @@ type sessionResult struct {
 
 // session opens one stream of b's topic and checks its events until it
 // ends. The result's err is a broken invariant.
-func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) sessionResult {
+func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) (res sessionResult) {
+	started := time.Now()
+	defer func() { res.started = started }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	slot := new(connSlot)
@@ -238,7 +242,7 @@ func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) sessionRe
 	}
 	br := bufio.NewReaderSize(r, 32<<10)
 	c := newStreamCheck(b, o.resume, s.ledger, strconv.FormatInt(s.hc.retry.Milliseconds(), 10))
-	res := sessionResult{status: resp.StatusCode, check: c}
+	res = sessionResult{status: resp.StatusCode, check: c}
 	stalled, registered := false, false
 	for {
 		ev, err := readEvent(br)

@@ -343,7 +343,7 @@ func (s *soak) runKeeper(ctx context.Context, k *keeper) {
 			s.fail("%s: %v", k.name(), res.err)
 			return
 		}
-		if res.status != 0 && res.status != 200 && !s.refusalAllowed() {
+		if res.status != 0 && res.status != 200 && !s.refusalAllowed(res) {
 			s.fail("%s: %v", k.name(), unexpected(k.b, res))
 			return
 		}
