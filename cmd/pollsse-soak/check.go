@@ -88,7 +88,10 @@ type browser struct {
 	tree    any
 	doc     []byte
 	version int
-	last    string
+	// instance is the Caddy instance of the stream that gave the
+	// version.
+	instance string
+	last     string
 	// lastID is last parsed, valid when hasLast.
 	lastID  eventID
 	hasLast bool
@@ -330,11 +333,19 @@ func (c *streamCheck) apply(ev sseEvent) error {
 	switch {
 	case ev.name != "snapshot" && v <= b.version:
 		return broken("%s %s took the document of %s from version %d to %d: a change must move it forward", ev.name, ev.id, b.topic.name, b.version, v)
-	case v < b.version:
+	case v < b.version && c.instance() == b.instance:
 		return broken("snapshot %s took the document of %s back from version %d to %d", ev.id, b.topic.name, b.version, v)
 	}
-	b.tree, b.doc, b.version = tree, canon, v
+	b.tree, b.doc, b.version, b.instance = tree, canon, v, c.instance()
 	return nil
+}
+
+// instance returns the name of the Caddy instance that the stream reads:
+// instances that share no store poll the upstream each on its own, and a
+// browser that hops from one to another may find an older version there.
+func (c *streamCheck) instance() string {
+	name, _, _ := strings.Cut(c.r.instance, "r")
+	return name
 }
 
 // verify checks a document against its topic and returns its version and

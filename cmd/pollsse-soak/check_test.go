@@ -129,6 +129,7 @@ func TestStreamChecksCatchWhatABrokenHandlerWouldSend(t *testing.T) {
 		{"a patch that loses a change", "", "", resume{}, []sseEvent{v1, patchEv("e-2", `[{"op":"replace","path":"/v","value":3}]`)}, "differs from version 3"},
 		{"a patch that does not move the version", "", "", resume{}, []sseEvent{v1, patchEv("e-2", `[{"op":"replace","path":"/a","value":1}]`)}, "must move it forward"},
 		{"a snapshot that goes back", "", "", resume{}, []sseEvent{v1, v2, snap("e-3", fakeDocs[1])}, "back from version 2 to 1"},
+		{"a snapshot that goes back on the same instance", "", "", resume{instance: "i1r1"}, []sseEvent{v1, v2, snap("e-3", fakeDocs[1])}, "back from version 2 to 1"},
 		{"a patch that does not apply", "", "", resume{}, []sseEvent{v1, patchEv("e-2", `[{"op":"remove","path":"/nope"}]`)}, "does not apply"},
 		{"a patch before any snapshot", "", "", resume{sent: "e-1", id: eventID{"e", 1}, own: true}, []sseEvent{patchEv("x-2", toV2)}, "continues nothing"},
 		{"a gap", "", "", resume{}, []sseEvent{v1, v2, patchEv("e-4", toV3)}, "a gap"},
@@ -180,6 +181,17 @@ func stream(t *testing.T, b *browser, l *ledger, r resume, at time.Time, events 
 		if err := c.event(ev, at); err != nil {
 			t.Fatalf("event %d: %v", i, err)
 		}
+	}
+}
+
+func TestBrowserThatHopsToAnotherInstanceMayFindAnOlderVersion(t *testing.T) {
+	b := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
+	l := newLedger(32, &recorder{})
+	stream(t, b, l, resume{instance: "i1r1"}, time.Now(), snap("e-1", fakeDocs[1]), patchEv("e-2", toV2))
+	// Instance i2 polls the upstream on its own, and is behind.
+	stream(t, b, l, resume{instance: "i2r1"}, time.Now(), snap("f-1", fakeDocs[1]))
+	if b.version != 1 {
+		t.Fatalf("version %d", b.version)
 	}
 }
 
