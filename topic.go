@@ -40,7 +40,9 @@ type eventLog interface {
 	// status event alone, and the cursor after it, from which the first
 	// document is read as a snapshot after the status events before it. A
 	// cursor that has fallen out of the history reads a snapshot, then the
-	// latest status event if it comes after the cursor. A subscriber reads
+	// latest status event if it comes after the cursor; the snapshot is
+	// left out when the cursor is past the current document (only status
+	// events came since), as it would repeat an id. A subscriber reads
 	// every status event, or the latest, in their order among the events:
 	// its idea of the upstream's state is always the current one.
 	read(cursor uint64, buf [][]byte) (frames [][]byte, next uint64, wake <-chan struct{})
@@ -65,6 +67,7 @@ type snapshotFrame struct {
 	once  sync.Once
 	doc   *document
 	id    string
+	pos   uint64
 	frame []byte
 }
 
@@ -133,7 +136,7 @@ func (l *memoryLog) appendDocument(doc *document, event string, data []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	pos := l.head + 1
-	l.snap = &snapshotFrame{doc: doc, id: l.id(pos)}
+	l.snap = &snapshotFrame{doc: doc, id: l.id(pos), pos: pos}
 	// A change sent as a whole snapshot is not kept in the history: the
 	// subscribers that reach its entry read the current snapshot, which is
 	// its frame while it is current, encoded once when first read.
@@ -215,6 +218,7 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 	// after is the status event that follows the snapshot of a subscriber
 	// that starts from one.
 	var after []byte
+	behind := false
 	switch {
 	case cursor == 0:
 		// A new subscriber: the upstream's state if it is failing.
@@ -222,6 +226,7 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 	case cursor+1 < l.oldest():
 		// A subscriber that fell behind the history: the latest status
 		// event, unless it has read it, for those that it missed.
+		behind = true
 		if l.statusPos > cursor {
 			after = l.status
 		}
@@ -262,6 +267,16 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 			return buf, from, wake
 		}
 		return append(buf, after), head, wake
+	}
+	if behind && snap.pos <= cursor {
+		// Only status events came after the subscriber's document, more
+		// than the history holds: it has the snapshot already, and the
+		// latest status says the rest. Sending it again would repeat its
+		// id in the stream.
+		if after != nil {
+			buf = append(buf, after)
+		}
+		return buf, head, wake
 	}
 	buf = append(buf, snap.get())
 	if after != nil {
