@@ -203,17 +203,23 @@ func (s *soak) slowReader(ctx context.Context, rng *rand.Rand) {
 
 // staller reads a main topic's snapshot and then stops reading, for
 // longer than the write timeout: the handler drops it once its buffers are
-// full, and nobody else waits for it.
+// full, and nobody else waits for it. On the topic whose 6 MB never change
+// while its upstream flaps, it stops before the snapshot, for less than the
+// write timeout, and falls behind status events alone.
 func (s *soak) staller(ctx context.Context, rng *rand.Rand) {
 	for ctx.Err() == nil {
-		t := pick(rng, s.main)
-		if rng.IntN(2) == 0 {
-			t = s.main[4] // big: its buffers fill at once
-		}
+		// The big documents fill the kernel's buffers at once; behind the
+		// 6 MB that never change, the reader falls behind status events.
+		t := pick(rng, []*topicSpec{pick(rng, s.main), s.main[4], s.still})
 		b := &browser{topic: t}
 		in := pick(rng, s.insts)
 		stall := time.Duration(3+rng.IntN(8)) * time.Second
-		o := sessionOpts{proto: pick(rng, protos), inst: in, rate: 1 << 30, stall: stall, maxTime: stall + 2*time.Second}
+		if t == s.still {
+			// Shorter than the write timeout, longer than the history
+			// of its flapping upstream takes to turn over.
+			stall = time.Duration(1000+rng.IntN(800)) * time.Millisecond
+		}
+		o := sessionOpts{proto: pick(rng, protos), inst: in, rate: 1 << 30, stall: stall, maxTime: stall + 2*time.Second, stallFirst: t == s.still}
 		o.resume.instance = in.runID()
 		s.stats.stalled.Add(1)
 		res := s.session(ctx, b, o)

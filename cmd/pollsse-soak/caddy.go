@@ -48,12 +48,15 @@ const (
 	maxBackoff    = 2 * time.Second
 	maxBody       = 2 << 20
 	tmplMaxTopics = 300
-	readHeader    = 5 * time.Second
+	// stillHistory is the history of the flapping topic, short so that a
+	// stalled reader falls out of it.
+	stillHistory = 4
+	readHeader   = 5 * time.Second
 )
 
 // caddyfile returns the configuration of one instance.
 func caddyfile(in *instance, hc handlerConfig) string {
-	common := func(route string) string {
+	route := func(route string, history int, maxBody int64) string {
 		return fmt.Sprintf(`			interval %s
 			history %d
 			timeout %s
@@ -66,6 +69,7 @@ func caddyfile(in *instance, hc handlerConfig) string {
 			header_up X-Soak-Instance {env.SOAK_INSTANCE}
 `, pollInterval, history, upTimeout, writeTimeout, hc.heartbeat, hc.retry, maxBackoff, maxBody, route, hc.gens[route])
 	}
+	common := func(r string) string { return route(r, history, maxBody) }
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	storage file_system %s
@@ -97,6 +101,11 @@ func caddyfile(in *instance, hc handlerConfig) string {
 			mode merge_patch
 		}
 	}
+	handle_path /f/* {
+		poll_sse %s/doc{http.request.uri.path} {
+%s			idle_timeout %s
+		}
+	}
 	handle_path /u/* {
 		poll_sse %s/user/feed {
 %s			idle_timeout %s
@@ -125,6 +134,7 @@ https://localhost:%d {
 `, in.adminPort, filepath.Join(in.dir, "storage"), filepath.Join(in.dir, "caddy.log"), hc.logLevel, readHeader,
 		hc.upstream, common("s"), mainIdle,
 		hc.upstream, common("m"), mainIdle,
+		hc.upstream, route("f", stillHistory, 8<<20), mainIdle,
 		hc.upstream, common("u"), userIdle,
 		hc.upstream, common("t"), tmplIdle, tmplMaxTopics,
 		in.h1Port, in.tlsPort)

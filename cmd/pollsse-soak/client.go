@@ -139,8 +139,10 @@ type sessionOpts struct {
 	// rate reads the stream at about this many bytes a second (0: as
 	// fast as it comes), through a socket with a small receive buffer.
 	rate int
-	// stall stops reading this long once the first snapshot is read.
-	stall time.Duration
+	// stall stops reading this long once the first snapshot is read, or
+	// before anything is read with stallFirst.
+	stall      time.Duration
+	stallFirst bool
 	// reset ends the stream with a TCP reset instead of a close.
 	reset bool
 	// onEvent is called after each event that checked out.
@@ -244,6 +246,13 @@ func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) (res sess
 	c := newStreamCheck(b, o.resume, s.ledger, strconv.FormatInt(s.hc.retry.Milliseconds(), 10))
 	res = sessionResult{status: resp.StatusCode, check: c}
 	stalled, registered := false, false
+	if o.stall > 0 && o.stallFirst {
+		stalled = true
+		if !sleep(ctx, o.stall) {
+			return res
+		}
+		r.(interface{ unlimit() }).unlimit()
+	}
 	for {
 		ev, err := readEvent(br)
 		if err != nil {
@@ -256,7 +265,11 @@ func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) (res sess
 			return res
 		}
 		s.stats.events.Add(1)
-		if r := o.reader; r != nil && c.sawID {
+		// A stream counts as open once it has given the browser a
+		// document, or, for one that resumed with a document, at its first
+		// event (a status event may be all that the log held after its
+		// id).
+		if r := o.reader; r != nil && (c.sawID || b.doc != nil && ev.name == "status") {
 			if !registered {
 				registered = true
 				r.opened(at, c.b.version)

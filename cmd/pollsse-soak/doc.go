@@ -98,6 +98,10 @@ const (
 	// kindMerge is an object for merge_patch: members set to null,
 	// arrays replaced whole.
 	kindMerge docKind = "merge"
+	// kindStill is a document of 6 MB that never changes, larger than what
+	// the kernel buffers of a loopback connection hold, on a topic whose
+	// upstream flaps: a reader that stops falls behind status events alone.
+	kindStill docKind = "still"
 )
 
 // A mutator holds one topic's document and changes it at random.
@@ -128,6 +132,8 @@ func newMutator(kind docKind, rng *rand.Rand) *mutator {
 		m.doc["items"] = items
 	case kindDeep:
 		m.doc["root"] = m.tree(10)
+	case kindStill:
+		m.doc["pad"] = strings.Repeat("s", 6<<20)
 	case kindBig:
 		rows := make([]any, 0, 4000)
 		for range 4000 {

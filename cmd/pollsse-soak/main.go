@@ -204,7 +204,7 @@ func (s *soak) run(dir string) int {
 	}
 	defer up.close()
 	s.up = up
-	s.hc = handlerConfig{upstream: up.url, gens: map[string]int{"s": 1, "m": 1, "u": 1, "t": 1}, heartbeat: 2 * time.Second, retry: 250 * time.Millisecond, logLevel: s.o.logLevel}
+	s.hc = handlerConfig{upstream: up.url, gens: map[string]int{"s": 1, "m": 1, "f": 1, "u": 1, "t": 1}, heartbeat: 2 * time.Second, retry: 250 * time.Millisecond, logLevel: s.o.logLevel}
 	for i := range s.o.instances {
 		in, err := newInstance(i+1, s.o.caddy, filepath.Join(dir, fmt.Sprintf("i%d", i+1)))
 		if err == nil {

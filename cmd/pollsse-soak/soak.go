@@ -32,9 +32,12 @@ type soak struct {
 	hcMu sync.Mutex
 	hc   handlerConfig
 
-	// main are the topics of the /s/ and /m/ routes, users those of /u/.
+	// main are the topics of the /s/ and /m/ routes, users those of /u/,
+	// and still the one of /f/, whose 6 MB never change while its
+	// upstream flaps.
 	main  []*topicSpec
 	users []*topicSpec
+	still *topicSpec
 	// mallory is a user whose credentials the upstream refuses.
 	mallory *topicSpec
 
@@ -151,6 +154,7 @@ func (s *soak) setUp() {
 		{"shape", "s", kindShape, nil, quick},
 		{"big", "s", kindBig, nil, slow},
 		{"merge", "m", kindMerge, nil, quick},
+		{"still", "f", kindStill, func(t *upTopic) { t.flap = true }, nil},
 	}
 	for i, mt := range topics {
 		ut := s.up.addTopic("/doc/"+mt.name, mt.kind, s.o.seed+uint64(i)*7919, mt.opts)
@@ -158,7 +162,12 @@ func (s *soak) setUp() {
 		if mt.route == "m" {
 			mode = "merge_patch"
 		}
-		s.main = append(s.main, &topicSpec{name: "/" + mt.route + "/" + mt.name, path: "/" + mt.route + "/" + mt.name, mode: mode, verify: ut.check, main: true, up: ut})
+		spec := &topicSpec{name: "/" + mt.route + "/" + mt.name, path: "/" + mt.route + "/" + mt.name, mode: mode, verify: ut.check, main: true, up: ut}
+		if mt.kind == kindStill {
+			s.still = spec
+			continue
+		}
+		s.main = append(s.main, spec)
 		go ut.run(s.ctx, mt.pause)
 	}
 	for i, user := range []string{"alice", "bob", "carol"} {
@@ -392,7 +401,7 @@ func (s *soak) startKeepers(ctx context.Context, wg *sync.WaitGroup) {
 		s.keepers = append(s.keepers, &keeper{b: &browser{topic: t}, proto: p, inst: in,
 			r: &reader{who: fmt.Sprintf("the keeper of %s over %s on %s", t.name, p, in.name()), topic: t, inst: in}})
 	}
-	for _, t := range s.main {
+	for _, t := range append(append([]*topicSpec(nil), s.main...), s.still) {
 		for _, p := range protos {
 			add(t, p)
 		}
@@ -572,8 +581,16 @@ func (s *soak) quiesce(phase int) {
 			return
 		}
 		if !settled {
-			s.fail("%s after phase %d: with only the keepers left, the handler counts %d subscribers and %d topics (want %d and %d): %v",
-				in.name(), phase, last.subscribers, last.topics, want, len(topics), err)
+			var away []string
+			for _, k := range s.keepers {
+				k.r.mu.Lock()
+				if k.r.since.IsZero() {
+					away = append(away, k.name())
+				}
+				k.r.mu.Unlock()
+			}
+			s.fail("%s after phase %d: with only the keepers left, the handler counts %d subscribers and %d topics (want %d and %d; keepers without a stream: %v): %v",
+				in.name(), phase, last.subscribers, last.topics, want, len(topics), away, err)
 			return
 		}
 		s.checkResources(in, phase)
@@ -672,7 +689,7 @@ func (s *soak) operate(ctx context.Context, rng *rand.Rand, kind opKind) {
 		s.stats.reloadsSame.Add(1)
 		s.reload(in)
 	case opReloadChanged:
-		routes := []string{"s", "m", "u", "t"}
+		routes := []string{"s", "m", "f", "u", "t"}
 		rng.Shuffle(len(routes), func(i, j int) { routes[i], routes[j] = routes[j], routes[i] })
 		changed := routes[:1+rng.IntN(len(routes))]
 		slices.Sort(changed)

@@ -73,6 +73,9 @@ type upTopic struct {
 	// a random order; generated adds a generated_at member that the
 	// handler is configured to ignore.
 	lastModified, shuffle, generated bool
+	// flap makes every other poll fail with 503, whatever the phase.
+	flap  bool
+	flaps int
 
 	mu       sync.Mutex
 	rng      *rand.Rand
@@ -370,6 +373,12 @@ var faultKinds = []string{
 func (u *upstream) pickFault(t *upTopic, r *http.Request) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.flap {
+		if t.flaps++; t.flaps%2 == 0 {
+			return "503"
+		}
+		return ""
+	}
 	if int32(t.rng.IntN(1000)) >= u.faultPerMille.Load() {
 		return ""
 	}
