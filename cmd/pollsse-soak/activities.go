@@ -330,7 +330,6 @@ func (s *soak) userHopper(ctx context.Context, rng *rand.Rand) {
 				}
 			}
 			if o.resume.mustSnapshot {
-				s.stats.crossUserIDs.Add(1)
 				s.stats.badIDs["another user's"].Add(1)
 			}
 		}

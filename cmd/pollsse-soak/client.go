@@ -147,8 +147,6 @@ type sessionOpts struct {
 	reset bool
 	// onEvent is called after each event that checked out.
 	onEvent func(c *streamCheck, at time.Time)
-	// onOpen is called once the stream's headers are read.
-	onOpen func()
 	// reader, when set, makes the stream one that keeps up, checked
 	// against the latency budget.
 	reader *reader
@@ -232,9 +230,6 @@ func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) (res sess
 	}
 	if want := o.proto == protoH2; (resp.ProtoMajor == 2) != want {
 		return sessionResult{status: resp.StatusCode, err: broken("stream of %s over %s answered in %s", b.topic.name, o.proto, resp.Proto)}
-	}
-	if o.onOpen != nil {
-		o.onOpen()
 	}
 	// A stream that ends may still have data buffered (an HTTP/2 stream's
 	// window of megabytes): it is not read.

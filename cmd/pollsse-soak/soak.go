@@ -780,7 +780,7 @@ type stats struct {
 	stalled, stalledDropped          atomic.Int64
 	tmplSessions, tmplRefused        atomic.Int64
 	tmplCapped                       atomic.Int64
-	userHops, crossUserIDs           atomic.Int64
+	userHops                         atomic.Int64
 	malloryRefused                   atomic.Int64
 	slowloris, halfOpen, abuseClosed atomic.Int64
 	reloadsSame, reloadsChanged      atomic.Int64
