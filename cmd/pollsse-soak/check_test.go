@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -444,5 +448,113 @@ func TestApplyPatchUnderTheEmptyKey(t *testing.T) {
 		if want, _ := canonical([]byte(tc.want)); err != nil || string(encode(got)) != string(want) {
 			t.Errorf("%s + %s = %s, %v; want %s", tc.doc, tc.patch, encode(got), err, tc.want)
 		}
+	}
+}
+
+// fakeAdmin is an admin endpoint of Caddy that reports goroutines and the
+// handler's gauges as the test sets them.
+type fakeAdmin struct {
+	mu                              sync.Mutex
+	goroutines, subscribers, topics int
+}
+
+func (a *fakeAdmin) set(goroutines, subscribers, topics int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.goroutines, a.subscribers, a.topics = goroutines, subscribers, topics
+}
+
+func (a *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch r.URL.Path {
+	case "/debug/pprof/goroutine":
+		fmt.Fprintf(w, "goroutine profile: total %d\n", a.goroutines)
+	case "/metrics":
+		fmt.Fprintf(w, "go_memstats_heap_inuse_bytes 1.048576e+07\ncaddy_http_poll_sse_subscribers %d\ncaddy_http_poll_sse_topics %d\n", a.subscribers, a.topics)
+	}
+}
+
+// fakeInstance is an instance whose admin endpoint is a fakeAdmin.
+func fakeInstance(t *testing.T, a *fakeAdmin) *instance {
+	srv := httptest.NewServer(a)
+	t.Cleanup(srv.Close)
+	port, _ := strconv.Atoi(srv.URL[strings.LastIndexByte(srv.URL, ':')+1:])
+	return &instance{index: 1, run: 1, adminPort: port, dir: t.TempDir()}
+}
+
+func TestQuiesceCatchesSubscribersAndTopicsLeftBehind(t *testing.T) {
+	for _, tc := range []struct {
+		subscribers, topics int
+		want                string
+	}{
+		{0, 0, ""},
+		{1, 0, "counts 1 subscribers and 0 topics (want 0 and 0"},
+		{0, 1, "counts 0 subscribers and 1 topics (want 0 and 0"},
+	} {
+		a := &fakeAdmin{}
+		a.set(10, tc.subscribers, tc.topics)
+		rec := &recorder{}
+		s := &soak{ctx: context.Background(), failHook: rec.fail, settle: 600 * time.Millisecond, stats: newStats(),
+			baselines: map[*instance]sample{}, lastSample: map[*instance]sample{}, worstDelta: map[*instance]sample{}}
+		s.insts = []*instance{fakeInstance(t, a)}
+		s.quiesce(1)
+		if got := rec.all(); tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+			t.Errorf("%d subscribers and %d topics left: got %q, want %q", tc.subscribers, tc.topics, got, tc.want)
+		}
+	}
+}
+
+func TestCheckResourcesCatchesAProcessAboveItsBaseline(t *testing.T) {
+	a := &fakeAdmin{}
+	a.set(50, 0, 0)
+	rec := &recorder{}
+	s := &soak{ctx: context.Background(), failHook: rec.fail, settle: 1200 * time.Millisecond,
+		baselines: map[*instance]sample{}, lastSample: map[*instance]sample{}, worstDelta: map[*instance]sample{}}
+	in := fakeInstance(t, a)
+	s.checkResources(in, 0) // the baseline
+	a.set(50+goroutineSlack, 0, 0)
+	s.checkResources(in, 1)
+	if got := rec.all(); got != "" {
+		t.Fatalf("within the slack: %s", got)
+	}
+	a.set(51+goroutineSlack, 0, 0)
+	s.checkResources(in, 2)
+	if got := rec.all(); !strings.Contains(got, "after phase 2 did not return to its baseline") {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestRacesAndPanicsInCaddysOutputAreTold(t *testing.T) {
+	in := &instance{dir: t.TempDir()}
+	race := func(frame string) string {
+		return "==================\nWARNING: DATA RACE\nRead at 0x00c by goroutine 7:\n  " + frame + "\n      /x.go:1\n==================\n"
+	}
+	out := "=== run 1\n" + race("github.com/caddyserver/caddy/v2/modules/caddytls.(*TLS).Start()") +
+		race("github.com/pollsse/caddy-pollsse.(*memoryLog).read()") + "panic: boom\n\ngoroutine 1 [running]:\n"
+	if err := os.WriteFile(filepath.Join(in.dir, "caddy.out"), []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ours, others := in.races()
+	if len(ours) != 1 || !strings.Contains(ours[0], "memoryLog") || others != 1 {
+		t.Errorf("races: %d of the handler (%q), %d others; want 1 and 1", len(ours), ours, others)
+	}
+	if got := in.troubleInOutput(); !strings.HasPrefix(got, "panic: boom") {
+		t.Errorf("trouble: %q", got)
+	}
+}
+
+func TestSessionChecksTheStreamsHeaders(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "event: snapshot\nid: e-1\ndata: {}\n\n")
+	}))
+	defer srv.Close()
+	port, _ := strconv.Atoi(srv.URL[strings.LastIndexByte(srv.URL, ':')+1:])
+	s := &soak{ts: newTransports(nil), stats: newStats(), ledger: newLedger(32, &recorder{})}
+	b := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
+	res := s.session(context.Background(), b, sessionOpts{proto: protoH1, inst: &instance{h1Port: port}})
+	if res.err == nil || !strings.Contains(res.err.Error(), `answered with Content-Type "text/plain"`) {
+		t.Fatalf("got %v", res.err)
 	}
 }

@@ -47,8 +47,10 @@ type soak struct {
 
 	failMu  sync.Mutex
 	failure string
-	// failHook, when set, receives the broken invariants instead (tests).
+	// failHook, when set, receives the broken invariants instead, and
+	// settle shortens settleTime (tests).
 	failHook func(format string, args ...any)
+	settle   time.Duration
 
 	// ops counts the operations under way, and opsEnd is when the last
 	// one ended: latency budgets do not run across them.
@@ -570,7 +572,7 @@ func (s *soak) quiesce(phase int) {
 		var last sample
 		var err error
 		settled := false
-		for deadline := time.Now().Add(userIdle + tmplIdle + 15*time.Second); time.Now().Before(deadline) && s.ctx.Err() == nil; sleep(s.ctx, 250*time.Millisecond) {
+		for deadline := time.Now().Add(s.settleTime()); time.Now().Before(deadline) && s.ctx.Err() == nil; sleep(s.ctx, 250*time.Millisecond) {
 			last, err = in.sample(false)
 			if err == nil && last.subscribers == want && last.topics == len(topics) && s.keepersConnected() {
 				settled = true
@@ -597,6 +599,16 @@ func (s *soak) quiesce(phase int) {
 	}
 }
 
+// settleTime is how long a process may take to be quiet after a phase:
+// the topics of templated and per-user routes stop after their idle
+// timeout.
+func (s *soak) settleTime() time.Duration {
+	if s.settle > 0 {
+		return s.settle
+	}
+	return userIdle + tmplIdle + 15*time.Second
+}
+
 // Resources that a process may hold beyond its baseline once it is quiet
 // again: a few goroutines and files of connections being closed, and heap
 // that grew with the histories.
@@ -620,7 +632,7 @@ func (s *soak) checkResources(in *instance, phase int) {
 	s.baseMu.Unlock()
 	var cur sample
 	var err error
-	for deadline := time.Now().Add(15 * time.Second); ; sleep(s.ctx, 500*time.Millisecond) {
+	for deadline := time.Now().Add(s.settleTime()); ; sleep(s.ctx, 500*time.Millisecond) {
 		cur, err = in.sample(true)
 		if err != nil {
 			s.fail("%s: reading its resources: %v", in.name(), err)
