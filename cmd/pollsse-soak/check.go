@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,15 +79,19 @@ type topicSpec struct {
 	// document at the upstream.
 	main bool
 	up   *upTopic
+	// cache shares the verified documents among the topic's clients; nil
+	// for a topic of one client.
+	cache *verifyCache
 }
 
 // A browser is a page's state across its streams: the document, its
 // version and the last id, which it resumes from.
 type browser struct {
 	topic *topicSpec
-	// tree is the document, doc its canonical encoding.
+	// tree is the document, doc its canonical encoding and hash its hash.
 	tree    any
 	doc     []byte
+	hash    docHash
 	version int
 	// instance is the Caddy instance of the stream that gave the
 	// version.
@@ -300,44 +305,113 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 // against the upstream's version.
 func (c *streamCheck) apply(ev sseEvent) error {
 	b := c.b
+	if ev.name == "snapshot" {
+		c.snapshots++
+	} else if b.doc == nil {
+		return broken("%s %s before any snapshot", ev.name, ev.id)
+	}
+	res, err := b.topic.cache.do(b, ev, func() (verified, error) { return c.compute(ev) })
+	if err != nil {
+		return err
+	}
+	switch {
+	case ev.name != "snapshot" && res.version <= b.version:
+		return broken("%s %s took the document of %s from version %d to %d: a change must move it forward", ev.name, ev.id, b.topic.name, b.version, res.version)
+	case res.version < b.version && c.instance() == b.instance:
+		return broken("snapshot %s took the document of %s back from version %d to %d", ev.id, b.topic.name, b.version, res.version)
+	}
+	b.tree, b.doc, b.hash, b.version, b.instance = res.tree, res.canon, res.hash, res.version, c.instance()
+	return nil
+}
+
+// compute applies an event to the browser's document and verifies what it
+// makes.
+func (c *streamCheck) compute(ev sseEvent) (verified, error) {
+	b := c.b
 	data, err := decode([]byte(ev.data))
 	if err != nil {
-		return broken("%s %s whose data is not JSON: %v: %s", ev.name, ev.id, err, clip([]byte(ev.data)))
+		return verified{}, broken("%s %s whose data is not JSON: %v: %s", ev.name, ev.id, err, clip([]byte(ev.data)))
 	}
 	var tree any
 	switch ev.name {
 	case "snapshot":
 		tree = data
-		c.snapshots++
 	case "patch":
-		if b.doc == nil {
-			return broken("patch %s before any snapshot", ev.id)
-		}
 		if tree, err = applyPatch(b.tree, data); err != nil {
-			return broken("patch %s does not apply to the browser's document: %v\n  patch: %s\n  doc:   %s", ev.id, err, clip([]byte(ev.data)), clip(b.doc))
+			return verified{}, broken("patch %s does not apply to the browser's document: %v\n  patch: %s\n  doc:   %s", ev.id, err, clip([]byte(ev.data)), clip(b.doc))
 		}
 	case "merge":
-		if b.doc == nil {
-			return broken("merge %s before any snapshot", ev.id)
-		}
 		tree = mergePatch(b.tree, data)
 	}
 	v, canon, err := c.verify(tree)
 	if err != nil {
 		if ev.name == "snapshot" {
-			return broken("after snapshot %s the browser's document of %s: %v", ev.id, b.topic.name, err)
+			return verified{}, broken("after snapshot %s the browser's document of %s: %v", ev.id, b.topic.name, err)
 		}
-		return broken("after %s %s the browser's document of %s: %v\n  the %s: %s\n  the document before it (version %d): %s",
+		return verified{}, broken("after %s %s the browser's document of %s: %v\n  the %s: %s\n  the document before it (version %d): %s",
 			ev.name, ev.id, b.topic.name, err, ev.name, clip([]byte(ev.data)), b.version, clip(b.doc))
 	}
-	switch {
-	case ev.name != "snapshot" && v <= b.version:
-		return broken("%s %s took the document of %s from version %d to %d: a change must move it forward", ev.name, ev.id, b.topic.name, b.version, v)
-	case v < b.version && c.instance() == b.instance:
-		return broken("snapshot %s took the document of %s back from version %d to %d", ev.id, b.topic.name, b.version, v)
+	return verified{tree: tree, canon: canon, hash: hashOf(canon), version: v}, nil
+}
+
+// A verified document is one that an event made of a browser's document
+// and that checked out against the upstream's version it claims.
+type verified struct {
+	tree    any
+	canon   []byte
+	hash    docHash
+	version int
+}
+
+// A verifyCache shares the documents that the events of a topic make among
+// its clients: a thousand clients of a storm hold the same document and
+// get the same events, and the result of an event is the same for each of
+// them, so that it is computed and checked once. The key is the document
+// the event applies to (its hash), the event's id and its data (their
+// hash), so that a client whose document or event differs in any way
+// computes and checks its own. Documents are never changed in place
+// (patch.go), so that they can be shared.
+type verifyCache struct {
+	mu sync.Mutex
+	m  map[verifyKey]verified
+}
+
+type verifyKey struct {
+	prior docHash
+	name  string
+	id    string
+	data  docHash
+}
+
+// maxVerified bounds the documents a cache keeps.
+const maxVerified = 2048
+
+// do returns what ev makes of b's document, from the cache or by compute.
+func (vc *verifyCache) do(b *browser, ev sseEvent, compute func() (verified, error)) (verified, error) {
+	if vc == nil {
+		return compute()
 	}
-	b.tree, b.doc, b.version, b.instance = tree, canon, v, c.instance()
-	return nil
+	key := verifyKey{name: ev.name, id: ev.id, data: sha256.Sum256([]byte(ev.data))}
+	if ev.name != "snapshot" {
+		key.prior = b.hash
+	}
+	vc.mu.Lock()
+	r, ok := vc.m[key]
+	vc.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	r, err := compute()
+	if err != nil {
+		return r, err
+	}
+	vc.mu.Lock()
+	if vc.m == nil || len(vc.m) >= maxVerified {
+		vc.m = make(map[verifyKey]verified)
+	}
+	vc.m[key] = r
+	vc.mu.Unlock()
+	return r, nil
 }
 
 // instance returns the name of the Caddy instance that the stream reads:

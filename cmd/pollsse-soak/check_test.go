@@ -558,3 +558,56 @@ func TestSessionChecksTheStreamsHeaders(t *testing.T) {
 		t.Fatalf("got %v", res.err)
 	}
 }
+
+func TestVerifyCacheSharesOnlyWhatIsTheSame(t *testing.T) {
+	topic := fakeTopic("json_patch", "", fakeDocs)
+	verifies := 0
+	inner := topic.verify
+	topic.verify = func(v int, canon []byte) error { verifies++; return inner(v, canon) }
+	topic.cache = new(verifyCache)
+	l := newLedger(32, &recorder{})
+	a, b := &browser{topic: topic}, &browser{topic: topic}
+	stream(t, a, l, resume{}, time.Now(), snap("e-1", fakeDocs[1]), patchEv("e-2", toV2))
+	stream(t, b, l, resume{}, time.Now(), snap("e-1", fakeDocs[1]), patchEv("e-2", toV2))
+	if verifies != 2 {
+		t.Errorf("two browsers, the same two events: %d verifications, want 2", verifies)
+	}
+	// The same id with other data is checked on its own, and caught.
+	c := &browser{topic: topic}
+	ch := newStreamCheck(c, resume{}, l, "")
+	ch.event(snap("e-1", fakeDocs[1]), time.Now())
+	if err := ch.event(patchEv("e-2", `[{"op":"replace","path":"/v","value":2},{"op":"replace","path":"/a","value":7}]`), time.Now()); err == nil || !strings.Contains(err.Error(), "differs from version 2") {
+		t.Fatalf("a patch with the id of another: %v", err)
+	}
+	// So is the same event on another document.
+	d := &browser{topic: topic}
+	stream(t, d, l, resume{}, time.Now(), snap("e-3", fakeDocs[3]))
+	ch = newStreamCheck(d, resume{}, l, "")
+	ch.event(snap("e-1", `{"v":1,"a":1,"":{"k":1}}`), time.Now())
+	if err := ch.event(patchEv("e-2", toV2), time.Now()); err == nil {
+		t.Fatal("a document that is not version 1 passed")
+	}
+	if a.tree == nil || fmt.Sprint(a.tree) != fmt.Sprint(b.tree) {
+		t.Errorf("the browsers hold %v and %v", a.tree, b.tree)
+	}
+}
+
+func TestApplyPatchLeavesTheDocumentAsItWas(t *testing.T) {
+	before := `{"a":{"b":[1,2,{"c":3}]},"d":"x"}`
+	doc, _ := decode([]byte(before))
+	patch, _ := decode([]byte(`[{"op":"add","path":"/a/b/1","value":9},{"op":"remove","path":"/a/b/3/c"},{"op":"move","from":"/d","path":"/a/e"},{"op":"replace","path":"/a/b/0","value":0}]`))
+	got, err := applyPatch(doc, patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := canonical([]byte(`{"a":{"b":[0,9,2,{}],"e":"x"}}`)); string(encode(got)) != string(want) {
+		t.Errorf("got %s", encode(got))
+	}
+	if want, _ := canonical([]byte(before)); string(encode(doc)) != string(want) {
+		t.Errorf("the document became %s", encode(doc))
+	}
+	merged := mergePatch(doc, map[string]any{"a": map[string]any{"b": nil}, "f": true})
+	if want, _ := canonical([]byte(before)); string(encode(doc)) != string(want) || string(encode(merged)) != `{"a":{},"d":"x","f":true}` {
+		t.Errorf("merge: %s, the document %s", encode(merged), encode(doc))
+	}
+}

@@ -12,9 +12,13 @@ import (
 // drops an "add" below an empty key, "//x", without an error, and fails a
 // "replace" there: the soak's documents have such keys, and the handler
 // sends such paths.)
+//
+// Documents are never changed in place: a patch copies the objects and
+// arrays on the paths it changes and shares the rest, so that the clients
+// of a topic, which hold the same documents, can share them (verify.go).
 
 // applyPatch applies the operations of a JSON Patch to doc and returns the
-// new document. doc may be changed in place.
+// new document; doc is left as it was.
 func applyPatch(doc any, patch any) (any, error) {
 	ops, ok := patch.([]any)
 	if !ok {
@@ -43,13 +47,13 @@ func applyPatch(doc any, patch any) (any, error) {
 		}
 		switch name {
 		case "add":
-			doc, err = add(doc, tokens, deepCopy(value))
+			doc, err = add(doc, tokens, value)
 		case "remove":
 			doc, _, err = remove(doc, tokens)
 		case "replace":
 			if _, err = get(doc, tokens); err == nil {
 				if doc, _, err = remove(doc, tokens); err == nil {
-					doc, err = add(doc, tokens, deepCopy(value))
+					doc, err = add(doc, tokens, value)
 				}
 			}
 		case "move", "copy":
@@ -67,8 +71,8 @@ func applyPatch(doc any, patch any) (any, error) {
 					return nil, fmt.Errorf("operation %d moves %s into itself, to %s", i, from, path)
 				}
 				doc, v, err = remove(doc, ft)
-			} else if v, err = get(doc, ft); err == nil {
-				v = deepCopy(v)
+			} else {
+				v, err = get(doc, ft)
 			}
 			if err == nil {
 				doc, err = add(doc, tokens, v)
@@ -145,95 +149,116 @@ func get(doc any, tokens []string) (any, error) {
 	return doc, nil
 }
 
-// add adds v at tokens and returns the document.
+// change returns node with its child at tokens replaced by what f makes of
+// the parent of that child and the last token, copying every container on
+// the way.
+func change(node any, tokens []string, f func(parent any, last string) (any, error)) (any, error) {
+	if len(tokens) == 1 {
+		return f(node, tokens[0])
+	}
+	t := tokens[0]
+	switch d := node.(type) {
+	case map[string]any:
+		child, ok := d[t]
+		if !ok {
+			return nil, fmt.Errorf("no member %q", t)
+		}
+		c, err := change(child, tokens[1:], f)
+		if err != nil {
+			return nil, err
+		}
+		m := copyMap(d)
+		m[t] = c
+		return m, nil
+	case []any:
+		i, err := index(t, len(d), false)
+		if err != nil {
+			return nil, err
+		}
+		c, err := change(d[i], tokens[1:], f)
+		if err != nil {
+			return nil, err
+		}
+		a := append([]any(nil), d...)
+		a[i] = c
+		return a, nil
+	}
+	return nil, fmt.Errorf("%q goes into a scalar", t)
+}
+
+func copyMap(m map[string]any) map[string]any {
+	c := make(map[string]any, len(m)+1)
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// add adds v at tokens and returns the new document.
 func add(doc any, tokens []string, v any) (any, error) {
 	if len(tokens) == 0 {
 		return v, nil
 	}
-	parent, err := get(doc, tokens[:len(tokens)-1])
-	if err != nil {
-		return nil, err
-	}
-	last := tokens[len(tokens)-1]
-	switch p := parent.(type) {
-	case map[string]any:
-		p[last] = v
-		return doc, nil
-	case []any:
-		i, err := index(last, len(p), true)
-		if err != nil {
-			return nil, err
+	return change(doc, tokens, func(parent any, last string) (any, error) {
+		switch p := parent.(type) {
+		case map[string]any:
+			m := copyMap(p)
+			m[last] = v
+			return m, nil
+		case []any:
+			i, err := index(last, len(p), true)
+			if err != nil {
+				return nil, err
+			}
+			a := make([]any, 0, len(p)+1)
+			a = append(append(append(a, p[:i]...), v), p[i:]...)
+			return a, nil
 		}
-		p = append(p, nil)
-		copy(p[i+1:], p[i:])
-		p[i] = v
-		return set(doc, tokens[:len(tokens)-1], p)
-	}
-	return nil, fmt.Errorf("the parent of %q is a scalar", last)
+		return nil, fmt.Errorf("the parent of %q is a scalar", last)
+	})
 }
 
-// remove removes the value at tokens and returns the document and it.
+// remove removes the value at tokens and returns the new document and it.
 func remove(doc any, tokens []string) (any, any, error) {
 	if len(tokens) == 0 {
 		return nil, doc, nil
 	}
-	parent, err := get(doc, tokens[:len(tokens)-1])
-	if err != nil {
-		return nil, nil, err
-	}
-	last := tokens[len(tokens)-1]
-	switch p := parent.(type) {
-	case map[string]any:
-		v, ok := p[last]
-		if !ok {
-			return nil, nil, fmt.Errorf("no member %q to remove", last)
+	var removed any
+	doc, err := change(doc, tokens, func(parent any, last string) (any, error) {
+		switch p := parent.(type) {
+		case map[string]any:
+			v, ok := p[last]
+			if !ok {
+				return nil, fmt.Errorf("no member %q to remove", last)
+			}
+			removed = v
+			m := copyMap(p)
+			delete(m, last)
+			return m, nil
+		case []any:
+			i, err := index(last, len(p), false)
+			if err != nil {
+				return nil, err
+			}
+			removed = p[i]
+			return append(append([]any(nil), p[:i]...), p[i+1:]...), nil
 		}
-		delete(p, last)
-		return doc, v, nil
-	case []any:
-		i, err := index(last, len(p), false)
-		if err != nil {
-			return nil, nil, err
-		}
-		v := p[i]
-		p = append(p[:i:i], p[i+1:]...)
-		doc, err = set(doc, tokens[:len(tokens)-1], p)
-		return doc, v, err
-	}
-	return nil, nil, fmt.Errorf("the parent of %q is a scalar", last)
+		return nil, fmt.Errorf("the parent of %q is a scalar", last)
+	})
+	return doc, removed, err
 }
 
-// set replaces the value at tokens, which exists, and returns the document.
-func set(doc any, tokens []string, v any) (any, error) {
-	if len(tokens) == 0 {
-		return v, nil
-	}
-	parent, err := get(doc, tokens[:len(tokens)-1])
-	if err != nil {
-		return nil, err
-	}
-	last := tokens[len(tokens)-1]
-	switch p := parent.(type) {
-	case map[string]any:
-		p[last] = v
-	case []any:
-		i, err := index(last, len(p), false)
-		if err != nil {
-			return nil, err
-		}
-		p[i] = v
-	}
-	return doc, nil
-}
-
-// mergePatch applies an RFC 7396 merge patch to doc.
+// mergePatch applies an RFC 7396 merge patch to doc and returns the new
+// document; doc is left as it was.
 func mergePatch(doc, patch any) any {
 	p, ok := patch.(map[string]any)
 	if !ok {
-		return deepCopy(patch)
+		return patch
 	}
 	d, ok := doc.(map[string]any)
-	if !ok {
+	if ok {
+		d = copyMap(d)
+	} else {
 		d = map[string]any{}
 	}
 	for k, v := range p {
@@ -244,24 +269,6 @@ func mergePatch(doc, patch any) any {
 		}
 	}
 	return d
-}
-
-func deepCopy(v any) any {
-	switch x := v.(type) {
-	case map[string]any:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			m[k] = deepCopy(e)
-		}
-		return m
-	case []any:
-		a := make([]any, len(x))
-		for i, e := range x {
-			a[i] = deepCopy(e)
-		}
-		return a
-	}
-	return v
 }
 
 // jsonEqual compares two JSON values, numbers by value.

@@ -164,7 +164,7 @@ func (s *soak) setUp() {
 		if mt.route == "m" {
 			mode = "merge_patch"
 		}
-		spec := &topicSpec{name: "/" + mt.route + "/" + mt.name, path: "/" + mt.route + "/" + mt.name, mode: mode, verify: ut.check, main: true, up: ut}
+		spec := &topicSpec{name: "/" + mt.route + "/" + mt.name, path: "/" + mt.route + "/" + mt.name, mode: mode, verify: ut.check, main: true, up: ut, cache: new(verifyCache)}
 		if mt.kind == kindStill {
 			s.still = spec
 			continue
@@ -178,7 +178,7 @@ func (s *soak) setUp() {
 			t.m.doc["user"] = user
 		})
 		s.users = append(s.users, &topicSpec{name: "/u/feed of " + user, path: "/u/feed", mode: "json_patch", user: user,
-			header: map[string]string{"Authorization": "Bearer " + userToken(user)}, verify: ut.check, main: true, up: ut})
+			header: map[string]string{"Authorization": "Bearer " + userToken(user)}, verify: ut.check, main: true, up: ut, cache: new(verifyCache)})
 		go ut.run(s.ctx, func(r *rand.Rand) time.Duration { return time.Duration(150+r.IntN(600)) * time.Millisecond })
 	}
 	s.mallory = &topicSpec{name: "/u/feed of mallory", path: "/u/feed", mode: "json_patch", user: "mallory",
