@@ -3,13 +3,16 @@
 // time what a browser and an operator rely on.
 //
 // It starts the cmd/caddy binary (built from the current directory unless
-// -caddy names one) with a Caddyfile of four routes over plain HTTP/1.1 and
-// HTTPS (HTTP/1.1 and HTTP/2, `tls internal`), and its own upstream:
+// -caddy names one) with a Caddyfile of five poll_sse routes over plain
+// HTTP/1.1 and HTTPS (HTTP/1.1 and HTTP/2, `tls internal`), and its own
+// upstream; -instances starts more processes, each with ports of its own,
+// between which the clients hop:
 //
 //   - Upstream documents that mutate at random, seeded: objects with keys
 //     that need escaping, arrays with inserts, moves and removes, a tree ten
 //     levels deep, one that switches between an object and an array, a
-//     ~1 MB array, one for merge_patch, one per user (forward_headers
+//     ~1 MB array, one for merge_patch, one of 6 MB that never changes
+//     while its upstream flaps, one per user (forward_headers
 //     Authorization), and templated topics made from placeholder values.
 //     Polls fail at random: 500, 502, 503, 429 and 503 with Retry-After,
 //     hangs past the timeout, resets mid-body, truncated and invalid JSON,
@@ -30,8 +33,9 @@
 // document equals the version of the upstream's document it claims; ids
 // have no duplicate and no gap within a stream, and a resume continues
 // right after the id sent (or is a snapshot where the log no longer holds
-// it); no client sees another user's document; a keeper reaches every
-// version within the latency budget while others stall; the upstream gets
+// it); no client sees another user's document; a reader that keeps up
+// reaches every version within the latency budget while others stall; the
+// upstream gets
 // at most one request per topic per interval, one at a time, fewer under
 // backoff, and none on another host; after each phase the handler counts
 // exactly the keepers' streams and topics, and Caddy's goroutines, heap and
@@ -41,6 +45,20 @@
 //
 //	go run ./cmd/pollsse-soak -duration 60s -seed 1        # what make test runs
 //	go run ./cmd/pollsse-soak -duration 1h -race=false     # a long run
+//
+// The files:
+//
+//	main.go        flags, the run and its phases' schedule
+//	soak.go        phases, readers that keep up, keepers, operations, resources
+//	activities.go  the clients that come and go during a phase
+//	client.go      one stream: protocols, resumes, slow and stalled reading
+//	check.go       the checks of each event, and the ledger of topic logs
+//	verify.go      the documents shared among a topic's clients
+//	patch.go       JSON Patch and Merge Patch on shared documents
+//	upstream.go    the legacy API: versions, faults, checks of the polls
+//	doc.go         documents, their canonical form and random changes
+//	caddy.go       the Caddyfile and the Caddy processes
+//	report.go      the summary lines and the final report
 package main
 
 import (
