@@ -248,8 +248,8 @@ var (
 
 // churner creates templated topics by the hundred, reads each briefly and
 // abandons it; the handler stops them after their idle timeout, and at
-// max_topics evicts idle ones or refuses new ones with 503. Now and then
-// it asks for a value that must be refused with 400.
+// max_topics (12 on that route) evicts idle ones or refuses new ones with
+// 503. Now and then it asks for a value that must be refused with 400.
 func (s *soak) churner(ctx context.Context, rng *rand.Rand) {
 	for ctx.Err() == nil {
 		in := pick(rng, s.insts)
@@ -274,33 +274,58 @@ func (s *soak) churner(ctx context.Context, rng *rand.Rand) {
 			}
 			continue
 		}
-		name := pick(rng, tmplWords)
-		if rng.IntN(3) > 0 {
-			name += "-" + strconv.Itoa(rng.IntN(100000))
+		// Now and then a burst of topics held at once, more than
+		// max_topics: the handler evicts idle topics for them, and refuses
+		// the rest.
+		burst := 1
+		if rng.IntN(10) == 0 {
+			burst = tmplMaxTopics
 		}
-		q := pick(rng, tmplQuery)
-		t := s.templateTopic(name, q)
-		if _, seen := s.stats.tmplNames.LoadOrStore(t.name, true); !seen {
-			s.stats.tmplCreated.Add(1)
+		var wg sync.WaitGroup
+		ok := true
+		var okMu sync.Mutex
+		for range burst {
+			name := pick(rng, tmplWords)
+			if rng.IntN(3) > 0 {
+				name += "-" + strconv.Itoa(rng.IntN(100000))
+			}
+			q := pick(rng, tmplQuery)
+			t := s.templateTopic(name, q)
+			if _, seen := s.stats.tmplNames.LoadOrStore(t.name, true); !seen {
+				s.stats.tmplCreated.Add(1)
+			}
+			n := 1 + rng.IntN(3)
+			o := o
+			o.until = func(c *streamCheck) bool { return c.events >= n }
+			o.maxTime = time.Duration(300+rng.IntN(2000)) * time.Millisecond
+			if burst > 1 {
+				o.until = nil
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b := &browser{topic: t}
+				s.stats.tmplSessions.Add(1)
+				res := s.session(ctx, b, o)
+				switch {
+				case res.err != nil:
+					s.fail("a client of %s: %v", t.name, res.err)
+				case res.status == 503:
+					s.stats.tmplCapped.Add(1)
+				case res.status == 0 || res.status == 200 || s.refusalAllowed(res):
+				default:
+					s.fail("a client of %s: %v", t.name, unexpected(b, res))
+				}
+				okMu.Lock()
+				ok = ok && res.err == nil
+				okMu.Unlock()
+				s.pause(ctx, res)
+			}()
 		}
-		b := &browser{topic: t}
-		n := 1 + rng.IntN(3)
-		o.until = func(c *streamCheck) bool { return c.events >= n }
-		o.maxTime = time.Duration(300+rng.IntN(2000)) * time.Millisecond
-		s.stats.tmplSessions.Add(1)
-		res := s.session(ctx, b, o)
-		switch {
-		case res.err != nil:
-			s.fail("a client of %s: %v", t.name, res.err)
+		wg.Wait()
+		if !ok {
 			return
-		case res.status == 503:
-			s.stats.tmplCapped.Add(1)
-		case res.status == 0 || res.status == 200 || s.refusalAllowed(res):
-		default:
-			s.fail("a client of %s: %v", t.name, unexpected(b, res))
-			return
 		}
-		s.pause(ctx, res)
 		sleep(ctx, time.Duration(rng.IntN(100))*time.Millisecond)
 	}
 }

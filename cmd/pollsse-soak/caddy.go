@@ -47,7 +47,7 @@ const (
 	writeTimeout  = 2 * time.Second
 	maxBackoff    = 2 * time.Second
 	maxBody       = 2 << 20
-	tmplMaxTopics = 300
+	tmplMaxTopics = 12
 	// stillHistory is the history of the flapping topic, short so that a
 	// stalled reader falls out of it.
 	stillHistory = 4
