@@ -1,0 +1,78 @@
+package pollsse
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// A topic is one upstream URL with one set of forwarded header values,
+// polled for all of its subscribers together.
+type topic struct {
+	// key is url, followed by a keyed hash of header when headers are
+	// forwarded; it is never logged.
+	key string
+	// id names the topic in log lines and status events: a keyed hash of
+	// key (topicID), which tells topics of one URL apart without saying
+	// anything of their credentials.
+	id     string
+	url    string
+	header http.Header
+	log    eventLog
+	hub    *hub
+	cancel context.CancelFunc
+
+	// denied is 401 or 403 while the upstream's latest answer is that
+	// status, else 0.
+	denied atomic.Int32
+	// refused is closed and replaced whenever denied becomes non-zero, so
+	// that the streams still waiting for their first snapshot end.
+	refused atomic.Pointer[chan struct{}]
+	// documented is set once the poller has put the topic's first document
+	// in its log.
+	documented atomic.Bool
+
+	// subscribers and lastLeave are guarded by hub.mu.
+	subscribers int
+	lastLeave   time.Time
+}
+
+// answer records the outcome of a poll of t: status is the upstream's
+// HTTP status when the poll failed for one, else 0.
+func (t *topic) answer(status int) {
+	if !refusal(status) {
+		t.denied.Store(0)
+		return
+	}
+	if t.denied.Swap(int32(status)) == 0 {
+		ch := make(chan struct{})
+		close(*t.refused.Swap(&ch))
+	}
+}
+
+// refusal tells whether an upstream's HTTP status refuses the credentials
+// of the request.
+func refusal(status int) bool {
+	return status == http.StatusUnauthorized || status == http.StatusForbidden
+}
+
+// deniedStatus returns 401 or 403 while the upstream's latest answer for t
+// refused its credentials, and 0 otherwise.
+func (t *topic) deniedStatus() int { return int(t.denied.Load()) }
+
+// refusedChan returns a channel that is closed when the upstream next
+// refuses t's credentials.
+func (t *topic) refusedChan() <-chan struct{} { return *t.refused.Load() }
+
+// refusedBeforeSnapshot tells whether a stream whose last read of the log
+// came back empty should end: the upstream refuses the topic's credentials,
+// and the topic has no document, so that the stream has had no snapshot
+// (it may have had the status event of an earlier failure). Its browser
+// reconnects, and the new request gets the 401 or 403 as its response, so
+// that EventSource stops.
+func (t *topic) refusedBeforeSnapshot() bool {
+	// denied first: a topic refused after its first document was
+	// documented before.
+	return t.denied.Load() != 0 && !t.documented.Load()
+}
