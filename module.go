@@ -23,23 +23,6 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Defaults of the configuration.
-const (
-	defaultInterval     = 2 * time.Second
-	defaultRetry        = 3 * time.Second
-	defaultHeartbeat    = 15 * time.Second
-	defaultHistory      = 256
-	defaultIdleTimeout  = 30 * time.Second
-	defaultTimeout      = 10 * time.Second
-	defaultWriteTimeout = 10 * time.Second
-)
-
-// minInterval is the shortest interval, and minIntervalReason why.
-const (
-	minInterval       = 100 * time.Millisecond
-	minIntervalReason = "so that no topic polls its upstream more than ten times a second"
-)
-
 // Handler streams a polled JSON upstream to browsers as Server-Sent Events.
 //
 // Each request subscribes to a topic: the upstream URL after placeholder
@@ -322,74 +305,6 @@ func (h *Handler) Validate() error {
 	return err
 }
 
-func (h *Handler) validate() error {
-	if h.Upstream == "" {
-		return fmt.Errorf("upstream: required")
-	}
-	for name, d := range map[string]caddy.Duration{
-		"interval": h.Interval, "retry": h.Retry, "heartbeat": h.Heartbeat,
-		"idle_timeout": h.IdleTimeout, "timeout": h.Timeout, "write_timeout": h.WriteTimeout,
-		"max_backoff": h.MaxBackoff,
-	} {
-		if d < 0 {
-			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
-		}
-	}
-	if h.Interval != 0 && time.Duration(h.Interval) < minInterval {
-		return fmt.Errorf("interval: must be at least %s, not %s, %s", minInterval, time.Duration(h.Interval), minIntervalReason)
-	}
-	if h.History < 0 {
-		return fmt.Errorf("history: must be positive, not %d", h.History)
-	}
-	for name, n := range map[string]int64{
-		"max_body": h.MaxBody, "max_topics": int64(h.MaxTopics), "max_subscribers": int64(h.MaxSubscribers),
-	} {
-		if n < 0 {
-			return fmt.Errorf("%s: must be positive, not %d", name, n)
-		}
-	}
-	for name, values := range h.HeaderUp {
-		for _, v := range values {
-			if err := checkHeaderUp(name, v); err != nil {
-				return err
-			}
-		}
-	}
-	if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
-		return err
-	}
-	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
-		return err
-	}
-	return nil
-}
-
-// checkHeaderUp refuses a header_up value with a placeholder that Caddy's
-// global replacer does not know, such as one of the request: header_up
-// values are replaced once, when the configuration loads, and such a
-// placeholder would reach the upstream as its literal text. It reads no
-// file and no variable.
-func checkHeaderUp(name, value string) error {
-	global := caddy.NewReplacer()
-	var unknown string
-	// An empty replacer knows nothing, so that f sees every placeholder
-	// without one being read.
-	_, _ = caddy.NewEmptyReplacer().ReplaceFunc(value, func(key string, _ any) (any, error) {
-		if unknown == "" && !strings.HasPrefix(key, "file.") {
-			if _, known := global.Get(key); !known {
-				unknown = key
-			}
-		}
-		return nil, nil
-	})
-	if unknown != "" {
-		return fmt.Errorf("header_up %s: placeholder {%s} has no value when the configuration loads and "+
-			"header_up values are read (Caddy's global placeholders, such as {env.*} and {file.*}, have one); "+
-			"to send a header of the subscriber's request, use forward_headers", name, unknown)
-	}
-	return nil
-}
-
 // Cleanup releases the handler's hub; its pollers stop when no loaded
 // configuration uses it.
 func (h *Handler) Cleanup() error {
@@ -507,64 +422,6 @@ func (h *Handler) writeRefusal(w http.ResponseWriter, status int, err error) err
 	w.WriteHeader(status)
 	fmt.Fprintln(w, err)
 	return nil
-}
-
-// A frameWriter writes whole frames to one stream, each in one write that it
-// flushes: an eventWriter, or a hijackedWriter (fanout.go).
-type frameWriter interface {
-	write(frame []byte) error
-	// lastWrite is when the last frame was written.
-	lastWrite() time.Time
-}
-
-// maxFramesPerRead bounds the frames a subscriber takes from the log at once.
-const maxFramesPerRead = 64
-
-// stream writes the events of t's log to one subscriber from cursor on, and
-// heartbeats in the silences, until the subscriber or the server goes, or the
-// upstream refuses t's credentials before the subscriber's first snapshot.
-// It is the only goroutine that writes to the response. A subscriber that
-// falls behind only delays itself: when it has missed more than the history
-// holds, its next read is a fresh snapshot; when it takes nothing of a write
-// for the write timeout, the stream ends, and the browser reconnects and
-// resumes by id.
-func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
-	buf := make([][]byte, 0, maxFramesPerRead)
-	heartbeat := time.Duration(h.Heartbeat)
-	for {
-		refused := t.refusedChan()
-		frames, next, wake := t.log.read(cursor, buf[:0])
-		for _, f := range frames {
-			if err := ew.write(f); err != nil {
-				metrics.countWriteError(err)
-				return
-			}
-			metrics.countSent(f)
-		}
-		cursor = next
-		if len(frames) > 0 {
-			continue
-		}
-		if t.refusedBeforeSnapshot() {
-			return
-		}
-		select {
-		case <-wake:
-		case <-refused:
-		case <-h.ticker.tick():
-			if time.Since(ew.lastWrite()) >= heartbeat {
-				if err := ew.write(heartbeatFrame); err != nil {
-					metrics.countWriteError(err)
-					return
-				}
-				metrics.countSent(heartbeatFrame)
-			}
-		case <-ctx.Done():
-			return
-		case <-h.streams.Done():
-			return
-		}
-	}
 }
 
 // Interface guards
