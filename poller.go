@@ -7,12 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
-	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -167,24 +162,6 @@ func (p *poller) debug(msg string, start time.Time, fields ...zap.Field) {
 	if ce := p.logger.Check(zap.DebugLevel, msg); ce != nil {
 		ce.Write(append(fields, zap.Duration("duration", time.Since(start)))...)
 	}
-}
-
-// An upstreamError is an answer of the upstream that is not a success.
-type upstreamError struct {
-	status int
-	// retryAfter is what the answer's Retry-After header asked for.
-	retryAfter time.Duration
-}
-
-func (e *upstreamError) Error() string {
-	return fmt.Sprintf("upstream answered %d %s", e.status, http.StatusText(e.status))
-}
-
-// A bodyTooLargeError is a response body over max_body.
-type bodyTooLargeError struct{ limit int64 }
-
-func (e *bodyTooLargeError) Error() string {
-	return fmt.Sprintf("response body larger than max_body (%d bytes)", e.limit)
 }
 
 // statusData is the data of a status event.
@@ -349,115 +326,4 @@ func strongLastModified(header http.Header, received time.Time) string {
 		return ""
 	}
 	return value
-}
-
-// describeRequestError drops the request URL from err, for logs, so that a
-// log line does not repeat what the upstream URL holds (such as a key in its
-// query), and names a timeout as such.
-func describeRequestError(err error) error {
-	if isTimeout(err) {
-		return errors.New("upstream request timed out")
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-		return true
-	}
-	var te interface{ Timeout() bool }
-	return errors.As(err, &te) && te.Timeout()
-}
-
-// publicError says what went wrong with a poll in the words of a status
-// event, which every subscriber of the topic reads: what kind of failure it
-// was, without addresses, URLs or what the upstream's body held.
-func publicError(err error) string {
-	var ue *upstreamError
-	var re *redirectError
-	var be *bodyTooLargeError
-	var dnsErr *net.DNSError
-	switch {
-	case errors.As(err, &ue):
-		return ue.Error()
-	case errors.As(err, &re):
-		return re.Error()
-	case errors.As(err, &be):
-		return be.Error()
-	case isTimeout(err):
-		return "upstream request timed out"
-	case errors.As(err, &dnsErr):
-		return "upstream host not found"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "upstream refused the connection"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "upstream closed the connection before the end of its answer"
-	}
-	var urlErr *url.Error
-	var opErr *net.OpError
-	if errors.As(err, &urlErr) || errors.As(err, &opErr) {
-		return "upstream request failed"
-	}
-	// An error of the differ: it describes the body, not where it came from.
-	return err.Error()
-}
-
-// redactURL returns u for logs: with its userinfo, user name included,
-// replaced by "xxxxx", and with the values of query parameters whose names
-// say they hold a secret (api_key, token, access_token, signature, …; see
-// secretParam) replaced by "xxxxx". Parameters are separated by "&" or ";",
-// as upstreams may read either.
-func redactURL(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	if parsed.User != nil {
-		parsed.User = url.User("xxxxx")
-	}
-	if parsed.RawQuery != "" {
-		var b strings.Builder
-		for rest := parsed.RawQuery; ; {
-			end := strings.IndexAny(rest, "&;")
-			if end < 0 {
-				end = len(rest)
-			}
-			part := rest[:end]
-			name, _, hasValue := strings.Cut(part, "=")
-			if decoded, err := url.QueryUnescape(name); err == nil {
-				name = decoded
-			}
-			if hasValue && secretParam(name) {
-				part = part[:strings.IndexByte(part, '=')+1] + "xxxxx"
-			}
-			b.WriteString(part)
-			if end == len(rest) {
-				break
-			}
-			b.WriteByte(rest[end])
-			rest = rest[end+1:]
-		}
-		parsed.RawQuery = b.String()
-	}
-	return parsed.String()
-}
-
-// secretWords are the parts of query parameter names that redactURL takes
-// for secrets.
-var secretWords = []string{"key", "token", "secret", "password", "passwd", "pwd", "auth", "sig", "credential", "session"}
-
-// secretParam tells whether a query parameter of this name likely holds a
-// secret.
-func secretParam(name string) bool {
-	name = strings.ToLower(name)
-	for _, w := range secretWords {
-		if strings.Contains(name, w) {
-			return true
-		}
-	}
-	return false
 }
