@@ -103,3 +103,10 @@ func canonicalHeaderNames(names []string) []string {
 	}
 	return out
 }
+
+// userAgent is the User-Agent of upstream requests, unless header_up sets
+// one. It names the module and its version, so that the upstream's
+// operators can tell its polls from other traffic; it leaves out Caddy's
+// version, which says nothing about the polls and only tells the upstream
+// more about the server that makes them.
+const userAgent = "caddy-pollsse/" + Version
