@@ -257,11 +257,12 @@ func (h *hub) unsubscribe(t *topic) {
 	}
 }
 
-// idleUntil returns when t may stop for having had no subscribers for the
-// idle timeout, or the zero time while it has subscribers. When that time
-// has passed, or t was evicted, it removes t from the hub, and a later
-// subscriber of the same key starts a new topic.
-func (h *hub) idleUntil(t *topic) (time.Time, bool) {
+// removeIfIdle removes t from the hub when it has had no subscribers for
+// the idle timeout, and tells whether t is removed, by this call or by an
+// eviction: its poller then stops, and a later subscriber of the same key
+// starts a new topic. Until then, until is when t may be removed, the zero
+// time while it has subscribers.
+func (h *hub) removeIfIdle(t *topic) (until time.Time, removed bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.topics[t.key] != t {
@@ -270,7 +271,7 @@ func (h *hub) idleUntil(t *topic) (time.Time, bool) {
 	if t.subscribers > 0 {
 		return time.Time{}, false
 	}
-	until := t.lastLeave.Add(h.cfg.idleTimeout)
+	until = t.lastLeave.Add(h.cfg.idleTimeout)
 	if !time.Now().Before(until) {
 		delete(h.topics, t.key)
 		return until, true

@@ -69,8 +69,8 @@ func (t *topic) run(ctx context.Context) {
 		// browsers that come back are answered the refusal, until the idle
 		// timeout after its last subscriber ends it.
 		for {
-			idleUntil, stop := t.hub.idleUntil(t)
-			if stop {
+			idleUntil, removed := t.hub.removeIfIdle(t)
+			if removed {
 				return
 			}
 			if !time.Now().Before(next) {
