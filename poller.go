@@ -191,7 +191,7 @@ func (p *poller) failed(err error) {
 		status, retryAfter = ue.status, ue.retryAfter
 	}
 	p.wait = p.sched.next(p.failures, retryAfter)
-	p.t.answer(status)
+	p.t.setDenied(status)
 	if p.failing {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
@@ -213,7 +213,7 @@ func (p *poller) failed(err error) {
 func (p *poller) recovered() {
 	p.failures = 0
 	p.wait = p.sched.next(0, 0)
-	p.t.answer(0)
+	p.t.setDenied(0)
 	if !p.failing {
 		return
 	}

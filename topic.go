@@ -38,9 +38,12 @@ type topic struct {
 	lastLeave   time.Time
 }
 
-// answer records the outcome of a poll of t: status is the upstream's
-// HTTP status when the poll failed for one, else 0.
-func (t *topic) answer(status int) {
+// setDenied records whether the upstream's answer to the latest poll of t
+// refuses its credentials: status is the upstream's HTTP status when the
+// poll failed for one, else 0. A refusal closes the channel of
+// refusedChan, which ends the streams still waiting for their first
+// snapshot.
+func (t *topic) setDenied(status int) {
 	if !refusal(status) {
 		t.denied.Store(0)
 		return
