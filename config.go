@@ -16,24 +16,24 @@ const (
 	defaultMaxBody        = 10 << 20
 )
 
-// topicConfig is what a topic needs from the handler's configuration.
-type topicConfig struct {
-	interval    time.Duration
-	idleTimeout time.Duration
-	timeout     time.Duration
-	history     int
-	headerUp    http.Header
+// topicSettings is what a topic needs from the handler's configuration.
+type topicSettings struct {
+	Interval    time.Duration
+	IdleTimeout time.Duration
+	Timeout     time.Duration
+	History     int
+	HeaderUp    http.Header
 	differ      differ
 
-	// maxBackoff is the longest wait between polls of a failing upstream.
-	maxBackoff time.Duration
-	// maxBody is the largest response body read, in bytes.
-	maxBody int64
-	// forwardHeaders are the canonical names of the subscriber's headers
+	// MaxBackoff is the longest wait between polls of a failing upstream.
+	MaxBackoff time.Duration
+	// MaxBody is the largest response body read, in bytes.
+	MaxBody int64
+	// ForwardHeaders are the canonical names of the subscriber's headers
 	// that are sent to the upstream; they are part of the topic's key.
-	forwardHeaders []string
-	maxTopics      int
-	maxSubscribers int
+	ForwardHeaders []string
+	MaxTopics      int
+	MaxSubscribers int
 }
 
 // Defaults of the configuration.

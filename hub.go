@@ -36,7 +36,7 @@ const capLogEvery = 10 * time.Second
 // upstream URL and forwarded credentials, each with one poller however many
 // subscribers it has.
 type hub struct {
-	cfg    topicConfig
+	cfg    topicSettings
 	logger *zap.Logger
 	client *http.Client
 	// keySecret keys the hash of forwarded header values in topic keys.
@@ -65,15 +65,15 @@ type capLog struct {
 	refused int
 }
 
-func newHub(cfg topicConfig, logger *zap.Logger) *hub {
+func newHub(cfg topicSettings, logger *zap.Logger) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 16
 	secret := make([]byte, 32)
 	rand.Read(secret)
 	spread := maxPollSpread
-	if cfg.maxTopics > 0 {
-		spread = min(spread, cfg.interval/time.Duration(cfg.maxTopics))
+	if cfg.MaxTopics > 0 {
+		spread = min(spread, cfg.Interval/time.Duration(cfg.MaxTopics))
 	}
 	return &hub{
 		cfg:    cfg,
@@ -95,11 +95,11 @@ func newHub(cfg topicConfig, logger *zap.Logger) *hub {
 // forwardedHeader returns the values of the configured forward_headers in
 // r, nil when none are configured.
 func (h *hub) forwardedHeader(r *http.Request) http.Header {
-	if len(h.cfg.forwardHeaders) == 0 {
+	if len(h.cfg.ForwardHeaders) == 0 {
 		return nil
 	}
-	fwd := make(http.Header, len(h.cfg.forwardHeaders))
-	for _, name := range h.cfg.forwardHeaders {
+	fwd := make(http.Header, len(h.cfg.ForwardHeaders))
+	for _, name := range h.cfg.ForwardHeaders {
 		if values := r.Header.Values(name); len(values) > 0 {
 			fwd[name] = append([]string(nil), values...)
 		}
@@ -113,7 +113,7 @@ func (h *hub) forwardedHeader(r *http.Request) http.Header {
 // values differ in any way never share a topic, and the values themselves
 // are not kept in the key.
 func (h *hub) topicKey(url string, fwd http.Header) string {
-	if len(h.cfg.forwardHeaders) == 0 {
+	if len(h.cfg.ForwardHeaders) == 0 {
 		return url
 	}
 	mac := hmac.New(sha256.New, h.keySecret)
@@ -122,7 +122,7 @@ func (h *hub) topicKey(url string, fwd http.Header) string {
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
 		mac.Write([]byte(s))
 	}
-	for _, name := range h.cfg.forwardHeaders {
+	for _, name := range h.cfg.ForwardHeaders {
 		values := fwd[name]
 		write(name)
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(values)))])
@@ -172,13 +172,13 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 	key := h.topicKey(url, fwd)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.cfg.maxSubscribers > 0 && h.subscribers >= h.cfg.maxSubscribers {
-		return nil, h.refuse(&capError{"max_subscribers", h.cfg.maxSubscribers})
+	if h.cfg.MaxSubscribers > 0 && h.subscribers >= h.cfg.MaxSubscribers {
+		return nil, h.refuse(&capError{"max_subscribers", h.cfg.MaxSubscribers})
 	}
 	t, ok := h.topics[key]
 	if !ok {
-		if h.cfg.maxTopics > 0 && len(h.topics) >= h.cfg.maxTopics && !h.evictIdle() {
-			return nil, h.refuse(&capError{"max_topics", h.cfg.maxTopics})
+		if h.cfg.MaxTopics > 0 && len(h.topics) >= h.cfg.MaxTopics && !h.evictIdle() {
+			return nil, h.refuse(&capError{"max_topics", h.cfg.MaxTopics})
 		}
 		ctx, cancel := context.WithCancel(h.ctx)
 		t = &topic{
@@ -186,7 +186,7 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 			id:     h.topicID(key),
 			url:    url,
 			header: fwd,
-			log:    newMemoryLog(h.cfg.history),
+			log:    newMemoryLog(h.cfg.History),
 			hub:    h,
 			cancel: cancel,
 		}
@@ -271,7 +271,7 @@ func (h *hub) removeIfIdle(t *topic) (until time.Time, removed bool) {
 	if t.subscribers > 0 {
 		return time.Time{}, false
 	}
-	until = t.lastLeave.Add(h.cfg.idleTimeout)
+	until = t.lastLeave.Add(h.cfg.IdleTimeout)
 	if !time.Now().Before(until) {
 		delete(h.topics, t.key)
 		return until, true

@@ -95,11 +95,11 @@ func TestPollsOfManyTopicsAreSpread(t *testing.T) {
 	const topics = 40
 	var mu sync.Mutex
 	starts := map[string][]time.Time{}
-	h, _ := testHub(t, func(cfg *topicConfig) {
+	h, _ := testHub(t, func(cfg *topicSettings) {
 		// 40 topics at a 100ms interval leave 2.5ms between polls: the
 		// spread is its most, 1ms.
-		cfg.interval = 100 * time.Millisecond
-		cfg.maxTopics = topics
+		cfg.Interval = 100 * time.Millisecond
+		cfg.MaxTopics = topics
 	})
 	h.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		mu.Lock()

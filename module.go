@@ -243,19 +243,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	cfg := topicConfig{
-		interval:    time.Duration(h.Interval),
-		idleTimeout: time.Duration(h.IdleTimeout),
-		timeout:     time.Duration(h.Timeout),
-		history:     h.History,
-		headerUp:    headerUp,
+	cfg := topicSettings{
+		Interval:    time.Duration(h.Interval),
+		IdleTimeout: time.Duration(h.IdleTimeout),
+		Timeout:     time.Duration(h.Timeout),
+		History:     h.History,
+		HeaderUp:    headerUp,
 		differ:      d,
 
-		maxBackoff:     time.Duration(h.MaxBackoff),
-		maxBody:        h.MaxBody,
-		forwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
-		maxTopics:      h.MaxTopics,
-		maxSubscribers: h.MaxSubscribers,
+		MaxBackoff:     time.Duration(h.MaxBackoff),
+		MaxBody:        h.MaxBody,
+		ForwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
+		MaxTopics:      h.MaxTopics,
+		MaxSubscribers: h.MaxSubscribers,
 	}
 	key, err := json.Marshal(struct {
 		Upstream    string
@@ -273,8 +273,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ForwardHeaders []string
 		MaxTopics      int
 		MaxSubscribers int
-	}{h.Upstream, cfg.interval, cfg.idleTimeout, cfg.timeout, cfg.history, cfg.headerUp, h.Mode, h.Select, h.Ignore,
-		cfg.maxBackoff, cfg.maxBody, cfg.forwardHeaders, cfg.maxTopics, cfg.maxSubscribers})
+	}{h.Upstream, cfg.Interval, cfg.IdleTimeout, cfg.Timeout, cfg.History, cfg.HeaderUp, h.Mode, h.Select, h.Ignore,
+		cfg.MaxBackoff, cfg.MaxBody, cfg.ForwardHeaders, cfg.MaxTopics, cfg.MaxSubscribers})
 	if err != nil {
 		return fmt.Errorf("encoding hub key: %w", err)
 	}

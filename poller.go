@@ -46,10 +46,10 @@ func (t *topic) run(ctx context.Context) {
 	p := &poller{
 		t:      t,
 		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
-		sched:  schedule{interval: cfg.interval, maxBackoff: cfg.maxBackoff},
+		sched:  schedule{interval: cfg.Interval, maxBackoff: cfg.MaxBackoff},
 	}
 	p.wait = p.sched.next(0, 0)
-	p.logger.Info("topic started", zap.Duration("interval", cfg.interval))
+	p.logger.Info("topic started", zap.Duration("interval", cfg.Interval))
 	defer p.logger.Info("topic stopped")
 	metrics.topics.Inc()
 	defer metrics.topics.Dec()
@@ -242,7 +242,7 @@ type response struct {
 // is read.
 func (p *poller) fetch(ctx context.Context) (response, error) {
 	cfg := p.t.hub.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.t.url, nil)
 	if err != nil {
@@ -250,7 +250,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", userAgent)
-	for name, values := range cfg.headerUp {
+	for name, values := range cfg.HeaderUp {
 		if http.CanonicalHeaderKey(name) == "Host" {
 			req.Host = values[0]
 			continue
@@ -286,15 +286,15 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	}
-	if resp.ContentLength > cfg.maxBody {
-		return response{}, &bodyTooLargeError{cfg.maxBody}
+	if resp.ContentLength > cfg.MaxBody {
+		return response{}, &bodyTooLargeError{cfg.MaxBody}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, cfg.maxBody+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, cfg.MaxBody+1))
 	if err != nil {
 		return response{}, fmt.Errorf("reading response body: %w", err)
 	}
-	if int64(len(body)) > cfg.maxBody {
-		return response{}, &bodyTooLargeError{cfg.maxBody}
+	if int64(len(body)) > cfg.MaxBody {
+		return response{}, &bodyTooLargeError{cfg.MaxBody}
 	}
 	return response{
 		body:         body,

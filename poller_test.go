@@ -29,23 +29,23 @@ func (c *countingDiffer) parse(body []byte) (*document, error) {
 
 // testHub returns a hub of pollers with short durations, whose differ
 // counts what it parses; change tunes its configuration.
-func testHub(t *testing.T, change func(*topicConfig)) (*hub, *countingDiffer) {
+func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) {
 	t.Helper()
 	d, err := newDiffer(modeJSONPatch, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cd := &countingDiffer{differ: d}
-	cfg := topicConfig{
-		interval:       10 * time.Millisecond,
-		idleTimeout:    time.Minute,
-		timeout:        time.Second,
-		history:        16,
+	cfg := topicSettings{
+		Interval:       10 * time.Millisecond,
+		IdleTimeout:    time.Minute,
+		Timeout:        time.Second,
+		History:        16,
 		differ:         cd,
-		maxBackoff:     10 * time.Millisecond,
-		maxBody:        defaultMaxBody,
-		maxTopics:      defaultMaxTopics,
-		maxSubscribers: defaultMaxSubscribers,
+		MaxBackoff:     10 * time.Millisecond,
+		MaxBody:        defaultMaxBody,
+		MaxTopics:      defaultMaxTopics,
+		MaxSubscribers: defaultMaxSubscribers,
 	}
 	if change != nil {
 		change(&cfg)
@@ -158,7 +158,7 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var read atomic.Int64
 			var polls atomic.Int64
-			h, _ := testHub(t, func(cfg *topicConfig) { cfg.maxBody = limit })
+			h, _ := testHub(t, func(cfg *topicSettings) { cfg.MaxBody = limit })
 			h.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
 				polls.Add(1)
 				var body io.ReadCloser = countingBody{&read}
