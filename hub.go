@@ -16,10 +16,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// hubs holds the hubs of all loaded configurations, keyed by the part of the
-// handler's configuration that shapes topics. A reload that leaves it
-// unchanged hands the same hub to the new handler, with its pollers,
-// documents and histories, so that ids stay valid across the reload.
+// hubs holds the hubs of all loaded configurations, keyed by their topic
+// settings (topicSettings.key). A reload that leaves them unchanged hands
+// the same hub to the new handler, with its pollers, documents and
+// histories, so that ids stay valid across the reload.
 var hubs = caddy.NewUsagePool()
 
 // maxPollSpread is the most time a hub leaves between the starts of two

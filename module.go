@@ -6,12 +6,10 @@ package pollsse
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -170,42 +168,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the handler.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Interval == 0 {
-		h.Interval = caddy.Duration(defaultInterval)
-	}
-	if h.Retry == 0 {
-		h.Retry = caddy.Duration(defaultRetry)
-	}
-	if h.Heartbeat == 0 {
-		h.Heartbeat = caddy.Duration(defaultHeartbeat)
-	}
-	if h.History == 0 {
-		h.History = defaultHistory
-	}
-	if h.IdleTimeout == 0 {
-		h.IdleTimeout = caddy.Duration(defaultIdleTimeout)
-	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(defaultTimeout)
-	}
-	if h.WriteTimeout == 0 {
-		h.WriteTimeout = caddy.Duration(defaultWriteTimeout)
-	}
-	if h.MaxBackoff == 0 {
-		h.MaxBackoff = caddy.Duration(defaultMaxBackoff)
-	}
-	if h.MaxBody == 0 {
-		h.MaxBody = defaultMaxBody
-	}
-	if h.MaxTopics == 0 {
-		h.MaxTopics = defaultMaxTopics
-	}
-	if h.MaxSubscribers == 0 {
-		h.MaxSubscribers = defaultMaxSubscribers
-	}
-	if h.Mode == "" {
-		h.Mode = modeJSONPatch
-	}
+	h.setDefaults()
 	if err := h.validate(); err != nil {
 		return err
 	}
@@ -214,73 +177,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.upstream = upstream
-	d, err := newDiffer(h.Mode, h.Select, h.Ignore)
-	if err != nil {
-		return err
-	}
 	if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	var headerUp http.Header
-	if h.HeaderUp != nil {
-		headerUp = make(http.Header, len(h.HeaderUp))
-		repl := caddy.NewReplacer()
-		for name, values := range h.HeaderUp {
-			for _, v := range values {
-				// validate refused the placeholders that repl does not know.
-				value, err := repl.ReplaceFunc(v, func(key string, val any) (any, error) {
-					if variable, ok := strings.CutPrefix(key, "env."); ok && caddy.ToString(val) == "" {
-						h.logger.Warn("header_up: environment variable is empty or unset",
-							zap.String("header", name), zap.String("variable", variable))
-					}
-					return val, nil
-				})
-				if err != nil {
-					return fmt.Errorf("header_up %s: %w", name, err)
-				}
-				headerUp[name] = append(headerUp[name], value)
-			}
-		}
-	}
-
-	cfg := topicSettings{
-		Interval:    time.Duration(h.Interval),
-		IdleTimeout: time.Duration(h.IdleTimeout),
-		Timeout:     time.Duration(h.Timeout),
-		History:     h.History,
-		HeaderUp:    headerUp,
-		differ:      d,
-
-		MaxBackoff:     time.Duration(h.MaxBackoff),
-		MaxBody:        h.MaxBody,
-		ForwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
-		MaxTopics:      h.MaxTopics,
-		MaxSubscribers: h.MaxSubscribers,
-	}
-	key, err := json.Marshal(struct {
-		Upstream    string
-		Interval    time.Duration
-		IdleTimeout time.Duration
-		Timeout     time.Duration
-		History     int
-		HeaderUp    http.Header
-		Mode        string
-		Select      string
-		Ignore      []string
-
-		MaxBackoff     time.Duration
-		MaxBody        int64
-		ForwardHeaders []string
-		MaxTopics      int
-		MaxSubscribers int
-	}{h.Upstream, cfg.Interval, cfg.IdleTimeout, cfg.Timeout, cfg.History, cfg.HeaderUp, h.Mode, h.Select, h.Ignore,
-		cfg.MaxBackoff, cfg.MaxBody, cfg.ForwardHeaders, cfg.MaxTopics, cfg.MaxSubscribers})
+	settings, err := h.topicSettings(h.logger)
 	if err != nil {
-		return fmt.Errorf("encoding hub key: %w", err)
+		return err
 	}
-	h.hubKey = string(key)
+	if h.hubKey, err = settings.key(); err != nil {
+		return err
+	}
 	val, _, err := hubs.LoadOrNew(h.hubKey, func() (caddy.Destructor, error) {
-		return newHub(cfg, h.logger), nil
+		return newHub(settings, h.logger), nil
 	})
 	if err != nil {
 		return err
