@@ -67,8 +67,6 @@ type capLog struct {
 
 func newHub(cfg topicSettings, logger *zap.Logger) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 16
 	secret := make([]byte, 32)
 	rand.Read(secret)
 	spread := maxPollSpread
@@ -76,12 +74,9 @@ func newHub(cfg topicSettings, logger *zap.Logger) *hub {
 		spread = min(spread, cfg.Interval/time.Duration(cfg.MaxTopics))
 	}
 	return &hub{
-		cfg:    cfg,
-		logger: logger,
-		client: &http.Client{
-			Transport:     transport,
-			CheckRedirect: checkRedirect,
-		},
+		cfg:       cfg,
+		logger:    logger,
+		client:    newUpstreamClient(),
 		keySecret: secret,
 		ctx:       ctx,
 		cancel:    cancel,

@@ -244,21 +244,9 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	cfg := p.t.hub.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.t.url, nil)
+	req, err := newUpstreamRequest(ctx, p.t.url, cfg.HeaderUp, p.t.header)
 	if err != nil {
 		return response{}, err
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", userAgent)
-	for name, values := range cfg.HeaderUp {
-		if http.CanonicalHeaderKey(name) == "Host" {
-			req.Host = values[0]
-			continue
-		}
-		req.Header[http.CanonicalHeaderKey(name)] = values
-	}
-	for name, values := range p.t.header {
-		req.Header[name] = values
 	}
 	if p.prev != nil {
 		if p.etag != "" {

@@ -1,12 +1,49 @@
 package pollsse
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 )
+
+// newUpstreamClient returns the client of a hub's polls: it keeps a few
+// idle connections per upstream host for the next polls, and follows
+// redirects only on the origin of the request (checkRedirect).
+func newUpstreamClient() *http.Client {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 16
+	return &http.Client{
+		Transport:     transport,
+		CheckRedirect: checkRedirect,
+	}
+}
+
+// newUpstreamRequest returns a poll of url: a GET that asks for JSON and
+// names this module (userAgent), unless headerUp, the header_up headers,
+// sets those; then the subscriber's forwarded headers, which
+// checkForwardHeaders keeps apart from headerUp.
+func newUpstreamRequest(ctx context.Context, url string, headerUp, forwarded http.Header) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
+	for name, values := range headerUp {
+		if http.CanonicalHeaderKey(name) == "Host" {
+			req.Host = values[0]
+			continue
+		}
+		req.Header[http.CanonicalHeaderKey(name)] = values
+	}
+	for name, values := range forwarded {
+		req.Header[name] = values
+	}
+	return req, nil
+}
 
 // maxRedirects is how many redirects of the upstream a poll follows, each
 // to the same scheme, host and port.
