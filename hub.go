@@ -176,29 +176,43 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 			return nil, h.refuse(&capError{"max_topics", h.cfg.MaxTopics})
 		}
 		ctx, cancel := context.WithCancel(h.ctx)
-		t = &topic{
-			key:    key,
-			id:     h.topicID(key),
-			url:    url,
-			header: fwd,
-			log:    newMemoryLog(h.cfg.History),
-			hub:    h,
-			cancel: cancel,
-		}
-		refused := make(chan struct{})
-		t.refused.Store(&refused)
+		t = newTopic(key, h.topicID(key), url, fwd, newMemoryLog(h.cfg.History), cancel)
 		h.topics[key] = t
+		p := h.newPoller(t)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
 			defer cancel()
-			t.run(ctx)
+			p.run(ctx)
 		}()
 	}
 	t.subscribers++
 	h.subscribers++
 	metrics.subscribers.Inc()
 	return t, nil
+}
+
+// newPoller returns the poller of t, made with the hub's client, settings
+// and pacing.
+func (h *hub) newPoller(t *topic) *poller {
+	return &poller{
+		url:       t.url,
+		headerUp:  h.cfg.HeaderUp,
+		forwarded: t.header,
+		timeout:   h.cfg.Timeout,
+		maxBody:   h.cfg.MaxBody,
+		client:    h.client,
+		differ:    h.cfg.differ,
+		log:       t.log,
+		topicID:   t.id,
+		state:     &t.upstreamState,
+		pace:      h.pace,
+		removeIfIdle: func() (time.Time, bool) {
+			return h.removeIfIdle(t)
+		},
+		logger: h.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
+		sched:  schedule{interval: h.cfg.Interval, maxBackoff: h.cfg.MaxBackoff},
+	}
 }
 
 // refuse logs that a subscriber is refused for a cap, at most once per

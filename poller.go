@@ -15,11 +15,31 @@ import (
 
 // A poller fetches one topic's upstream and appends what changed to the
 // topic's log. It runs on one goroutine, so at most one upstream request of a
-// topic is in flight at any time.
+// topic is in flight at any time. It is given what it polls with when it is
+// made (hub.newPoller).
 type poller struct {
-	t      *topic
-	logger *zap.Logger
-	sched  schedule
+	url string
+	// headerUp and forwarded are the header_up headers and the
+	// subscriber's forwarded ones, sent with every request.
+	headerUp, forwarded http.Header
+	timeout             time.Duration
+	maxBody             int64
+	client              *http.Client
+	differ              differ
+	log                 eventLog
+	// topicID names the topic in status events.
+	topicID string
+	// state tells the topic's streams of refusals and of the first
+	// document.
+	state *upstreamState
+	// pace waits for the turn of a poll among the hub's (hub.pace).
+	pace func(context.Context) bool
+	// removeIfIdle removes the topic from its hub once it has been idle for
+	// the idle timeout (hub.removeIfIdle).
+	removeIfIdle func() (until time.Time, removed bool)
+	logger       *zap.Logger
+	sched        schedule
+
 	// prev is the last document that parsed, nil until the first success.
 	prev *document
 	// etag and lastModified are the validators of the response that made
@@ -41,15 +61,9 @@ type poller struct {
 // run polls the topic's upstream, starting at once, then after each poll
 // waits the interval, or a backoff while polls fail, until ctx ends or the
 // topic has had no subscriber for the idle timeout.
-func (t *topic) run(ctx context.Context) {
-	cfg := t.hub.cfg
-	p := &poller{
-		t:      t,
-		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
-		sched:  schedule{interval: cfg.Interval, maxBackoff: cfg.MaxBackoff},
-	}
+func (p *poller) run(ctx context.Context) {
 	p.wait = p.sched.next(0, 0)
-	p.logger.Info("topic started", zap.Duration("interval", cfg.Interval))
+	p.logger.Info("topic started", zap.Duration("interval", p.sched.interval))
 	defer p.logger.Info("topic stopped")
 	metrics.topics.Inc()
 	defer metrics.topics.Dec()
@@ -57,7 +71,7 @@ func (t *topic) run(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		if !t.hub.pace(ctx) {
+		if !p.pace(ctx) {
 			return
 		}
 		start := time.Now()
@@ -69,7 +83,7 @@ func (t *topic) run(ctx context.Context) {
 		// browsers that come back are answered the refusal, until the idle
 		// timeout after its last subscriber ends it.
 		for {
-			idleUntil, removed := t.hub.removeIfIdle(t)
+			idleUntil, removed := p.removeIfIdle()
 			if removed {
 				return
 			}
@@ -111,7 +125,7 @@ func (p *poller) poll(ctx context.Context) {
 			p.debug("poll unchanged", start)
 			return
 		}
-		doc, err = p.t.hub.cfg.differ.parse(body)
+		doc, err = p.differ.parse(body)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -123,15 +137,15 @@ func (p *poller) poll(ctx context.Context) {
 	}
 	p.recovered()
 	if p.prev == nil {
-		p.t.log.appendDocument(doc, "", nil)
-		p.t.documented.Store(true)
+		p.log.appendDocument(doc, "", nil)
+		p.state.setDocumented()
 		p.prev = doc
 		p.keepValidators(res)
 		metrics.countPoll(pollChanged, start)
 		p.debug("poll first document", start)
 		return
 	}
-	event, data, err := p.t.hub.cfg.differ.diff(p.prev, doc)
+	event, data, err := p.differ.diff(p.prev, doc)
 	if err != nil {
 		metrics.countPoll(pollFailed, start)
 		p.failed(err)
@@ -146,7 +160,7 @@ func (p *poller) poll(ctx context.Context) {
 		p.debug("poll unchanged", start)
 		return
 	}
-	p.t.log.appendDocument(doc, event, data)
+	p.log.appendDocument(doc, event, data)
 	p.prev = doc
 	metrics.countPoll(pollChanged, start)
 	p.debug("poll changed", start, zap.String("event", event), zap.Int("bytes", len(data)))
@@ -191,7 +205,7 @@ func (p *poller) failed(err error) {
 		status, retryAfter = ue.status, ue.retryAfter
 	}
 	p.wait = p.sched.next(p.failures, retryAfter)
-	p.t.setDenied(status)
+	p.state.setDenied(status)
 	if p.failing {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
@@ -204,16 +218,16 @@ func (p *poller) failed(err error) {
 		return
 	}
 	p.downSent = true
-	data := statusData{Upstream: "down", Topic: p.t.id, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
+	data := statusData{Upstream: "down", Topic: p.topicID, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
-	p.t.log.appendStatus(b, true)
+	p.log.appendStatus(b, true)
 }
 
 // recovered records a successful poll, after failures or not.
 func (p *poller) recovered() {
 	p.failures = 0
 	p.wait = p.sched.next(0, 0)
-	p.t.setDenied(0)
+	p.state.setDenied(0)
 	if !p.failing {
 		return
 	}
@@ -223,8 +237,8 @@ func (p *poller) recovered() {
 		return
 	}
 	p.downSent = false
-	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.t.id})
-	p.t.log.appendStatus(b, false)
+	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.topicID})
+	p.log.appendStatus(b, false)
 }
 
 // A response is the part of a successful upstream answer that a poll uses.
@@ -241,10 +255,9 @@ type response struct {
 // to the same origin (hub.checkRedirect); no more of the body than max_body
 // is read.
 func (p *poller) fetch(ctx context.Context) (response, error) {
-	cfg := p.t.hub.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	req, err := newUpstreamRequest(ctx, p.t.url, cfg.HeaderUp, p.t.header)
+	req, err := newUpstreamRequest(ctx, p.url, p.headerUp, p.forwarded)
 	if err != nil {
 		return response{}, err
 	}
@@ -256,7 +269,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 			req.Header.Set("If-Modified-Since", p.lastModified)
 		}
 	}
-	resp, err := p.t.hub.client.Do(req)
+	resp, err := p.client.Do(req)
 	if err != nil {
 		return response{}, err
 	}
@@ -274,15 +287,15 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	}
-	if resp.ContentLength > cfg.MaxBody {
-		return response{}, &bodyTooLargeError{cfg.MaxBody}
+	if resp.ContentLength > p.maxBody {
+		return response{}, &bodyTooLargeError{p.maxBody}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, cfg.MaxBody+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, p.maxBody+1))
 	if err != nil {
 		return response{}, fmt.Errorf("reading response body: %w", err)
 	}
-	if int64(len(body)) > cfg.MaxBody {
-		return response{}, &bodyTooLargeError{cfg.MaxBody}
+	if int64(len(body)) > p.maxBody {
+		return response{}, &bodyTooLargeError{p.maxBody}
 	}
 	return response{
 		body:         body,
