@@ -39,15 +39,18 @@ import (
 
 // detachedStreams is the groups of one handler, by topic.
 type detachedStreams struct {
+	cfg *streamConfig
+
 	mu     sync.Mutex
 	groups map[*topic]*connGroup
 }
 
 // A connGroup is the detached streams of one topic served by one handler.
 type connGroup struct {
-	h    *Handler
-	t    *topic
-	quit chan struct{} // closed when the last stream has left
+	cfg      *streamConfig
+	detached *detachedStreams
+	t        *topic
+	quit     chan struct{} // closed when the last stream has left
 
 	mu   sync.Mutex
 	subs []*connStream
@@ -83,8 +86,8 @@ type connStream struct {
 // connStream of t from cursor on. The headers and the retry field must have
 // been written. It reports whether it did; if so the subscription to t is
 // the stream's, and the handler must return without touching w again.
-func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, cursor uint64) bool {
-	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || h.streams.Err() != nil {
+func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, cursor uint64) bool {
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || d.cfg.ended() {
 		return false
 	}
 	if hdr := w.Header(); hdr.Get("Content-Encoding") != "" || hdr.Get("Transfer-Encoding") != "" {
@@ -108,13 +111,13 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 		// A connection that a listener wrapper made, whose bytes may not
 		// be the socket's: write to it with blocking writes on this
 		// goroutine.
-		h.streamHijacked(conn, t, cursor, sent)
+		d.cfg.streamHijacked(conn, t, cursor, sent)
 		return true
 	}
 	// The group's sweeps wait until the stream is set up and has been
 	// sent what the log holds for it.
 	s.mu.Lock()
-	g := h.join(t, s)
+	g := d.join(t, s)
 	go s.watch()
 	sw := joinSweepers.Get().(*sweeper)
 	g.service(s, sw)
@@ -129,13 +132,12 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 var joinSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
 // join adds s to the group of t, starting the group if it has none.
-func (h *Handler) join(t *topic, s *connStream) *connGroup {
-	d := h.detached
+func (d *detachedStreams) join(t *topic, s *connStream) *connGroup {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := d.groups[t]
 	if g == nil {
-		g = &connGroup{h: h, t: t, quit: make(chan struct{})}
+		g = &connGroup{cfg: d.cfg, detached: d, t: t, quit: make(chan struct{})}
 		d.groups[t] = g
 		go g.run()
 	}
@@ -149,8 +151,7 @@ func (h *Handler) join(t *topic, s *connStream) *connGroup {
 
 // leave removes s from its group, ending the group when s was its last
 // stream.
-func (h *Handler) leave(s *connStream) {
-	d := h.detached
+func (d *detachedStreams) leave(s *connStream) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := s.g
@@ -173,7 +174,7 @@ func (h *Handler) leave(s *connStream) {
 // watch waits for the client to close the connection or to send too
 // much, and then ends the stream.
 func (s *connStream) watch() {
-	s.g.h.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
+	s.g.cfg.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
 	s.close()
 }
 
@@ -188,8 +189,8 @@ func (s *connStream) close() {
 	s.closed = true
 	s.mu.Unlock()
 	s.conn.Close()
-	s.g.h.leave(s)
-	s.g.h.hub.unsubscribe(s.g.t)
+	s.g.detached.leave(s)
+	s.g.cfg.unsubscribe(s.g.t)
 }
 
 // sweepShard is the fewest streams one goroutine of a sweep writes to: from
@@ -200,7 +201,6 @@ const sweepShard = 256
 // to those that have been silent, until the last stream leaves or the
 // handler's streams end.
 func (g *connGroup) run() {
-	heartbeat := time.Duration(g.h.Heartbeat)
 	var subs []*connStream
 	for {
 		wake, refused := g.t.log.changed(), g.t.refusedChan()
@@ -211,18 +211,18 @@ func (g *connGroup) run() {
 		select {
 		case <-wake:
 		case <-refused:
-		case <-g.h.ticker.tick():
+		case <-g.cfg.ticker.tick():
 			now := time.Now()
 			g.sweep(subs, func(s *connStream, w *sweeper) {
-				if !s.lagging && !s.closed && now.Sub(s.last) >= heartbeat {
+				if !s.lagging && !s.closed && now.Sub(s.last) >= g.cfg.heartbeat {
 					s.writeFrames([][]byte{heartbeatFrame}, s.cursor, w)
 				}
 			})
 		case <-g.quit:
 			return
-		case <-g.h.streams.Done():
+		case <-g.cfg.done:
 			// No stream joins the group after this; those that did end.
-			d := g.h.detached
+			d := g.detached
 			d.mu.Lock()
 			if d.groups[g.t] == g {
 				delete(d.groups, g.t)
@@ -325,8 +325,8 @@ func (s *connStream) writeFrames(frames [][]byte, next uint64, w *sweeper) {
 // closeConn ends a stream that close marked closed with s.mu held.
 func (s *connStream) closeConn() {
 	s.conn.Close()
-	s.g.h.leave(s)
-	s.g.h.hub.unsubscribe(s.g.t)
+	s.g.detached.leave(s)
+	s.g.cfg.unsubscribe(s.g.t)
 }
 
 // catchUp writes the rest of the chunk of frame, then frames, then what
@@ -334,7 +334,7 @@ func (s *connStream) closeConn() {
 // and returns to its group; it ends the stream when no byte of a write has
 // moved for the write timeout.
 func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
-	timeout := time.Duration(s.g.h.WriteTimeout)
+	timeout := s.g.cfg.writeTimeout
 	w := newSweeper()
 	var size [16]byte
 	var bufs [3][]byte

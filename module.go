@@ -146,13 +146,11 @@ type Handler struct {
 	upstream *upstreamTemplate
 	hubKey   string
 	hub      *hub
-	ticker   *heartbeatTicker
 
-	// streams ends when the configuration is unloaded or the server begins
-	// to shut down: Caddy cancels the contexts of open requests on neither.
-	streams     context.Context
-	stopStreams context.CancelFunc
-
+	// streaming is what the handler's streams need of it, and endStreams
+	// ends them.
+	streaming  *streamConfig
+	endStreams context.CancelFunc
 	// detached holds the streams taken off their goroutines (fanout.go).
 	detached *detachedStreams
 }
@@ -195,12 +193,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub = val.(*hub)
 
-	h.streams, h.stopStreams = context.WithCancel(ctx)
+	lifetime, endStreams := context.WithCancel(ctx)
+	h.endStreams = endStreams
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		srv.RegisterOnShutdown(func() { h.stopStreams() })
+		srv.RegisterOnShutdown(endStreams)
 	}
-	h.ticker = newHeartbeatTicker(ctx, time.Duration(h.Heartbeat))
-	h.detached = &detachedStreams{groups: make(map[*topic]*connGroup)}
+	h.streaming = &streamConfig{
+		heartbeat:    time.Duration(h.Heartbeat),
+		writeTimeout: time.Duration(h.WriteTimeout),
+		ticker:       newHeartbeatTicker(ctx, time.Duration(h.Heartbeat)),
+		done:         lifetime.Done(),
+		unsubscribe:  h.hub.unsubscribe,
+		logger:       h.logger,
+	}
+	h.detached = &detachedStreams{cfg: h.streaming, groups: make(map[*topic]*connGroup)}
 	return nil
 }
 
@@ -216,8 +222,8 @@ func (h *Handler) Validate() error {
 // Cleanup releases the handler's hub; its pollers stop when no loaded
 // configuration uses it.
 func (h *Handler) Cleanup() error {
-	if h.stopStreams != nil {
-		h.stopStreams()
+	if h.endStreams != nil {
+		h.endStreams()
 	}
 	if h.hubKey != "" {
 		_, err := hubs.Delete(h.hubKey)
@@ -304,10 +310,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if err := ew.write(retryFrame(time.Duration(h.Retry))); err != nil {
 		return nil
 	}
-	if detached = h.detach(w, r, t, cursor); detached {
+	if detached = h.detached.detach(w, r, t, cursor); detached {
 		return nil
 	}
-	h.stream(r.Context(), ew, t, cursor)
+	h.streaming.stream(r.Context(), ew, t, cursor)
 	return nil
 }
 

@@ -6,10 +6,41 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
+// A streamConfig is what the streams of one handler need of it: its
+// settings for streams, and how they end. It is made when the handler is
+// provisioned and given to the streams on goroutines of their own and to
+// the detached ones (fanout.go), so that neither reaches into the Handler.
+type streamConfig struct {
+	heartbeat    time.Duration
+	writeTimeout time.Duration
+	// ticker wakes the streams to send their heartbeats.
+	ticker *heartbeatTicker
+	// done is closed when the configuration is unloaded or the server
+	// begins to shut down: Caddy cancels the contexts of open requests on
+	// neither.
+	done <-chan struct{}
+	// unsubscribe ends the subscription of a stream that ends
+	// (hub.unsubscribe).
+	unsubscribe func(*topic)
+	logger      *zap.Logger
+}
+
+// ended tells whether done is closed.
+func (c *streamConfig) ended() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // A frameWriter writes whole frames to one stream, each in one write that it
-// flushes: an eventWriter, or a hijackedWriter (fanout.go).
+// flushes: an eventWriter, or a hijackedWriter (takeover.go).
 type frameWriter interface {
 	write(frame []byte) error
 	// lastWrite is when the last frame was written.
@@ -27,9 +58,8 @@ const maxFramesPerRead = 64
 // holds, its next read is a fresh snapshot; when it takes nothing of a write
 // for the write timeout, the stream ends, and the browser reconnects and
 // resumes by id.
-func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
+func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
 	buf := make([][]byte, 0, maxFramesPerRead)
-	heartbeat := time.Duration(h.Heartbeat)
 	for {
 		refused := t.refusedChan()
 		frames, next, wake := t.log.read(cursor, buf[:0])
@@ -50,8 +80,8 @@ func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor u
 		select {
 		case <-wake:
 		case <-refused:
-		case <-h.ticker.tick():
-			if time.Since(ew.lastWrite()) >= heartbeat {
+		case <-c.ticker.tick():
+			if time.Since(ew.lastWrite()) >= c.heartbeat {
 				if err := ew.write(heartbeatFrame); err != nil {
 					metrics.countWriteError(err)
 					return
@@ -60,7 +90,7 @@ func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor u
 			}
 		case <-ctx.Done():
 			return
-		case <-h.streams.Done():
+		case <-c.done:
 			return
 		}
 	}

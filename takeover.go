@@ -42,11 +42,11 @@ func watchClient(conn net.Conn, buf []byte, sent int) error {
 
 // logClientSent logs at Debug that a stream ended on err when its client
 // sent too much; any other end of the read is the client leaving.
-func (h *Handler) logClientSent(err error) {
+func (c *streamConfig) logClientSent(err error) {
 	if err != errClientSent {
 		return
 	}
-	if ce := h.logger.Check(zap.DebugLevel, "stream ended"); ce != nil {
+	if ce := c.logger.Check(zap.DebugLevel, "stream ended"); ce != nil {
 		ce.Write(zap.Error(err), zap.Int("max_bytes", maxClientBytes))
 	}
 }
@@ -116,19 +116,19 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 // goroutine reads from the connection to notice the client leaving, or
 // sending more than maxClientBytes after its request, of which it had sent
 // sent.
-func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64, sent int) {
-	defer h.hub.unsubscribe(t)
-	ctx, cancel := context.WithCancel(h.streams)
+func (c *streamConfig) streamHijacked(conn net.Conn, t *topic, cursor uint64, sent int) {
+	defer c.unsubscribe(t)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
 		var buf [watchBufferSize]byte
-		h.logClientSent(watchClient(conn, buf[:], sent))
+		c.logClientSent(watchClient(conn, buf[:], sent))
 		cancel()
 	}()
-	hw := &hijackedWriter{conn: conn, timeout: time.Duration(h.WriteTimeout), last: time.Now()}
-	h.stream(ctx, hw, t, cursor)
+	hw := &hijackedWriter{conn: conn, timeout: c.writeTimeout, last: time.Now()}
+	c.stream(ctx, hw, t, cursor)
 	conn.Close()
 	// The reads count bytes for Caddy's access log, which it writes once
 	// the handler returns.
