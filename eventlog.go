@@ -35,7 +35,7 @@ type eventLog interface {
 	// latest status event if it comes after the cursor. A subscriber reads
 	// every status event, or the latest, in their order among the events:
 	// its idea of the upstream's state is always the current one.
-	read(cursor uint64, buf [][]byte) (frames [][]byte, next uint64, wake <-chan struct{})
+	read(cursor uint64, buf []frame) (frames []frame, next uint64, wake <-chan struct{})
 	// changed returns a channel that is closed when the log next changes.
 	changed() <-chan struct{}
 }

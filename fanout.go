@@ -215,7 +215,7 @@ func (g *connGroup) run() {
 			now := time.Now()
 			g.sweep(subs, func(s *connStream, w *sweeper) {
 				if !s.lagging && !s.closed && now.Sub(s.last) >= g.cfg.heartbeat {
-					s.writeFrames([][]byte{heartbeatFrame}, s.cursor, w)
+					s.writeFrames([]frame{heartbeatFrame}, s.cursor, w)
 				}
 			})
 		case <-g.quit:
@@ -299,10 +299,10 @@ func (g *connGroup) service(s *connStream, w *sweeper) {
 // writeFrames writes frames to s, each as one chunk in one non-blocking
 // write, and moves its cursor to next. When the socket does not take a whole
 // chunk, the rest is left to a goroutine of the stream's own. s.mu is held.
-func (s *connStream) writeFrames(frames [][]byte, next uint64, w *sweeper) {
+func (s *connStream) writeFrames(frames []frame, next uint64, w *sweeper) {
 	s.cursor = next
 	for i, f := range frames {
-		c := w.chunk(f)
+		c := w.chunk(f.bytes)
 		n, err := w.write(s.rc, c)
 		if n == len(c) {
 			metrics.countSent(f)
@@ -316,7 +316,7 @@ func (s *connStream) writeFrames(frames [][]byte, next uint64, w *sweeper) {
 		}
 		s.lagging = true
 		// frames belong to the sweeper: the goroutine gets a copy.
-		go s.catchUp(c[n:], f, append([][]byte(nil), frames[i+1:]...))
+		go s.catchUp(c[n:], f, append([]frame(nil), frames[i+1:]...))
 		return
 	}
 	s.last = time.Now()
@@ -333,7 +333,7 @@ func (s *connStream) closeConn() {
 // the log holds after the stream's cursor, until the stream has caught up
 // and returns to its group; it ends the stream when no byte of a write has
 // moved for the write timeout.
-func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
+func (s *connStream) catchUp(rest []byte, last frame, frames []frame) {
 	timeout := s.g.cfg.writeTimeout
 	w := newSweeper()
 	var size [16]byte
@@ -348,10 +348,10 @@ func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
 		s.close()
 		return
 	}
-	metrics.countSent(frame)
+	metrics.countSent(last)
 	for {
 		for _, f := range frames {
-			if err := write(appendChunkSize(size[:0], len(f)), f, crlf); err != nil {
+			if err := write(appendChunkSize(size[:0], len(f.bytes)), f.bytes, crlf); err != nil {
 				metrics.countWriteError(err)
 				s.close()
 				return
@@ -396,7 +396,7 @@ func (s *connStream) end() {
 // kept so that writing an event to a stream allocates nothing.
 type sweeper struct {
 	// frames receives what a stream reads from the log.
-	frames [][]byte
+	frames []frame
 	// cached and chunks are the last few frames written and their chunks,
 	// so that a frame written to many streams is framed once. Frames are
 	// shared and never change, so a frame's first byte identifies it.
@@ -413,7 +413,7 @@ type sweeper struct {
 }
 
 func newSweeper() *sweeper {
-	w := &sweeper{frames: make([][]byte, 0, maxFramesPerWrite)}
+	w := &sweeper{frames: make([]frame, 0, maxFramesPerWrite)}
 	w.writeFn = func(fd uintptr) bool {
 		for {
 			w.n, w.err = syscall.Write(int(fd), w.b)

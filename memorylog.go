@@ -11,26 +11,27 @@ import (
 // An entry is one event in a memoryLog.
 type entry struct {
 	// frame is the event as written to subscribers, shared by all of them;
-	// nil for a document that has no patch from the one before, or whose
-	// change is a whole snapshot: a subscriber that reaches it reads the
-	// snapshot of the current document, which says at least as much.
-	frame []byte
-	// status is set for a status event.
-	status bool
+	// without bytes for a document that has no patch from the one before,
+	// or whose change is a whole snapshot: a subscriber that reaches it
+	// reads the snapshot of the current document, which says at least as
+	// much.
+	frame frame
 }
 
 // A snapshotFrame is the snapshot event of one version of the document,
 // encoded the first time a subscriber needs it and then shared.
 type snapshotFrame struct {
-	once  sync.Once
-	doc   *document
-	id    string
-	frame []byte
+	once sync.Once
+	doc  *document
+	id   string
+	// bytes is the frame's, whose kind is kindSnapshot: a frame's kind
+	// would grow the allocation of every version.
+	bytes []byte
 }
 
-func (s *snapshotFrame) get() []byte {
-	s.once.Do(func() { s.frame = encodeEvent(eventSnapshot, s.id, s.doc.data) })
-	return s.frame
+func (s *snapshotFrame) get() frame {
+	s.once.Do(func() { s.bytes = newFrame(kindSnapshot, s.id, s.doc.data).bytes })
+	return frame{s.bytes, kindSnapshot}
 }
 
 // epochs makes every memoryLog's epoch distinct within the process even when
@@ -54,11 +55,12 @@ type memoryLog struct {
 	head uint64
 	// snap is the snapshot of the current document, nil while there is none.
 	snap *snapshotFrame
-	// down is the status event of a failing upstream, sent after a snapshot.
-	down []byte
+	// down is the status event of a failing upstream, sent after a
+	// snapshot; without bytes while the upstream is not failing.
+	down frame
 	// status is the latest status event, at position statusPos (0 while
 	// there is none).
-	status    []byte
+	status    frame
 	statusPos uint64
 	wake      chan struct{}
 }
@@ -97,22 +99,22 @@ func (l *memoryLog) appendDocument(doc *document, event string, data []byte) {
 	// A change sent as a whole snapshot is not kept in the history: the
 	// subscribers that reach its entry read the current snapshot, which is
 	// its frame while it is current, encoded once when first read.
-	var frame []byte
+	var f frame
 	if event != "" && event != eventSnapshot {
-		frame = encodeEvent(event, l.id(pos), data)
+		f = newFrame(kindOf(event), l.id(pos), data)
 	}
-	l.push(entry{frame: frame})
+	l.push(entry{frame: f})
 }
 
 func (l *memoryLog) appendStatus(data []byte, down bool) {
-	frame := encodeEvent(eventStatus, "", data)
+	f := newFrame(kindStatus, "", data)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.down = nil
+	l.down = frame{}
 	if down {
-		l.down = frame
+		l.down = f
 	}
-	l.status, l.statusPos = frame, l.push(entry{frame: frame, status: true})
+	l.status, l.statusPos = f, l.push(entry{frame: f})
 }
 
 func (l *memoryLog) changed() <-chan struct{} {
@@ -157,14 +159,14 @@ func (l *memoryLog) resume(lastEventID string) uint64 {
 		return 0
 	}
 	for q := pos + 1; q <= l.head; q++ {
-		if l.entry(q).frame == nil {
+		if l.entry(q).frame.bytes == nil {
 			return 0
 		}
 	}
 	return pos
 }
 
-func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan struct{}) {
+func (l *memoryLog) read(cursor uint64, buf []frame) ([]frame, uint64, <-chan struct{}) {
 	l.mu.RLock()
 	wake := l.wake
 	if cursor == l.head {
@@ -174,7 +176,7 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 	from, start := cursor, len(buf)
 	// after is the status event that follows the snapshot of a subscriber
 	// that starts from one.
-	var after []byte
+	var after frame
 	switch {
 	case cursor == 0:
 		// A new subscriber: the upstream's state if it is failing.
@@ -189,7 +191,7 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 		restart := false
 		for cursor < l.head && len(buf) < cap(buf) {
 			e := l.entry(cursor + 1)
-			if e.frame == nil {
+			if e.frame.bytes == nil {
 				// A document without a patch: the snapshot of the
 				// current document says it and everything after it,
 				// followed by the upstream's state if it is failing.
@@ -197,7 +199,7 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 				// kept, which the snapshot does not say.
 				buf = buf[:start]
 				for p := from + 1; p <= cursor; p++ {
-					if e := l.entry(p); e.status {
+					if e := l.entry(p); e.frame.kind == kindStatus {
 						buf = append(buf, e.frame)
 					}
 				}
@@ -218,13 +220,13 @@ func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan 
 		// No document yet: the upstream's state alone, while it is
 		// failing, and the subscriber reads the first document from
 		// there.
-		if after == nil {
+		if after.bytes == nil {
 			return buf, from, wake
 		}
 		return append(buf, after), head, wake
 	}
 	buf = append(buf, snap.get())
-	if after != nil {
+	if after.bytes != nil {
 		buf = append(buf, after)
 	}
 	return buf, head, wake

@@ -14,13 +14,13 @@ func readAll(t *testing.T, l eventLog, cursor uint64) ([]sseEvent, uint64) {
 	t.Helper()
 	var out []sseEvent
 	for range 100 {
-		frames, next, _ := l.read(cursor, make([][]byte, 0, 4))
+		frames, next, _ := l.read(cursor, make([]frame, 0, 4))
 		cursor = next
 		if len(frames) == 0 {
 			return out, cursor
 		}
 		for _, f := range frames {
-			out = append(out, parseFrames(t, f)...)
+			out = append(out, parseFrames(t, f.bytes)...)
 		}
 	}
 	t.Fatal("read did not settle")
@@ -176,7 +176,7 @@ func TestSnapshotFrameIsEncodedOncePerVersion(t *testing.T) {
 	l.appendDocument(doc(`{"big":true}`), "", nil)
 	a, _, _ := l.read(0, nil)
 	b, _, _ := l.read(0, nil)
-	if &a[0][0] != &b[0][0] {
+	if &a[0].bytes[0] != &b[0].bytes[0] {
 		t.Error("two subscribers at one version got separately encoded snapshots")
 	}
 }
@@ -219,7 +219,7 @@ func TestMemoryLogKeepsNoSnapshotsInItsHistory(t *testing.T) {
 		t.Errorf("resume across a snapshot = %d, want a fresh snapshot", got)
 	}
 	for i := uint64(1); i <= l.head; i++ {
-		if f := l.entry(i).frame; strings.Contains(string(f), "snapshot") {
+		if f := l.entry(i).frame.bytes; strings.Contains(string(f), "snapshot") {
 			t.Errorf("the history holds %q", f)
 		}
 	}
@@ -273,10 +273,10 @@ func TestMemoryLogStatusBeforeTheFirstDocument(t *testing.T) {
 		t.Errorf("after the up status, it reads %q, want the snapshot", names(evs))
 	}
 	// In one read: the up status, then the snapshot.
-	frames, _, _ := l.read(waiting, make([][]byte, 0, maxFramesPerRead))
+	frames, _, _ := l.read(waiting, make([]frame, 0, maxFramesPerRead))
 	var got []sseEvent
 	for _, f := range frames {
-		got = append(got, parseFrames(t, f)...)
+		got = append(got, parseFrames(t, f.bytes)...)
 	}
 	if names(got) != `status:{"upstream":"up"} snapshot:1` || got[1].id != l.id(3) {
 		t.Errorf("a subscriber that read the down status reads %s (ids %v), want the up status and the snapshot %s", names(got), got, l.id(3))

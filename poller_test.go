@@ -60,10 +60,15 @@ func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) 
 
 // logFrames returns the frames a new subscriber of t would read now.
 func logFrames(t *topic) []string {
-	frames, _, _ := t.log.read(0, make([][]byte, 0, 16))
+	frames, _, _ := t.log.read(0, make([]frame, 0, 16))
+	return frameTexts(frames)
+}
+
+// frameTexts returns the text of each frame.
+func frameTexts(frames []frame) []string {
 	var out []string
 	for _, f := range frames {
-		out = append(out, string(f))
+		out = append(out, string(f.bytes))
 	}
 	return out
 }
@@ -118,8 +123,8 @@ func TestConditionalRequests(t *testing.T) {
 	if n := parses.parses.Load(); n != 2 {
 		t.Errorf("%d bodies parsed for two versions", n)
 	}
-	if frames, _, _ := tp.log.read(1, make([][]byte, 0, 16)); len(frames) != 1 || !strings.Contains(string(frames[0]), `"/v"`) {
-		t.Errorf("after the first snapshot the log holds %q, want one patch", frames)
+	if frames, _, _ := tp.log.read(1, make([]frame, 0, 16)); len(frames) != 1 || !strings.Contains(string(frames[0].bytes), `"/v"`) {
+		t.Errorf("after the first snapshot the log holds %q, want one patch", frameTexts(frames))
 	}
 }
 

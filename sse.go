@@ -14,8 +14,59 @@ const (
 	eventStatus   = "status"
 )
 
+// An eventKind is the type of an event, or a heartbeat, as subscribers
+// receive it. Each frame carries its kind from where it is encoded, and the
+// sent metrics count frames by kind, with counters for every kind.
+type eventKind uint8
+
+const (
+	kindSnapshot eventKind = iota
+	kindPatch
+	kindMerge
+	kindStatus
+	kindHeartbeat
+	// numEventKinds is the number of kinds.
+	numEventKinds
+)
+
+// eventKindNames are the event names of the kinds (and of a heartbeat,
+// which has none), as the sent metrics' type label says them.
+var eventKindNames = [numEventKinds]string{
+	kindSnapshot:  eventSnapshot,
+	kindPatch:     eventPatch,
+	kindMerge:     eventMerge,
+	kindStatus:    eventStatus,
+	kindHeartbeat: "heartbeat",
+}
+
+func (k eventKind) String() string { return eventKindNames[k] }
+
+// kindOf returns the kind of the events named event. The name must be one
+// of the event names of this package, and kindOf panics if it is not: only
+// a name added without its kind can be another.
+func kindOf(event string) eventKind {
+	for k := range kindHeartbeat {
+		if eventKindNames[k] == event {
+			return k
+		}
+	}
+	panic("pollsse: an event name without a kind: " + strconv.Quote(event))
+}
+
+// A frame is one event, or a heartbeat, as written to subscribers: encoded
+// once and shared by all of them, and never changed.
+type frame struct {
+	bytes []byte
+	kind  eventKind
+}
+
+// newFrame returns one event of kind as a new frame.
+func newFrame(kind eventKind, id string, data []byte) frame {
+	return frame{encodeEvent(kind.String(), id, data), kind}
+}
+
 // heartbeatFrame is the comment a stream sends after a quiet period.
-var heartbeatFrame = []byte(":\n\n")
+var heartbeatFrame = frame{[]byte(":\n\n"), kindHeartbeat}
 
 // appendEvent appends one Server-Sent Event to dst: the event and id fields
 // (either may be empty) and data split into one data field per line, so that

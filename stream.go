@@ -59,12 +59,12 @@ const maxFramesPerRead = 64
 // for the write timeout, the stream ends, and the browser reconnects and
 // resumes by id.
 func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
-	buf := make([][]byte, 0, maxFramesPerRead)
+	buf := make([]frame, 0, maxFramesPerRead)
 	for {
 		refused := t.refusedChan()
 		frames, next, wake := t.log.read(cursor, buf[:0])
 		for _, f := range frames {
-			if err := ew.write(f); err != nil {
+			if err := ew.write(f.bytes); err != nil {
 				metrics.countWriteError(err)
 				return
 			}
@@ -82,7 +82,7 @@ func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, cur
 		case <-refused:
 		case <-c.ticker.tick():
 			if time.Since(ew.lastWrite()) >= c.heartbeat {
-				if err := ew.write(heartbeatFrame); err != nil {
+				if err := ew.write(heartbeatFrame.bytes); err != nil {
 					metrics.countWriteError(err)
 					return
 				}
