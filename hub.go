@@ -227,8 +227,8 @@ func (h *hub) refuse(err *capError) error {
 	cl.refused++
 	if now := time.Now(); now.Sub(cl.last) >= capLogEvery {
 		h.logger.Warn("subscribers refused: at the handler's limit; raise it or add capacity",
-			zap.String("limit", err.cap),
-			zap.Int("value", err.limit),
+			zap.String("setting", err.cap),
+			zap.Int("limit", err.limit),
 			zap.Int("topics", len(h.topics)),
 			zap.Int("subscribers", h.subscribers),
 			zap.Int("refused", cl.refused))

@@ -30,8 +30,8 @@ func TestMaxTopics(t *testing.T) {
 	if a2.next(5*time.Second).name != "snapshot" {
 		t.Error("a second subscriber of an existing topic was refused")
 	}
-	if !strings.Contains(logs(), `"limit":"max_topics"`) {
-		t.Errorf("no log line names max_topics:\n%s", logs())
+	if !strings.Contains(logs(), `"setting":"max_topics","limit":2,`) {
+		t.Errorf("no log line names max_topics and its limit:\n%s", logs())
 	}
 	// The existing streams carry on.
 	api.set(`{"v":1}`)
@@ -71,8 +71,8 @@ func TestMaxSubscribers(t *testing.T) {
 			t.Errorf("a fourth subscriber of %s: status %d, Retry-After %q; want 503 with Retry-After", id, status, hdr.Get("Retry-After"))
 		}
 	}
-	if !strings.Contains(logs(), `"limit":"max_subscribers"`) || !strings.Contains(logs(), "subscribers refused") {
-		t.Errorf("no log line names max_subscribers:\n%s", logs())
+	if !strings.Contains(logs(), `"setting":"max_subscribers","limit":3,`) || !strings.Contains(logs(), "subscribers refused") {
+		t.Errorf("no log line names max_subscribers and its limit:\n%s", logs())
 	}
 	api.set(`{"v":1}`)
 	for _, sc := range open {
