@@ -36,6 +36,11 @@ import (
 // that takes no byte for write_timeout is disconnected and resumes by id
 // when its browser reconnects. A client sends nothing on its stream after
 // the request; one that sends more than maxClientBytes is disconnected.
+//
+// Detaching needs a socket that can be written without blocking through
+// syscall.RawConn (fanout_unix.go). On other systems, Windows among them
+// (fanout_other.go), detach declines every stream, and each keeps its
+// goroutine.
 
 // detachedStreams is the groups of one handler, by topic.
 type detachedStreams struct {
@@ -83,11 +88,12 @@ type connStream struct {
 
 // detach takes the HTTP/1.1 stream of w over from net/http, if it is one
 // that can be written without net/http (plain, chunked), and makes it a
-// connStream of t from cursor on. The headers and the retry field must have
-// been written. It reports whether it did; if so the subscription to t is
+// connStream of t from cursor on, on the systems that can (canDetach). The
+// headers and the retry field must have been written. It reports whether it
+// did; if so the subscription to t is
 // the stream's, and the handler must return without touching w again.
 func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, cursor uint64) bool {
-	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || d.cfg.ended() {
+	if !canDetach || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || d.cfg.ended() {
 		return false
 	}
 	if hdr := w.Header(); hdr.Get("Content-Encoding") != "" || hdr.Get("Transfer-Encoding") != "" {
@@ -415,12 +421,8 @@ type sweeper struct {
 func newSweeper() *sweeper {
 	w := &sweeper{frames: make([]frame, 0, maxFramesPerWrite)}
 	w.writeFn = func(fd uintptr) bool {
-		for {
-			w.n, w.err = syscall.Write(int(fd), w.b)
-			if w.err != syscall.EINTR {
-				return true
-			}
-		}
+		w.n, w.err = writeSocket(fd, w.b)
+		return true
 	}
 	return w
 }
