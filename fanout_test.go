@@ -70,26 +70,6 @@ func bigDocument(n int) string {
 	return fmt.Sprintf(`{"n":%d,"pad":%q,"static":%q}`, n, strings.Repeat(fmt.Sprintf("%08d", n), 32<<10), strings.Repeat("s", 256<<10))
 }
 
-func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
-	streams := openStreams(t, base+"/events", 20)
-	buf := make([]byte, 1<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
-	if n := strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream("); n != 0 {
-		t.Errorf("%d goroutines run a stream loop for 20 HTTP/1.1 clients, want 0", n)
-	}
-	if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
-		t.Errorf("%d group goroutines for one topic, want 1", n)
-	}
-	api.set(`{"a":2}`)
-	for i, sc := range streams {
-		if ev := sc.next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/a","value":2}]`) {
-			t.Fatalf("client %d got %+v, want the patch", i, ev)
-		}
-	}
-}
-
 func TestSlowSubscriberDoesNotDelayOthersAndIsDropped(t *testing.T) {
 	api := newFakeAPI(t, bigDocument(0))
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h","write_timeout":"1s"`, api.URL))+"]")
