@@ -1,5 +1,9 @@
 //go:build unix
 
+// The tests of the streams that the handler takes over from net/http,
+// which it does on the systems that can write a socket without blocking
+// (canDetach).
+
 package pollsse
 
 import (
@@ -12,9 +16,22 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
+
+// limitSocket sets the receive buffer of the socket of rc to rcvbuf bytes,
+// and its largest segment to mss bytes unless mss is 0, for a net.Dialer's
+// Control.
+func limitSocket(rc syscall.RawConn, rcvbuf, mss int) error {
+	return rc.Control(func(fd uintptr) {
+		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+		if mss > 0 {
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, mss)
+		}
+	})
+}
 
 func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)

@@ -128,13 +128,10 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 		assertNoStreamGoroutines(t)
 	})
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) {
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, smallReceiveBuffer)
-			// Segments as on a network: loopback's of 64 KiB, with a
-			// small receive buffer, stall a connection read slowly
-			// until the sender's window probe.
-			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1460)
-		})
+		// Segments as on a network: loopback's of 64 KiB, with a small
+		// receive buffer, stall a connection read slowly until the
+		// sender's window probe.
+		return limitSocket(rc, smallReceiveBuffer, 1460)
 	}}
 	// A transport adds its protocols to its TLS config.
 	tlsConfig := func() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
@@ -157,8 +154,8 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 	}
 	const path = "/events"
 	return []streamPath{
-		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), true, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
-		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), true, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
+		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), canDetach, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
+		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), canDetach, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP2(true) })},
 		{"HTTP/3", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, func() *http.Client {
