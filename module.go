@@ -235,24 +235,8 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP subscribes the request to its topic and streams events until the
 // client leaves, the configuration is unloaded or the server stops.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	switch r.Method {
-	case http.MethodGet:
-	case http.MethodHead:
-		// The headers a stream starts with, without a stream: a HEAD polls
-		// nothing, so it cannot tell whether a GET would be refused.
-		hdr := w.Header()
-		hdr.Set("Content-Type", "text/event-stream")
-		hdr.Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		return nil
-	case http.MethodOptions:
-		// Headers that the site sets, such as those of CORS, go with it.
-		w.Header().Set("Allow", allowedMethods)
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	default:
-		w.Header().Set("Allow", allowedMethods)
-		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	if r.Method != http.MethodGet {
+		return h.serveOtherMethod(w, r)
 	}
 	// An EventSource's request has no body. Over HTTP/1.1, a body would
 	// come after the request on the connection that a detached stream
@@ -315,6 +299,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	h.streaming.stream(r.Context(), ew, t, cursor)
 	return nil
+}
+
+// serveOtherMethod answers a request of another method than GET, which
+// gets no stream.
+func (h *Handler) serveOtherMethod(w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodHead:
+		// The headers a stream starts with, without a stream: a HEAD polls
+		// nothing, so it cannot tell whether a GET would be refused.
+		hdr := w.Header()
+		hdr.Set("Content-Type", "text/event-stream")
+		hdr.Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	case http.MethodOptions:
+		// Headers that the site sets, such as those of CORS, go with it.
+		w.Header().Set("Allow", allowedMethods)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	default:
+		w.Header().Set("Allow", allowedMethods)
+		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	}
 }
 
 // allowedMethods is the Allow header of the handler's answers.
