@@ -5,9 +5,9 @@ package pollsse
 // wake-up of subscribers when something is appended. The poller appends; each
 // subscriber keeps only a cursor into the log and reads what lies after it.
 //
-// This is the seam between producing events and delivering them: the log in
-// this file lives in one process's memory; a log shared through a store by
-// several Caddy instances implements the same methods.
+// This is the seam between producing events and delivering them: the
+// memoryLog (memorylog.go) lives in one process's memory; a log shared
+// through a store by several Caddy instances implements the same methods.
 type eventLog interface {
 	// appendDocument records a new current document. event and data make the
 	// event that turns the previous document into doc; an empty event means

@@ -270,8 +270,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	// While the upstream's latest answer for the topic refuses its
 	// credentials, a subscriber gets that 401 or 403, and EventSource
 	// stops. A stream that is already open when the upstream refuses them
-	// before its first snapshot ends (stream, connGroup.service), so that
-	// its browser's reconnect gets the status.
+	// before its first snapshot ends (streamConfig.stream,
+	// connGroup.service), so that its browser's reconnect gets the status.
 	if status := t.deniedStatus(); status != 0 {
 		return h.writeRefusal(w, status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
 	}

@@ -252,7 +252,7 @@ type response struct {
 
 // fetch makes one GET request to the upstream, conditional once there is a
 // document, and returns the successful answer. Redirects are followed only
-// to the same origin (hub.checkRedirect); no more of the body than max_body
+// to the same origin (checkRedirect); no more of the body than max_body
 // is read.
 func (p *poller) fetch(ctx context.Context) (response, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
