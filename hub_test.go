@@ -361,3 +361,53 @@ func TestManySubscribersOnePoller(t *testing.T) {
 		t.Errorf("100 subscribers caused %d requests, 1 caused %d", n100, n1)
 	}
 }
+
+// TestTopicKeys: without forward_headers a topic's key is its URL; with
+// them, two subscribers share a topic exactly when every forwarded header
+// has the same values, however the values would be joined, and neither the
+// key nor the id holds a value.
+func TestTopicKeys(t *testing.T) {
+	const url = "http://api.test/doc"
+	plain, _ := testHub(t, nil)
+	if k := plain.topicKey(url, nil); k != url {
+		t.Errorf("without forward_headers the key is %q, want the URL", k)
+	}
+	h, _ := testHub(t, func(s *topicSettings) { s.ForwardHeaders = []string{"Authorization", "Cookie"} })
+	key := func(auth, cookie []string) string {
+		fwd := http.Header{}
+		if auth != nil {
+			fwd["Authorization"] = auth
+		}
+		if cookie != nil {
+			fwd["Cookie"] = cookie
+		}
+		return h.topicKey(url, fwd)
+	}
+	if a, b := key([]string{"secret-a"}, []string{"c"}), key([]string{"secret-a"}, []string{"c"}); a != b {
+		t.Errorf("the same values make the keys %q and %q", a, b)
+	}
+	for _, tt := range []struct {
+		name           string
+		authA, cookieA []string
+		authB, cookieB []string
+	}{
+		{"other values", []string{"secret-a"}, nil, []string{"secret-b"}, nil},
+		{"one value or two", []string{"secret-a,b"}, nil, []string{"secret-a", "b"}, nil},
+		{"a value split across headers", []string{"secret-ab"}, []string{"c"}, []string{"secret-a"}, []string{"bc"}},
+		{"a value moved to another header", []string{"secret-a"}, nil, nil, []string{"secret-a"}},
+		{"no header or an empty one", nil, nil, []string{""}, nil},
+	} {
+		a, b := key(tt.authA, tt.cookieA), key(tt.authB, tt.cookieB)
+		if a == b {
+			t.Errorf("%s: one key %q", tt.name, a)
+		}
+		for _, k := range []string{a, b, h.topicID(a), h.topicID(b)} {
+			if strings.Contains(k, "secret") {
+				t.Errorf("%s: the key or id %q holds a value", tt.name, k)
+			}
+		}
+		if h.topicID(a) == h.topicID(b) || len(h.topicID(a)) != topicIDLength {
+			t.Errorf("%s: the ids %q and %q", tt.name, h.topicID(a), h.topicID(b))
+		}
+	}
+}

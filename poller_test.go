@@ -1,6 +1,7 @@
 package pollsse
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -71,6 +72,65 @@ func frameTexts(frames []frame) []string {
 		out = append(out, string(f.bytes))
 	}
 	return out
+}
+
+// TestPollerTellsItsLogAndTopic runs a poller made without a hub, as
+// hub.newPoller makes one, poll by poll: a refusal before the first
+// document reaches the topic's state and not its log; the first document
+// is its snapshot; an outage and a recovery are one status event each,
+// with the topic's id, around the patch.
+func TestPollerTellsItsLogAndTopic(t *testing.T) {
+	var mu sync.Mutex
+	status, body := http.StatusUnauthorized, ""
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}))
+	t.Cleanup(api.Close)
+	answer := func(s int, b string) {
+		mu.Lock()
+		status, body = s, b
+		mu.Unlock()
+	}
+	tp := newTopic("key", "0123456789ab", api.URL, nil, newMemoryLog(16), func() {})
+	p := &poller{
+		url: api.URL, timeout: time.Second, maxBody: defaultMaxBody, client: api.Client(),
+		differ: mustDiffer(t, modeJSONPatch, ""), log: tp.log, topicID: tp.id, state: &tp.upstreamState,
+		logger: zap.NewNop(), sched: schedule{interval: time.Second, maxBackoff: time.Minute},
+	}
+	read := func() string {
+		frames, _, _ := tp.log.read(0, make([]frame, 0, 16))
+		var evs []sseEvent
+		for _, f := range frames {
+			evs = append(evs, parseFrames(t, f.bytes)...)
+		}
+		return names(evs)
+	}
+	ctx := context.Background()
+
+	p.poll(ctx)
+	if tp.deniedStatus() != http.StatusUnauthorized || !tp.refusedBeforeSnapshot() || read() != "" {
+		t.Errorf("after a 401: denied %d, refused before a snapshot %v, log %q; want 401, true and nothing", tp.deniedStatus(), tp.refusedBeforeSnapshot(), read())
+	}
+	answer(http.StatusOK, `{"v":1}`)
+	p.poll(ctx)
+	if tp.deniedStatus() != 0 || tp.refusedBeforeSnapshot() || read() != `snapshot:{"v":1}` {
+		t.Errorf("after the first document: denied %d, log %q; want 0 and its snapshot", tp.deniedStatus(), read())
+	}
+	_, cursor := readAll(t, tp.log, 0)
+	answer(http.StatusServiceUnavailable, "")
+	p.poll(ctx)
+	p.poll(ctx)
+	answer(http.StatusOK, `{"v":2}`)
+	p.poll(ctx)
+	evs, _ := readAll(t, tp.log, cursor)
+	want := `status:{"upstream":"down","topic":"0123456789ab","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":%d} ` +
+		`status:{"upstream":"up","topic":"0123456789ab"} patch:[{"op":"replace","path":"/v","value":2}]`
+	if len(evs) != 3 || names(evs) != fmt.Sprintf(want, decodeStatus(t, evs[0]).RetryInMS) {
+		t.Errorf("after an outage of two polls and a change, the log holds %s", names(evs))
+	}
 }
 
 func TestConditionalRequests(t *testing.T) {
