@@ -53,120 +53,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		name := d.Val()
-		switch name {
-		case "upstream":
-			if !d.NextArg() {
-				return d.Errf("upstream: want a URL")
-			}
-			if h.Upstream != "" {
-				return d.Errf("upstream: given twice ('%s' and '%s')", h.Upstream, d.Val())
-			}
-			h.Upstream = d.Val()
-			if _, err := parseUpstream(h.Upstream); err != nil {
-				return d.Err(err.Error())
-			}
-		case "interval", "retry", "heartbeat", "idle_timeout", "timeout", "write_timeout", "max_backoff":
-			if !d.NextArg() {
-				return d.Errf("%s: want a duration", name)
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("%s: invalid duration '%s': %v", name, d.Val(), err)
-			}
-			if dur <= 0 {
-				return d.Errf("%s: must be positive, not '%s'", name, d.Val())
-			}
-			if name == "interval" && dur < minInterval {
-				return d.Errf("interval: must be at least %s, not '%s', %s", minInterval, d.Val(), minIntervalReason)
-			}
-			*h.durationField(name) = caddy.Duration(dur)
-		case "history":
-			if !d.NextArg() {
-				return d.Errf("history: want a number of events")
-			}
-			n, err := strconv.Atoi(d.Val())
-			if err != nil || n <= 0 {
-				return d.Errf("history: want a positive number of events, not '%s'", d.Val())
-			}
-			h.History = n
-		case "header_up":
-			if !d.NextArg() {
-				return d.Errf("header_up: want a header name and a value")
-			}
-			field := d.Val()
-			if !d.NextArg() {
-				return d.Errf("header_up: want a value for header '%s'", field)
-			}
-			if err := checkHeaderUp(field, d.Val()); err != nil {
-				return d.Err(err.Error())
-			}
-			if h.HeaderUp == nil {
-				h.HeaderUp = make(map[string][]string)
-			}
-			h.HeaderUp.Add(field, d.Val())
-			if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
-				return d.Err(err.Error())
-			}
-		case "max_body":
-			if !d.NextArg() {
-				return d.Errf("max_body: want a size")
-			}
-			size, err := humanize.ParseBytes(d.Val())
-			if err != nil || size == 0 || size > math.MaxInt64 {
-				return d.Errf("max_body: want a positive size such as 512KiB or 10MB, not '%s'", d.Val())
-			}
-			h.MaxBody = int64(size)
-		case "forward_headers":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("forward_headers: want one or more header names")
-			}
-			h.ForwardHeaders = append(h.ForwardHeaders, args...)
-			if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
-				return d.Err(err.Error())
-			}
-		case "max_topics", "max_subscribers":
-			if !d.NextArg() {
-				return d.Errf("%s: want a number", name)
-			}
-			n, err := strconv.Atoi(d.Val())
-			if err != nil || n <= 0 {
-				return d.Errf("%s: want a positive number, not '%s'", name, d.Val())
-			}
-			if name == "max_topics" {
-				h.MaxTopics = n
-			} else {
-				h.MaxSubscribers = n
-			}
-		case "mode":
-			if !d.NextArg() {
-				return d.Errf("mode: want %s, %s or %s", modeJSONPatch, modeMergePatch, modeSnapshot)
-			}
-			if err := checkMode(d.Val()); err != nil {
-				return d.Err(err.Error())
-			}
-			h.Mode = d.Val()
-		case "select":
-			if !d.NextArg() {
-				return d.Errf("select: want a JSON pointer")
-			}
-			if _, err := parsePointer("select", d.Val()); err != nil {
-				return d.Err(err.Error())
-			}
-			h.Select = d.Val()
-		case "ignore":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("ignore: want one or more JSON pointers")
-			}
-			for _, arg := range args {
-				if _, err := parsePointer("ignore", arg); err != nil {
-					return d.Err(err.Error())
-				}
-			}
-			h.Ignore = append(h.Ignore, args...)
-		default:
-			return d.Errf("unrecognized subdirective '%s'", name)
+		if err := h.unmarshalSubdirective(d, name); err != nil {
+			return err
 		}
 		if d.NextArg() {
 			return d.Errf("%s: unexpected argument '%s'", name, d.Val())
@@ -184,6 +72,137 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// unmarshalSubdirective sets the setting of the subdirective name from its
+// arguments.
+func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) error {
+	switch name {
+	case "upstream":
+		if !d.NextArg() {
+			return d.Errf("upstream: want a URL")
+		}
+		if h.Upstream != "" {
+			return d.Errf("upstream: given twice ('%s' and '%s')", h.Upstream, d.Val())
+		}
+		h.Upstream = d.Val()
+		if _, err := parseUpstream(h.Upstream); err != nil {
+			return d.Err(err.Error())
+		}
+	case "interval", "retry", "heartbeat", "idle_timeout", "timeout", "write_timeout", "max_backoff":
+		return h.unmarshalDuration(d, name)
+	case "history", "max_topics", "max_subscribers":
+		return h.unmarshalCount(d, name)
+	case "header_up":
+		return h.unmarshalHeaderUp(d)
+	case "max_body":
+		if !d.NextArg() {
+			return d.Errf("max_body: want a size")
+		}
+		size, err := humanize.ParseBytes(d.Val())
+		if err != nil || size == 0 || size > math.MaxInt64 {
+			return d.Errf("max_body: want a positive size such as 512KiB or 10MB, not '%s'", d.Val())
+		}
+		h.MaxBody = int64(size)
+	case "forward_headers":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.Errf("forward_headers: want one or more header names")
+		}
+		h.ForwardHeaders = append(h.ForwardHeaders, args...)
+		if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
+			return d.Err(err.Error())
+		}
+	case "mode":
+		if !d.NextArg() {
+			return d.Errf("mode: want %s, %s or %s", modeJSONPatch, modeMergePatch, modeSnapshot)
+		}
+		if err := checkMode(d.Val()); err != nil {
+			return d.Err(err.Error())
+		}
+		h.Mode = d.Val()
+	case "select":
+		if !d.NextArg() {
+			return d.Errf("select: want a JSON pointer")
+		}
+		if _, err := parsePointer("select", d.Val()); err != nil {
+			return d.Err(err.Error())
+		}
+		h.Select = d.Val()
+	case "ignore":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.Errf("ignore: want one or more JSON pointers")
+		}
+		for _, arg := range args {
+			if _, err := parsePointer("ignore", arg); err != nil {
+				return d.Err(err.Error())
+			}
+		}
+		h.Ignore = append(h.Ignore, args...)
+	default:
+		return d.Errf("unrecognized subdirective '%s'", name)
+	}
+	return nil
+}
+
+// unmarshalDuration sets the duration setting of the subdirective name.
+func (h *Handler) unmarshalDuration(d *caddyfile.Dispenser, name string) error {
+	if !d.NextArg() {
+		return d.Errf("%s: want a duration", name)
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil {
+		return d.Errf("%s: invalid duration '%s': %v", name, d.Val(), err)
+	}
+	if dur <= 0 {
+		return d.Errf("%s: must be positive, not '%s'", name, d.Val())
+	}
+	if name == "interval" && dur < minInterval {
+		return d.Errf("interval: must be at least %s, not '%s', %s", minInterval, d.Val(), minIntervalReason)
+	}
+	*h.durationField(name) = caddy.Duration(dur)
+	return nil
+}
+
+// unmarshalCount sets the setting of the subdirective name that counts
+// events, topics or subscribers.
+func (h *Handler) unmarshalCount(d *caddyfile.Dispenser, name string) error {
+	what := "number"
+	if name == "history" {
+		what = "number of events"
+	}
+	if !d.NextArg() {
+		return d.Errf("%s: want a %s", name, what)
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n <= 0 {
+		return d.Errf("%s: want a positive %s, not '%s'", name, what, d.Val())
+	}
+	*h.countField(name) = n
+	return nil
+}
+
+// unmarshalHeaderUp adds the header of a header_up subdirective.
+func (h *Handler) unmarshalHeaderUp(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Errf("header_up: want a header name and a value")
+	}
+	field := d.Val()
+	if !d.NextArg() {
+		return d.Errf("header_up: want a value for header '%s'", field)
+	}
+	if err := checkHeaderUp(field, d.Val()); err != nil {
+		return d.Err(err.Error())
+	}
+	if h.HeaderUp == nil {
+		h.HeaderUp = make(map[string][]string)
+	}
+	h.HeaderUp.Add(field, d.Val())
+	if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
 // durationField returns the duration setting of a subdirective's name.
 func (h *Handler) durationField(name string) *caddy.Duration {
 	return map[string]*caddy.Duration{
@@ -194,6 +213,15 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 		"timeout":       &h.Timeout,
 		"write_timeout": &h.WriteTimeout,
 		"max_backoff":   &h.MaxBackoff,
+	}[name]
+}
+
+// countField returns the setting of a subdirective's name that counts.
+func (h *Handler) countField(name string) *int {
+	return map[string]*int{
+		"history":         &h.History,
+		"max_topics":      &h.MaxTopics,
+		"max_subscribers": &h.MaxSubscribers,
 	}[name]
 }
 

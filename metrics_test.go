@@ -334,7 +334,7 @@ func TestMetricsCountHeartbeats(t *testing.T) {
 		s := scrapeMetrics(t, base+"/metrics").delta(start)
 		events, bytes = s[`caddy_http_poll_sse_events_sent_total{type="heartbeat"}`], s[`caddy_http_poll_sse_sent_bytes_total{type="heartbeat"}`]
 	}
-	if events < 3 || bytes != events*float64(len(heartbeatFrame)) {
+	if events < 3 || bytes != events*float64(len(heartbeatFrame.bytes)) {
 		t.Errorf("received 3 heartbeats; counted %v heartbeats of %v bytes", events, bytes)
 	}
 }
@@ -432,27 +432,30 @@ func TestMetricsRegisterIntoManyRegistries(t *testing.T) {
 
 func TestMetricsCountSentByEventType(t *testing.T) {
 	m := newMetrics()
-	frames := map[string][]byte{
-		"snapshot":  encodeEvent(eventSnapshot, "e-1", []byte(`{"a":1}`)),
-		"patch":     encodeEvent(eventPatch, "e-2", []byte(`[{"op":"remove","path":"/a"}]`)),
-		"merge":     encodeEvent(eventMerge, "e-3", []byte(`{"a":null}`)),
-		"status":    encodeEvent(eventStatus, "", []byte(`{"upstream":"up"}`)),
+	frames := map[string]frame{
+		"snapshot":  newFrame(kindSnapshot, "e-1", []byte(`{"a":1}`)),
+		"patch":     newFrame(kindOf(eventPatch), "e-2", []byte(`[{"op":"remove","path":"/a"}]`)),
+		"merge":     newFrame(kindOf(eventMerge), "e-3", []byte(`{"a":null}`)),
+		"status":    newFrame(kindStatus, "", []byte(`{"upstream":"up"}`)),
 		"heartbeat": heartbeatFrame,
 	}
 	for typ, f := range frames {
+		if typ != "heartbeat" && !strings.HasPrefix(string(f.bytes), "event: "+typ+"\n") {
+			t.Errorf("a %s frame begins %q", typ, f.bytes)
+		}
 		m.countSent(f)
 		m.countSent(f)
 		if got := counterValue(m.eventsSent.WithLabelValues(typ)); got != 2 {
 			t.Errorf("%s: %v events counted, want 2", typ, got)
 		}
-		if got := counterValue(m.bytesSent.WithLabelValues(typ)); got != float64(2*len(f)) {
-			t.Errorf("%s: %v bytes counted, want %d", typ, got, 2*len(f))
+		if got := counterValue(m.bytesSent.WithLabelValues(typ)); got != float64(2*len(f.bytes)) {
+			t.Errorf("%s: %v bytes counted, want %d", typ, got, 2*len(f.bytes))
 		}
 	}
 	ch := make(chan prometheus.Metric, 16)
 	m.eventsSent.Collect(ch)
-	if n := len(ch); n != len(frames) {
-		t.Errorf("%d event types, want %d", n, len(frames))
+	if n := len(ch); n != len(frames) || n != int(numEventKinds) {
+		t.Errorf("%d event types, want the %d kinds", n, len(frames))
 	}
 }
 
@@ -466,7 +469,7 @@ func counterValue(c prometheus.Counter) float64 {
 
 func BenchmarkMetricsCountSent(b *testing.B) {
 	m := newMetrics()
-	f := encodeEvent(eventPatch, "e-2", []byte(`[{"op":"remove","path":"/a"}]`))
+	f := newFrame(kindPatch, "e-2", []byte(`[{"op":"remove","path":"/a"}]`))
 	b.ReportAllocs()
 	for b.Loop() {
 		m.countSent(f)
