@@ -47,7 +47,11 @@ export function applyMergePatch<Doc = JsonValue>(doc: Doc, patch: JsonValue): Do
  */
 export type Change = SnapshotChange | PatchChange | MergeChange | RestoreChange;
 
-/** A whole new document: the first event of a stream, or a change sent whole. */
+/**
+ * A whole new document: the first event of a stream, or a change sent whole.
+ * A snapshot that is not JSON (the server's snapshot mode) is a document of
+ * its own: the text.
+ */
 export interface SnapshotChange {
   type: "snapshot";
   /** The event's id; null for an event that came without one. */
