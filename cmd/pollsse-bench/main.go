@@ -19,6 +19,10 @@
 // as a hub that is published to with -publish (BENCHMARKS.md measures
 // nginx + Nchan so). Every wait is bounded, and the whole run ends after
 // -timeout.
+//
+// It runs on Linux only: it reads the CPU, memory and open files of the
+// server and of itself from /proc. On other systems it builds, and says so
+// when it is run.
 package main
 
 import (
@@ -106,6 +110,9 @@ func main() {
 func run(o options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
+	if err := checkSystem(); err != nil {
+		return err
+	}
 	nofile := raiseOpenFiles()
 	if total := o.n * o.topics; uint64(total)+64 > nofile {
 		return fmt.Errorf("%d clients need more open files than this process's limit of %d", total, nofile)
