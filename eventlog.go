@@ -8,6 +8,11 @@ package pollsse
 // This is the seam between producing events and delivering them: the
 // memoryLog (memorylog.go) lives in one process's memory; a log shared
 // through a store by several Caddy instances implements the same methods.
+// A cursor is a subscriber's place in its topic's log: what it has read.
+// Only the log that made it reads it; its zero value is the place of a new
+// subscriber, which reads a snapshot first.
+type cursor uint64
+
 type eventLog interface {
 	// appendDocument records a new current document. event and data make the
 	// event that turns the previous document into doc; an empty event means
@@ -21,9 +26,9 @@ type eventLog interface {
 	// those that wait for the first document are told at once.
 	appendStatus(data []byte, down bool)
 	// resume returns the cursor for a subscriber that last saw the event with
-	// the given id, or 0 when the id is unknown, malformed or too old, in
+	// the given id, or the zero cursor when the id is unknown, malformed or too old, in
 	// which case the subscriber starts with a snapshot.
-	resume(lastEventID string) uint64
+	resume(lastEventID string) cursor
 	// read appends to buf the frames that a subscriber at cursor has not yet
 	// received, at most cap(buf), and returns them, the subscriber's new
 	// cursor and a channel that is closed when the log next changes. Cursor
@@ -35,7 +40,7 @@ type eventLog interface {
 	// latest status event if it comes after the cursor. A subscriber reads
 	// every status event, or the latest, in their order among the events:
 	// its idea of the upstream's state is always the current one.
-	read(cursor uint64, buf []frame) (frames []frame, next uint64, wake <-chan struct{})
+	read(at cursor, buf []frame) (frames []frame, next cursor, wake <-chan struct{})
 	// changed returns a channel that is closed when the log next changes.
 	changed() <-chan struct{}
 }

@@ -78,7 +78,7 @@ type connStream struct {
 	buf  [watchBufferSize]byte
 
 	mu     sync.Mutex
-	cursor uint64
+	cursor cursor
 	last   time.Time // of the last write
 	// lagging is set while a goroutine of the stream's own is writing to
 	// it; the group leaves it alone.
@@ -92,7 +92,7 @@ type connStream struct {
 // headers and the retry field must have been written. It reports whether it
 // did; if so the subscription to t is
 // the stream's, and the handler must return without touching w again.
-func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, cursor uint64) bool {
+func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, at cursor) bool {
 	if !canDetach || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || d.cfg.ended() {
 		return false
 	}
@@ -106,7 +106,7 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 	// What net/http read ahead is what the client sent after its
 	// request; nothing of it is a request that the stream answers.
 	sent := brw.Reader.Buffered()
-	s := &connStream{conn: conn, cursor: cursor, last: time.Now(), sent: sent}
+	s := &connStream{conn: conn, cursor: at, last: time.Now(), sent: sent}
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		s.rc, err = c.SyscallConn()
@@ -117,7 +117,7 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 		// A connection that a listener wrapper made, whose bytes may not
 		// be the socket's: write to it with blocking writes on this
 		// goroutine.
-		d.cfg.streamHijacked(conn, t, cursor, sent)
+		d.cfg.streamHijacked(conn, t, at, sent)
 		return true
 	}
 	// The group's sweeps wait until the stream is set up and has been
@@ -305,7 +305,7 @@ func (g *connGroup) service(s *connStream, w *sweeper) {
 // writeFrames writes frames to s, each as one chunk in one non-blocking
 // write, and moves its cursor to next. When the socket does not take a whole
 // chunk, the rest is left to a goroutine of the stream's own. s.mu is held.
-func (s *connStream) writeFrames(frames []frame, next uint64, w *sweeper) {
+func (s *connStream) writeFrames(frames []frame, next cursor, w *sweeper) {
 	s.cursor = next
 	for i, f := range frames {
 		c := w.chunk(f.bytes)
@@ -370,7 +370,7 @@ func (s *connStream) catchUp(rest []byte, last frame, frames []frame) {
 			s.mu.Unlock()
 			return
 		}
-		var next uint64
+		var next cursor
 		frames, next, _ = s.g.t.log.read(s.cursor, w.frames[:0])
 		if len(frames) == 0 {
 			// Caught up: the group writes the next change. One that

@@ -139,7 +139,7 @@ func (l *memoryLog) oldest() uint64 {
 // never ours.
 const maxIDLength = 64
 
-func (l *memoryLog) resume(lastEventID string) uint64 {
+func (l *memoryLog) resume(lastEventID string) cursor {
 	if len(lastEventID) > maxIDLength {
 		return 0
 	}
@@ -163,15 +163,23 @@ func (l *memoryLog) resume(lastEventID string) uint64 {
 			return 0
 		}
 	}
-	return pos
+	return cursor(pos)
 }
 
-func (l *memoryLog) read(cursor uint64, buf []frame) ([]frame, uint64, <-chan struct{}) {
+// read reads the log as eventLog says; a cursor is the position of the last
+// entry read, 0 before any.
+func (l *memoryLog) read(at cursor, buf []frame) ([]frame, cursor, <-chan struct{}) {
+	pos, buf, wake := l.readAt(uint64(at), buf)
+	return buf, cursor(pos), wake
+}
+
+// readAt is read at the position cursor, which it returns moved.
+func (l *memoryLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan struct{}) {
 	l.mu.RLock()
 	wake := l.wake
 	if cursor == l.head {
 		l.mu.RUnlock()
-		return buf, cursor, wake
+		return cursor, buf, wake
 	}
 	from, start := cursor, len(buf)
 	// after is the status event that follows the snapshot of a subscriber
@@ -211,7 +219,7 @@ func (l *memoryLog) read(cursor uint64, buf []frame) ([]frame, uint64, <-chan st
 		}
 		if !restart {
 			l.mu.RUnlock()
-			return buf, cursor, wake
+			return cursor, buf, wake
 		}
 	}
 	snap, head := l.snap, l.head
@@ -221,15 +229,15 @@ func (l *memoryLog) read(cursor uint64, buf []frame) ([]frame, uint64, <-chan st
 		// failing, and the subscriber reads the first document from
 		// there.
 		if after.bytes == nil {
-			return buf, from, wake
+			return from, buf, wake
 		}
-		return append(buf, after), head, wake
+		return head, append(buf, after), wake
 	}
 	buf = append(buf, snap.get())
 	if after.bytes != nil {
 		buf = append(buf, after)
 	}
-	return buf, head, wake
+	return head, buf, wake
 }
 
 var _ eventLog = (*memoryLog)(nil)

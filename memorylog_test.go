@@ -10,14 +10,14 @@ func doc(data string) *document { return &document{body: []byte(data), data: []b
 
 // readAll reads a log from cursor as a subscriber does, until nothing is
 // left, and returns the parsed events and the final cursor.
-func readAll(t *testing.T, l eventLog, cursor uint64) ([]sseEvent, uint64) {
+func readAll(t *testing.T, l eventLog, at cursor) ([]sseEvent, cursor) {
 	t.Helper()
 	var out []sseEvent
 	for range 100 {
-		frames, next, _ := l.read(cursor, make([]frame, 0, 4))
-		cursor = next
+		frames, next, _ := l.read(at, make([]frame, 0, 4))
+		at = next
 		if len(frames) == 0 {
-			return out, cursor
+			return out, at
 		}
 		for _, f := range frames {
 			out = append(out, parseFrames(t, f.bytes)...)

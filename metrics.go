@@ -160,10 +160,10 @@ func (m *handlerMetrics) countWriteError(err error) {
 
 // countResume counts a subscriber that came with lastEventID, and for which
 // the log's resume returned cursor; one without an id is not a resume.
-func (m *handlerMetrics) countResume(lastEventID string, cursor uint64) {
+func (m *handlerMetrics) countResume(lastEventID string, at cursor) {
 	switch {
 	case lastEventID == "":
-	case cursor != 0:
+	case at != 0:
 		m.resumesReplayed.Inc()
 	default:
 		m.resumesSnapshot.Inc()

@@ -58,11 +58,11 @@ const maxFramesPerRead = 64
 // holds, its next read is a fresh snapshot; when it takes nothing of a write
 // for the write timeout, the stream ends, and the browser reconnects and
 // resumes by id.
-func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
+func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, at cursor) {
 	buf := make([]frame, 0, maxFramesPerRead)
 	for {
 		refused := t.refusedChan()
-		frames, next, wake := t.log.read(cursor, buf[:0])
+		frames, next, wake := t.log.read(at, buf[:0])
 		for _, f := range frames {
 			if err := ew.write(f.bytes); err != nil {
 				metrics.countWriteError(err)
@@ -70,7 +70,7 @@ func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, cur
 			}
 			metrics.countSent(f)
 		}
-		cursor = next
+		at = next
 		if len(frames) > 0 {
 			continue
 		}

@@ -116,7 +116,7 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 // goroutine reads from the connection to notice the client leaving, or
 // sending more than maxClientBytes after its request, of which it had sent
 // sent.
-func (c *streamConfig) streamHijacked(conn net.Conn, t *topic, cursor uint64, sent int) {
+func (c *streamConfig) streamHijacked(conn net.Conn, t *topic, at cursor, sent int) {
 	defer c.unsubscribe(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -128,7 +128,7 @@ func (c *streamConfig) streamHijacked(conn net.Conn, t *topic, cursor uint64, se
 		cancel()
 	}()
 	hw := &hijackedWriter{conn: conn, timeout: c.writeTimeout, last: time.Now()}
-	c.stream(ctx, hw, t, cursor)
+	c.stream(ctx, hw, t, at)
 	conn.Close()
 	// The reads count bytes for Caddy's access log, which it writes once
 	// the handler returns.
