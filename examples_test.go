@@ -24,7 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"golang.org/x/crypto/bcrypt"
@@ -117,13 +116,7 @@ func runExample(t *testing.T, path string, replacements ...string) {
 	if len(warnings) > 0 {
 		t.Logf("adapting %s: %v", path, warnings)
 	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading %s: %v", path, err)
-	}
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
+	loadCaddy(t, cfg)
 }
 
 // TestExampleDemoPatchesOneOrderAtATime runs the demo as examples/Caddyfile

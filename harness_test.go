@@ -1,12 +1,14 @@
 package pollsse
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -28,24 +30,57 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// caddySettings are what the options of startCaddy change in the
+// configuration that caddyConfig makes.
+type caddySettings struct {
+	// logFile, when set, is where Caddy writes its log, every line at
+	// DEBUG, as JSON.
+	logFile string
+	// accessLogs, when set, is the server's access log configuration
+	// (JSON).
+	accessLogs string
+}
+
+// A caddyOption changes the configuration of startCaddy.
+type caddyOption func(*caddySettings)
+
+// withAccessLogs gives the server of startCaddy the access log
+// configuration cfg (JSON, such as `{}` or `{"skip_hosts":[...]}`).
+func withAccessLogs(cfg string) caddyOption {
+	return func(s *caddySettings) { s.accessLogs = cfg }
+}
+
 // caddyConfig returns a Caddy JSON config with one HTTP server on port whose
 // routes are given as JSON.
 func caddyConfig(t testing.TB, port int, routes string) []byte {
 	t.Helper()
-	level := "ERROR"
+	return caddyConfigWith(t, port, routes, caddySettings{})
+}
+
+func caddyConfigWith(t testing.TB, port int, routes string, s caddySettings) []byte {
+	t.Helper()
+	logging := `{"logs": {"default": {"level": "ERROR"}}}`
 	if os.Getenv("POLLSSE_TEST_LOG") != "" {
-		level = "DEBUG"
+		logging = `{"logs": {"default": {"level": "DEBUG"}}}`
+	}
+	if s.logFile != "" {
+		logging = fmt.Sprintf(`{"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}}`, s.logFile)
+	}
+	accessLogs := ""
+	if s.accessLogs != "" {
+		accessLogs = `"logs": ` + s.accessLogs + `,`
 	}
 	cfg := fmt.Sprintf(`{
 		"admin": {"disabled": true},
 		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": %q}}},
+		"logging": %s,
 		"apps": {"http": {"servers": {"test": {
 			"listen": ["127.0.0.1:%d"],
 			"automatic_https": {"disable": true},
+			%s
 			"routes": %s
 		}}}}
-	}`, t.TempDir(), level, port, routes)
+	}`, t.TempDir(), logging, port, accessLogs, routes)
 	if !json.Valid([]byte(cfg)) {
 		t.Fatalf("invalid config: %s", cfg)
 	}
@@ -55,20 +90,42 @@ func caddyConfig(t testing.TB, port int, routes string) []byte {
 // startCaddy runs Caddy in this process with the given routes and returns
 // its base URL. Caddy stops when the test ends, and no goroutine of this
 // package may be left then.
-func startCaddy(t testing.TB, routes string) string {
+func startCaddy(t testing.TB, routes string, opts ...caddyOption) string {
 	t.Helper()
+	var s caddySettings
+	for _, opt := range opts {
+		opt(&s)
+	}
 	port := freePort(t)
-	if err := caddy.Load(caddyConfig(t, port, routes), true); err != nil {
+	loadCaddy(t, caddyConfigWith(t, port, routes, s))
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+// startCaddyAtDebug is startCaddy with Caddy's log, every line at DEBUG, in
+// a file that the returned caddyLog reads.
+func startCaddyAtDebug(t testing.TB, routes string, opts ...caddyOption) (string, *caddyLog) {
+	t.Helper()
+	log := &caddyLog{t: t, path: filepath.Join(t.TempDir(), "caddy.log")}
+	opts = append(opts, func(s *caddySettings) { s.logFile = log.path })
+	return startCaddy(t, routes, opts...), log
+}
+
+// loadCaddy runs Caddy in this process with the configuration cfg (JSON).
+// Caddy stops when the test ends, and no goroutine of this package may be
+// left then.
+func loadCaddy(t testing.TB, cfg []byte) {
+	t.Helper()
+	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
 	t.Cleanup(func() {
 		stopCaddy(t)
 		assertNoStreamGoroutines(t)
 	})
-	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
 // stopCaddy stops the Caddy of this process, failing the test if that hangs.
+// Stopping a Caddy that has stopped does nothing.
 func stopCaddy(t testing.TB) {
 	t.Helper()
 	done := make(chan error, 1)
@@ -89,25 +146,91 @@ func pollSSERoute(path, fields string) string {
 	return fmt.Sprintf(`{"match":[{"path":[%q]}],"handle":[{"handler":"poll_sse",%s}]}`, path, fields)
 }
 
+// A caddyLog is the log of a Caddy of startCaddyAtDebug.
+type caddyLog struct {
+	t    testing.TB
+	path string
+}
+
+// A logLine is one JSON line of Caddy's log.
+type logLine struct {
+	Level    string `json:"level"`
+	Logger   string `json:"logger"`
+	Msg      string `json:"msg"`
+	Upstream string `json:"upstream"`
+	raw      string
+}
+
+// text returns what Caddy has logged so far.
+func (l *caddyLog) text() string {
+	b, err := os.ReadFile(l.path)
+	if err != nil && !os.IsNotExist(err) {
+		l.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// lines returns the lines Caddy has logged so far.
+func (l *caddyLog) lines() []logLine {
+	l.t.Helper()
+	var lines []logLine
+	sc := bufio.NewScanner(strings.NewReader(l.text()))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var line logLine
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			l.t.Fatalf("a log line that is not JSON: %s", sc.Text())
+		}
+		line.raw = sc.Text()
+		lines = append(lines, line)
+	}
+	if err := sc.Err(); err != nil {
+		l.t.Fatal(err)
+	}
+	return lines
+}
+
+// count returns how many lines Caddy has logged with the message msg.
+func (l *caddyLog) count(msg string) int {
+	l.t.Helper()
+	n := 0
+	for _, line := range l.lines() {
+		if line.Msg == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// goroutineStacks returns the stack of every goroutine, each a block of
+// lines of its own.
+func goroutineStacks() []string {
+	// A dump cut at the buffer's end would miss goroutines.
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	for ; n == len(buf); n = runtime.Stack(buf, true) {
+		buf = make([]byte, 2*len(buf))
+	}
+	return strings.Split(string(buf[:n]), "\n\n")
+}
+
 // assertNoStreamGoroutines fails the test if a goroutine of this package's
 // streams, pollers or tickers is still running shortly after Caddy stopped.
 func assertNoStreamGoroutines(t testing.TB) {
 	t.Helper()
-	var stacks string
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		buf := make([]byte, 1<<20)
-		stacks = string(buf[:runtime.Stack(buf, true)])
-		leaked := false
-		for _, g := range strings.Split(stacks, "\n\n") {
+	var leaked []string
+	ok := eventually(5*time.Second, func() bool {
+		leaked = nil
+		for _, g := range goroutineStacks() {
 			if strings.Contains(g, "caddy-pollsse.") && !strings.Contains(g, "assertNoStreamGoroutines") && !strings.Contains(g, "_test.go") {
-				leaked = true
+				leaked = append(leaked, g)
 			}
 		}
-		if !leaked {
-			return
-		}
+		return len(leaked) == 0
+	})
+	if !ok {
+		t.Errorf("goroutines of the handler outlived Caddy:\n%s", strings.Join(leaked, "\n\n"))
 	}
-	t.Errorf("goroutines of the handler outlived Caddy:\n%s", stacks)
 }
 
 // A fakeAPI is the legacy JSON API in front of which the handler runs: an
@@ -185,15 +308,23 @@ func (api *fakeAPI) requestLog() []*http.Request {
 	return append([]*http.Request(nil), api.requests...)
 }
 
+// eventually polls cond until it holds, and tells whether it did within
+// timeout.
+func eventually(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(timeout); ; time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
+	if !eventually(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }

@@ -14,7 +14,7 @@ import (
 
 func TestMaxTopics(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
-	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(
 		`"upstream":%q,"interval":"100ms","max_topics":2,"retry":"2500ms"`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
 	a := openStream(t, http.DefaultClient, base+"/events?id=a", "")
 	b := openStream(t, http.DefaultClient, base+"/events?id=b", "")
@@ -30,8 +30,8 @@ func TestMaxTopics(t *testing.T) {
 	if a2.next(5*time.Second).name != "snapshot" {
 		t.Error("a second subscriber of an existing topic was refused")
 	}
-	if !strings.Contains(logs(), `"setting":"max_topics","limit":2,`) {
-		t.Errorf("no log line names max_topics and its limit:\n%s", logs())
+	if !strings.Contains(logs.text(), `"setting":"max_topics","limit":2,`) {
+		t.Errorf("no log line names max_topics and its limit:\n%s", logs.text())
 	}
 	// The existing streams carry on.
 	api.set(`{"v":1}`)
@@ -57,7 +57,7 @@ func TestMaxTopics(t *testing.T) {
 
 func TestMaxSubscribers(t *testing.T) {
 	api := newFakeAPI(t, `{"v":0}`)
-	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(
 		`"upstream":%q,"interval":"100ms","max_subscribers":3`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
 	var open []*streamClient
 	for _, id := range []string{"a", "a", "b"} {
@@ -71,8 +71,8 @@ func TestMaxSubscribers(t *testing.T) {
 			t.Errorf("a fourth subscriber of %s: status %d, Retry-After %q; want 503 with Retry-After", id, status, hdr.Get("Retry-After"))
 		}
 	}
-	if !strings.Contains(logs(), `"setting":"max_subscribers","limit":3,`) || !strings.Contains(logs(), "subscribers refused") {
-		t.Errorf("no log line names max_subscribers and its limit:\n%s", logs())
+	if !strings.Contains(logs.text(), `"setting":"max_subscribers","limit":3,`) || !strings.Contains(logs.text(), "subscribers refused") {
+		t.Errorf("no log line names max_subscribers and its limit:\n%s", logs.text())
 	}
 	api.set(`{"v":1}`)
 	for _, sc := range open {
@@ -164,12 +164,8 @@ func TestPollsOfManyTopicsAreSpread(t *testing.T) {
 // of that user's topic.
 func TestTopicIDsTellTopicsApart(t *testing.T) {
 	api := newUsersAPI(t)
-	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["Authorization"]`, api.URL+"/account")), "")
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(
+		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["Authorization"]`, api.URL+"/account"))+"]")
 	users := []string{"alice", "bob"}
 	streams := map[string]*streamClient{}
 	for _, user := range users {
@@ -204,7 +200,7 @@ func TestTopicIDsTellTopicsApart(t *testing.T) {
 
 	// The log lines of each topic, by message.
 	lines := map[string][]string{} // topic id + " " + message -> errors
-	for _, l := range readLogLines(t, logFile) {
+	for _, l := range logs.lines() {
 		for _, secret := range []string{"alice-token", "bob-token"} {
 			if strings.Contains(l.raw, secret) {
 				t.Errorf("a log line holds %q: %s", secret, l.raw)
@@ -241,7 +237,7 @@ func TestTopicIDsTellTopicsApart(t *testing.T) {
 
 func TestForwardedCredentialsNeverCrossUsers(t *testing.T) {
 	api := newUsersAPI(t)
-	base, logs := startCaddyLogging(t, "["+pollSSERoute("/events", fmt.Sprintf(
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(
 		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["authorization"]`, api.URL+"/account"))+"]")
 
 	alice := openStreamWith(t, base+"/events", bearer("alice-token"), "")
@@ -323,11 +319,11 @@ func TestForwardedCredentialsNeverCrossUsers(t *testing.T) {
 	})
 
 	for _, secret := range []string{"alice-token", "bob-token", "mallory-token", "eve-token", "bob-cookie"} {
-		if strings.Contains(logs(), secret) {
+		if strings.Contains(logs.text(), secret) {
 			t.Errorf("the logs hold %q", secret)
 		}
 	}
-	if !strings.Contains(logs(), "topic started") {
+	if !strings.Contains(logs.text(), "topic started") {
 		t.Error("the log capture holds no line of the handler")
 	}
 }

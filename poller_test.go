@@ -525,7 +525,7 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 		return fmt.Sprintf(`"upstream":%q,"interval":%q,"max_backoff":%q,"idle_timeout":%q,"forward_headers":["Authorization"]`,
 			upstream.URL, interval, maxBackoff, idle)
 	}
-	base, logs := startCaddyLogging(t, "["+
+	base, logs := startCaddyAtDebug(t, "["+
 		pollSSERoute("/events", handler(time.Minute))+","+
 		pollSSERoute("/made-up", handler(idleTimeout))+"]")
 
@@ -578,7 +578,7 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 			left[token] = time.Now()
 		}
 		waitFor(t, 10*time.Second, "the topics of the made-up credentials to stop", func() bool {
-			return strings.Count(logs(), "topic stopped") == tokens
+			return logs.count("topic stopped") == tokens
 		})
 		for token, at := range left {
 			polls := requests("Bearer " + token)

@@ -2,49 +2,13 @@ package pollsse
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-// startCaddyLogging is startCaddy with every log line, debug included,
-// written to a file; logs returns what has been written so far.
-func startCaddyLogging(t *testing.T, routes string) (base string, logs func() string) {
-	t.Helper()
-	port := freePort(t)
-	var cfg map[string]any
-	if err := json.Unmarshal(caddyConfig(t, port, routes), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{
-		"level":  "DEBUG",
-		"writer": map[string]any{"output": "file", "filename": logFile},
-	}}}
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Load(raw, true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
-	return fmt.Sprintf("http://127.0.0.1:%d", port), func() string {
-		b, _ := os.ReadFile(logFile)
-		return string(b)
-	}
-}
 
 // getStatus makes a GET request with the given headers and returns the
 // response's status and body; a stream is closed once its headers are in.
