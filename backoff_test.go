@@ -113,17 +113,18 @@ func TestOutageRequestCounts(t *testing.T) {
 		t.Skip("full-scale outage in -short mode")
 	}
 	measure := func(maxBackoff time.Duration) int {
-		api := newFaultAPI(t, `{"a":1}`)
+		api := newFakeAPI(t, `{"a":1}`)
 		base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":%q,"max_backoff":%q`,
 			api.URL, interval/scale, maxBackoff/scale))+"]")
 		defer stopCaddy(t)
 		sc := openStream(t, http.DefaultClient, base+"/events", "")
 		defer sc.close()
 		sc.next(5 * time.Second)
-		api.set("503", "")
+		api.setFault("503")
 		time.Sleep(outage / scale)
-		api.set("", `{"a":2}`)
-		return len(api.failedArrivals("503"))
+		api.set(`{"a":2}`)
+		api.setFault("")
+		return len(api.arrivals("503"))
 	}
 	scaledWith, scaledWithout := measure(time.Minute), measure(interval)
 	t.Logf("real Caddy, time-scaled 1:%d: %d requests without backoff, %d with max_backoff 1m", scale, scaledWithout, scaledWith)

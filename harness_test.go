@@ -2,6 +2,7 @@ package pollsse
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -234,25 +235,67 @@ func assertNoStreamGoroutines(t testing.TB) {
 }
 
 // A fakeAPI is the legacy JSON API in front of which the handler runs: an
-// httptest server whose document, status and latency a test sets, and which
-// counts the requests it receives.
+// httptest server that answers every request with the document, status and
+// headers that a test sets, or fails in the way it sets (faults_test.go).
+// It can validate conditional requests with an ETag of its document, answer
+// each credential its own document, hold requests until the test releases
+// them, and let a test's hook answer them; it logs every exchange and
+// counts the requests in flight.
 type fakeAPI struct {
 	*httptest.Server
+	t testing.TB
 
-	mu       sync.Mutex
-	body     []byte
-	status   int
-	delay    time.Duration
-	requests []*http.Request
+	// redirectTo is where the "redirect to another host" fault sends
+	// polls.
+	redirectTo string
+
+	mu         sync.Mutex
+	body       []byte
+	status     int
+	header     http.Header
+	delay      time.Duration
+	etag       etagMode
+	fault      string
+	credential string            // the header that answers are chosen by
+	answers    map[string]answer // by credential; nil to answer all alike
+	hook       func(http.ResponseWriter, *http.Request) bool
+	held       chan struct{} // requests wait while it is open
+	exchanges  []*exchange
 
 	inFlight    atomic.Int32
 	maxInFlight atomic.Int32
 	count       atomic.Int64
 }
 
+// An etagMode is how a fakeAPI validates.
+type etagMode int
+
+const (
+	noETag       etagMode = iota
+	etagHonoured          // a strong ETag of the document, and 304 to an If-None-Match that holds it
+	etagIgnored           // the ETag, and the whole document whatever If-None-Match holds
+)
+
+// An answer is what a fakeAPI answers one credential.
+type answer struct {
+	status int
+	body   string
+}
+
+// An exchange is one request that a fakeAPI received and its answer.
+type exchange struct {
+	at    time.Time
+	req   *http.Request
+	fault string // the fault it met
+	// status and header are the answer's; status is 0 when the request
+	// got none.
+	status int
+	header http.Header
+}
+
 func newFakeAPI(t testing.TB, body string) *fakeAPI {
 	t.Helper()
-	api := &fakeAPI{body: []byte(body), status: http.StatusOK}
+	api := &fakeAPI{t: t, body: []byte(body), status: http.StatusOK, header: http.Header{}, credential: "Authorization"}
 	api.Server = httptest.NewServer(http.HandlerFunc(api.serve))
 	t.Cleanup(api.Close)
 	return api
@@ -269,8 +312,37 @@ func (api *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	api.count.Add(1)
 	api.mu.Lock()
-	api.requests = append(api.requests, r.Clone(r.Context()))
-	body, status, delay := api.body, api.status, api.delay
+	ex := &exchange{at: time.Now(), req: r.Clone(r.Context()), fault: api.fault}
+	api.exchanges = append(api.exchanges, ex)
+	hook, held := api.hook, api.held
+	api.mu.Unlock()
+	rec := &answerRecorder{ResponseWriter: w}
+	defer func() {
+		api.mu.Lock()
+		defer api.mu.Unlock()
+		ex.status, ex.header = rec.status, w.Header().Clone()
+	}()
+
+	if held != nil {
+		select {
+		case <-held:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if hook != nil && hook(rec, r) {
+		return
+	}
+	api.mu.Lock()
+	body, status, header, delay, etag, fault := api.body, api.status, api.header.Clone(), api.delay, api.etag, api.fault
+	ex.fault = fault
+	if api.answers != nil {
+		a, ok := api.answers[r.Header.Get(api.credential)]
+		if !ok {
+			a = answer{http.StatusUnauthorized, "who are you"}
+		}
+		body, status = []byte(a.body), a.status
+	}
 	api.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -279,33 +351,188 @@ func (api *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(body)
+	if fault != "" {
+		api.fail(rec, r, fault)
+		return
+	}
+	for name, values := range header {
+		rec.Header()[name] = values
+	}
+	if status == http.StatusUnauthorized {
+		rec.Header().Set("WWW-Authenticate", "Bearer")
+	}
+	if etag != noETag && status == http.StatusOK {
+		tag := fmt.Sprintf(`"%x"`, sha256.Sum256(body))
+		rec.Header().Set("ETag", tag)
+		if etag == etagHonoured && r.Header.Get("If-None-Match") == tag {
+			rec.WriteHeader(http.StatusNotModified)
+			return
+		}
+	}
+	rec.Header().Set("Content-Type", "application/json")
+	rec.WriteHeader(status)
+	rec.Write(body)
 }
 
+// An answerRecorder records the status of the answer it writes.
+type answerRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *answerRecorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+	r.ResponseWriter.WriteHeader(status)
+}
+
+func (r *answerRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *answerRecorder) Flush() {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	http.NewResponseController(r.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController hijack the connection.
+func (r *answerRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// set sets the document that the API answers.
 func (api *fakeAPI) set(body string) {
 	api.mu.Lock()
 	defer api.mu.Unlock()
 	api.body = []byte(body)
 }
 
+// setStatus sets the status that the API answers with its document.
 func (api *fakeAPI) setStatus(status int) {
 	api.mu.Lock()
 	defer api.mu.Unlock()
 	api.status = status
 }
 
+// setHeader sets a header of the API's answers, "" to remove it.
+func (api *fakeAPI) setHeader(name, value string) {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	if value == "" {
+		api.header.Del(name)
+	} else {
+		api.header.Set(name, value)
+	}
+}
+
+// setDelay sets how long the API takes before it answers.
 func (api *fakeAPI) setDelay(d time.Duration) {
 	api.mu.Lock()
 	defer api.mu.Unlock()
 	api.delay = d
 }
 
-func (api *fakeAPI) requestLog() []*http.Request {
+// setETag sets how the API validates its answers of 200.
+func (api *fakeAPI) setETag(m etagMode) {
 	api.mu.Lock()
 	defer api.mu.Unlock()
-	return append([]*http.Request(nil), api.requests...)
+	api.etag = m
+}
+
+// setFault makes the API fail in the way named (faults_test.go), "" to
+// answer again.
+func (api *fakeAPI) setFault(fault string) {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	api.fault = fault
+}
+
+// setFor makes the API answer the requests whose credential (the header
+// of credentialIn, Authorization unless told) is credential with status
+// and body. Once it has an answer for one credential, the API answers each
+// request by its credential, and 401 to one it has no answer for.
+func (api *fakeAPI) setFor(credential string, status int, body string) {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	if api.answers == nil {
+		api.answers = map[string]answer{}
+	}
+	api.answers[credential] = answer{status, body}
+}
+
+// credentialIn makes setFor's credentials the values of the request header
+// name.
+func (api *fakeAPI) credentialIn(name string) {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	api.credential = name
+}
+
+// handle makes hook see every request first, after any hold; it answers
+// the request itself when it returns true, and leaves it to the API
+// otherwise.
+func (api *fakeAPI) handle(hook func(w http.ResponseWriter, r *http.Request) bool) {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	api.hook = hook
+}
+
+// hold makes the requests that come from now on wait until release is
+// called; release is called when the test ends too.
+func (api *fakeAPI) hold() (release func()) {
+	held := make(chan struct{})
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			close(held)
+			api.mu.Lock()
+			defer api.mu.Unlock()
+			if api.held == held {
+				api.held = nil
+			}
+		})
+	}
+	api.mu.Lock()
+	api.held = held
+	api.mu.Unlock()
+	api.t.Cleanup(release)
+	return release
+}
+
+// requestLog returns the requests the API has received, in order.
+func (api *fakeAPI) requestLog() []*http.Request {
+	var out []*http.Request
+	for _, ex := range api.exchangeLog() {
+		out = append(out, ex.req)
+	}
+	return out
+}
+
+// exchangeLog returns the API's exchanges so far, in the order of their
+// requests.
+func (api *fakeAPI) exchangeLog() []exchange {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	out := make([]exchange, len(api.exchanges))
+	for i, ex := range api.exchanges {
+		out[i] = *ex
+	}
+	return out
+}
+
+// arrivals returns when the requests came that met fault ("" for none).
+func (api *fakeAPI) arrivals(fault string) []time.Time {
+	var out []time.Time
+	for _, ex := range api.exchangeLog() {
+		if ex.fault == fault {
+			out = append(out, ex.at)
+		}
+	}
+	return out
 }
 
 // eventually polls cond until it holds, and tells whether it did within

@@ -177,8 +177,8 @@ func TestTopicIDsTellTopicsApart(t *testing.T) {
 	}
 	// Alice's credential is revoked, bob's document breaks: each topic
 	// fails in its own way, then recovers.
-	api.setDoc("alice-token", "")
-	api.setDoc("bob-token", "not JSON")
+	api.setFor("Bearer alice-token", http.StatusUnauthorized, "")
+	api.setFor("Bearer bob-token", http.StatusOK, "not JSON")
 	ids := map[string]string{}
 	for _, user := range users {
 		sd := decodeStatus(t, streams[user].next(5*time.Second))
@@ -190,8 +190,8 @@ func TestTopicIDsTellTopicsApart(t *testing.T) {
 	if ids["alice"] == ids["bob"] {
 		t.Errorf("both users' status events name the topic %q", ids["alice"])
 	}
-	api.setDoc("alice-token", `{"user":"alice","balance":1}`)
-	api.setDoc("bob-token", `{"user":"bob","balance":1}`)
+	api.setFor("Bearer alice-token", http.StatusOK, `{"user":"alice","balance":1}`)
+	api.setFor("Bearer bob-token", http.StatusOK, `{"user":"bob","balance":1}`)
 	for _, user := range users {
 		if sd := decodeStatus(t, streams[user].next(5*time.Second)); sd.Upstream != "up" || sd.Topic != ids[user] {
 			t.Errorf("%s got %+v, want up with topic %q", user, sd, ids[user])
@@ -251,7 +251,7 @@ func TestForwardedCredentialsNeverCrossUsers(t *testing.T) {
 	}
 
 	t.Run("each user's changes reach only that user", func(t *testing.T) {
-		api.setDoc("alice-token", `{"user":"alice","balance":90}`)
+		api.setFor("Bearer alice-token", http.StatusOK, `{"user":"alice","balance":90}`)
 		if ev := alice.next(5 * time.Second); ev.name != "patch" || !strings.Contains(ev.data, "90") {
 			t.Fatalf("alice got %+v", ev)
 		}
@@ -303,7 +303,7 @@ func TestForwardedCredentialsNeverCrossUsers(t *testing.T) {
 	})
 
 	t.Run("a credential revoked after the snapshot is a status event, and new streams with it get 401", func(t *testing.T) {
-		api.setDoc("bob-token", "")
+		api.setFor("Bearer bob-token", http.StatusUnauthorized, "")
 		sd := decodeStatus(t, bob.next(5*time.Second))
 		if sd.Upstream != "down" || sd.Status != http.StatusUnauthorized {
 			t.Errorf("bob got %+v, want down with 401", sd)

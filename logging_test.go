@@ -5,9 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -33,34 +31,19 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		base64.StdEncoding.EncodeToString([]byte("alice:" + userinfoSecret)),
 	}
 
-	var mu sync.Mutex
-	version, failing := 0, false
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		v, fail := version, failing
-		mu.Unlock()
-		switch {
-		case r.URL.Path == "/user" && r.Header.Get("Authorization") != "Bearer "+forwardedSecret:
-			w.WriteHeader(http.StatusUnauthorized)
-		case fail:
-			w.WriteHeader(http.StatusServiceUnavailable)
-		default:
-			fmt.Fprintf(w, `{"path":%q,"v":%d}`, r.URL.Path, v)
-		}
-	}))
-	t.Cleanup(upstream.Close)
-	set := func(v int, fail bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		version, failing = v, fail
-	}
+	// The topics of /doc/* poll docs, through header_up's Authorization;
+	// those of /user poll user, which answers the forwarded credential
+	// alone.
+	docs := newFakeAPI(t, `{"v":0}`)
+	user := newFakeAPI(t, "")
+	user.setFor("Bearer "+forwardedSecret, http.StatusOK, `{"user":"alice"}`)
 
-	withPassword := strings.Replace(upstream.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
+	withPassword := strings.Replace(docs.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
 	base, logs := startCaddyAtDebug(t, "["+
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
 			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret))+","+
 		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
-			upstream.URL+"/user"))+"]", withAccessLogs(`{}`))
+			user.URL+"/user"))+"]", withAccessLogs(`{}`))
 
 	// A topic starts, polls the same document, changes, fails and
 	// recovers.
@@ -69,17 +52,18 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		t.Fatalf("got %+v", ev)
 	}
 	waitFor(t, 10*time.Second, "an unchanged poll", func() bool { return logs.count("poll unchanged") > 0 })
-	set(1, false)
+	docs.set(`{"v":1}`)
 	if ev := a.next(10 * time.Second); ev.name != "patch" {
 		t.Fatalf("got %+v", ev)
 	}
-	set(1, true)
+	docs.setStatus(http.StatusServiceUnavailable)
 	if ev := a.next(10 * time.Second); ev.name != "status" {
 		t.Fatalf("got %+v", ev)
 	}
 	// More failed polls, for which the outage keeps its one line.
 	waitFor(t, 10*time.Second, "a second failed poll", func() bool { return logs.count("poll failed") > 0 })
-	set(2, false)
+	docs.set(`{"v":2}`)
+	docs.setStatus(http.StatusOK)
 	for ev := a.next(10 * time.Second); ev.name != "patch"; ev = a.next(10 * time.Second) {
 	}
 
@@ -191,14 +175,9 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 // that Caddy does not hide itself, such as a token in X-Api-Token.
 func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	const good, bad = "good-t0ken", "bad-t0ken"
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Api-Token") != good {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		fmt.Fprint(w, `{"a":1}`)
-	}))
-	t.Cleanup(upstream.Close)
+	upstream := newFakeAPI(t, "")
+	upstream.credentialIn("X-Api-Token")
+	upstream.setFor(good, http.StatusOK, `{"a":1}`)
 	base, logs := startCaddyAtDebug(t, "["+
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
 			upstream.URL+"/doc/{http.request.uri.path.1}"))+"]")

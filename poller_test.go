@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,19 +78,11 @@ func frameTexts(frames []frame) []string {
 // is its snapshot; an outage and a recovery are one status event each,
 // with the topic's id, around the patch.
 func TestPollerTellsItsLogAndTopic(t *testing.T) {
-	var mu sync.Mutex
-	status, body := http.StatusUnauthorized, ""
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		w.WriteHeader(status)
-		io.WriteString(w, body)
-	}))
-	t.Cleanup(api.Close)
-	answer := func(s int, b string) {
-		mu.Lock()
-		status, body = s, b
-		mu.Unlock()
+	api := newFakeAPI(t, "")
+	api.setStatus(http.StatusUnauthorized)
+	answer := func(status int, body string) {
+		api.setStatus(status)
+		api.set(body)
 	}
 	tp := newTopic("key", "0123456789ab", api.URL, nil, newMemoryLog(16), func() {})
 	p := &poller{
@@ -134,26 +124,18 @@ func TestPollerTellsItsLogAndTopic(t *testing.T) {
 }
 
 func TestConditionalRequests(t *testing.T) {
-	var mu sync.Mutex
-	doc, etag := `{"v":1}`, `"v1"`
-	var full, notModified atomic.Int64
-	var firstConditional atomic.Value
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		d, e := doc, etag
-		mu.Unlock()
-		firstConditional.CompareAndSwap(nil, r.Header.Get("If-None-Match")+"|"+r.Header.Get("If-Modified-Since"))
-		w.Header().Set("ETag", e)
-		w.Header().Set("Last-Modified", "Sun, 22 Nov 2026 06:00:00 GMT")
-		if r.Header.Get("If-None-Match") == e {
-			notModified.Add(1)
-			w.WriteHeader(http.StatusNotModified)
-			return
+	api := newFakeAPI(t, `{"v":1}`)
+	api.setETag(etagHonoured)
+	api.setHeader("Last-Modified", "Sun, 22 Nov 2026 06:00:00 GMT")
+	answered := func(status int) int {
+		n := 0
+		for _, ex := range api.exchangeLog() {
+			if ex.status == status {
+				n++
+			}
 		}
-		full.Add(1)
-		io.WriteString(w, d)
-	}))
-	defer api.Close()
+		return n
+	}
 	h, parses := testHub(t, nil)
 	tp, err := h.subscribe(api.URL, nil)
 	if err != nil {
@@ -161,11 +143,11 @@ func TestConditionalRequests(t *testing.T) {
 	}
 	defer h.unsubscribe(tp)
 
-	waitFor(t, 5*time.Second, "10 answers of 304", func() bool { return notModified.Load() >= 10 })
-	if got := firstConditional.Load(); got != "|" {
-		t.Errorf("the first poll sent validators %q; it has none", got)
+	waitFor(t, 5*time.Second, "10 answers of 304", func() bool { return answered(http.StatusNotModified) >= 10 })
+	if first := api.requestLog()[0].Header; first.Get("If-None-Match") != "" || first.Get("If-Modified-Since") != "" {
+		t.Errorf("the first poll sent the validators %q and %q; it has none", first.Get("If-None-Match"), first.Get("If-Modified-Since"))
 	}
-	if n := full.Load(); n != 1 {
+	if n := answered(http.StatusOK); n != 1 {
 		t.Errorf("%d full answers for one version", n)
 	}
 	if n := parses.parses.Load(); n != 1 {
@@ -175,11 +157,9 @@ func TestConditionalRequests(t *testing.T) {
 		t.Errorf("the log holds %q, want one snapshot", frames)
 	}
 
-	mu.Lock()
-	doc, etag = `{"v":2}`, `"v2"`
-	mu.Unlock()
-	waitFor(t, 5*time.Second, "the new version", func() bool { return full.Load() == 2 })
-	waitFor(t, 5*time.Second, "304s for the new version", func() bool { return notModified.Load() >= 15 })
+	api.set(`{"v":2}`)
+	waitFor(t, 5*time.Second, "the new version", func() bool { return answered(http.StatusOK) == 2 })
+	waitFor(t, 5*time.Second, "304s for the new version", func() bool { return answered(http.StatusNotModified) >= 15 })
 	if n := parses.parses.Load(); n != 2 {
 		t.Errorf("%d bodies parsed for two versions", n)
 	}
@@ -294,9 +274,9 @@ func TestStrongLastModified(t *testing.T) {
 
 // A fileExchange is one request to a file server and its answer.
 type fileExchange struct {
-	path, ifModifiedSince string
-	status                int
-	date, lastModified    string
+	ifModifiedSince    string
+	status             int
+	date, lastModified string
 }
 
 // TestChangeInTheSecondOfLastModifiedIsDelivered: Go's http.FileServer
@@ -308,32 +288,24 @@ type fileExchange struct {
 func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 	dir := t.TempDir()
 	files := http.FileServer(http.Dir(dir))
-	var mu sync.Mutex
-	var exchanges []fileExchange
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The Date that net/http would set, set here so that it can be
-		// recorded.
+	upstream := newFakeAPI(t, "")
+	upstream.handle(func(w http.ResponseWriter, r *http.Request) bool {
+		// The Date that net/http would set, set here so that it is in
+		// the exchange log.
 		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		files.ServeHTTP(rec, r)
-		mu.Lock()
-		defer mu.Unlock()
-		exchanges = append(exchanges, fileExchange{
-			path:            r.URL.Path,
-			ifModifiedSince: r.Header.Get("If-Modified-Since"),
-			status:          rec.status,
-			date:            w.Header().Get("Date"),
-			lastModified:    w.Header().Get("Last-Modified"),
-		})
-	}))
-	t.Cleanup(upstream.Close)
+		files.ServeHTTP(w, r)
+		return true
+	})
 	exchangesOf := func(path string) []fileExchange {
-		mu.Lock()
-		defer mu.Unlock()
 		var out []fileExchange
-		for _, e := range exchanges {
-			if e.path == path {
-				out = append(out, e)
+		for _, e := range upstream.exchangeLog() {
+			if e.req.URL.Path == path {
+				out = append(out, fileExchange{
+					ifModifiedSince: e.req.Header.Get("If-Modified-Since"),
+					status:          e.status,
+					date:            e.header.Get("Date"),
+					lastModified:    e.header.Get("Last-Modified"),
+				})
 			}
 		}
 		return out
@@ -424,17 +396,6 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 	}
 }
 
-// A statusRecorder records the status of a response.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(status int) {
-	r.status = status
-	r.ResponseWriter.WriteHeader(status)
-}
-
 func TestAtMostOneRequestInFlight(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	// Each answer takes longer than the interval.
@@ -496,26 +457,18 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 		// wait between two polls.
 		slack = 50 * time.Millisecond
 	)
-	var mu sync.Mutex
-	accepted := map[string]bool{}
-	arrivals := map[string][]time.Time{}
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		mu.Lock()
-		arrivals[auth] = append(arrivals[auth], time.Now())
-		ok := accepted[auth]
-		mu.Unlock()
-		if !ok {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		fmt.Fprint(w, `{"a":1}`)
-	}))
-	t.Cleanup(upstream.Close)
+	// The upstream refuses every credential until it is given an answer
+	// for it.
+	upstream := newFakeAPI(t, "")
+	upstream.setFor("", http.StatusUnauthorized, "")
 	requests := func(auth string) []time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]time.Time(nil), arrivals[auth]...)
+		var out []time.Time
+		for _, ex := range upstream.exchangeLog() {
+			if ex.req.Header.Get("Authorization") == auth {
+				out = append(out, ex.at)
+			}
+		}
+		return out
 	}
 	// The most polls that a topic can make in a time: those of the
 	// schedule at its shortest waits.
@@ -545,9 +498,7 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 			t.Errorf("%d upstream requests in %s, want 3 to %d: the backoff of the failures", len(polls), span, most(span))
 		}
 
-		mu.Lock()
-		accepted["Bearer "+token] = true
-		mu.Unlock()
+		upstream.setFor("Bearer "+token, http.StatusOK, `{"a":1}`)
 		for start := time.Now(); ; time.Sleep(interval) {
 			sc := openStreamWith(t, base+"/events", bearer(token), "")
 			if sc.resp.StatusCode == http.StatusOK {
