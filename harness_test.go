@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,36 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the package's tests when a goroutine outlives them all,
+// but for those that the in-process Caddy leaves to end on their own.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(caddyShutdowns{m},
+		// Caddy's TLS app cleans its storage when it starts, under a lock
+		// file that certmagic's FileStorage keeps fresh from a goroutine,
+		// which sees the lock released only when it next wakes, up to 5s
+		// later.
+		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
+	)
+}
+
+// caddyShutdowns runs the tests of m, then waits until the servers of the
+// last Caddy have shut down: caddy.Stop returns once they have begun to,
+// and each shuts down on a goroutine of caddyhttp.(*App).stop until its
+// last connection has closed (an HTTP/2 one a second after its GOAWAY).
+type caddyShutdowns struct{ m *testing.M }
+
+func (c caddyShutdowns) Run() int {
+	code := c.m.Run()
+	eventually(10*time.Second, func() bool {
+		return !slices.ContainsFunc(goroutineStacks(), func(g string) bool {
+			return strings.Contains(g, "caddyhttp.(*App).stop")
+		})
+	})
+	return code
+}
 
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort(t testing.TB) int {
@@ -65,7 +95,11 @@ func caddyConfigWith(t testing.TB, port int, routes string, s caddySettings) []b
 		logging = `{"logs": {"default": {"level": "DEBUG"}}}`
 	}
 	if s.logFile != "" {
-		logging = fmt.Sprintf(`{"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}}`, s.logFile)
+		// Not rolled: Caddy does not close the log writers of a
+		// configuration that it unloads (Logging.openLogs registers
+		// closeLogs with OnCancel on a copy of its Context), and a rolling
+		// writer's goroutine would outlive the test.
+		logging = fmt.Sprintf(`{"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q, "roll": false}, "encoder": {"format": "json"}}}}`, s.logFile)
 	}
 	accessLogs := ""
 	if s.accessLogs != "" {
