@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -193,7 +194,15 @@ type logLine struct {
 	Logger   string `json:"logger"`
 	Msg      string `json:"msg"`
 	Upstream string `json:"upstream"`
-	raw      string
+	// TS is when the line was logged, in seconds since the Unix epoch.
+	TS  float64 `json:"ts"`
+	raw string
+}
+
+// time returns when the line was logged.
+func (l logLine) time() time.Time {
+	sec, frac := math.Modf(l.TS)
+	return time.Unix(int64(sec), int64(frac*1e9))
 }
 
 // text returns what Caddy has logged so far.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -412,22 +413,32 @@ func TestAtMostOneRequestInFlight(t *testing.T) {
 }
 
 func TestIdleTopicStops(t *testing.T) {
+	const interval, idle = 100 * time.Millisecond, 300 * time.Millisecond
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"300ms"`, api.URL))+"]")
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":%q,"idle_timeout":%q`, api.URL, interval, idle))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	first := sc.next(5 * time.Second)
+	left := time.Now() // before the server can see the subscriber leave
 	sc.close()
-	left := time.Now()
-	// Polling goes on for the idle timeout, then stops.
-	var stopped int64
-	waitFor(t, 5*time.Second, "polling to stop", func() bool {
-		n := api.count.Load()
-		time.Sleep(300 * time.Millisecond) // longer than an interval
-		stopped = api.count.Load()
-		return n == stopped
+	// Polling goes on for the idle timeout, then stops: the topic's
+	// poller returns, and no poll comes after.
+	waitFor(t, 5*time.Second, "the topic to stop", func() bool {
+		return logs.count("topic stopped") == 1 && !slices.ContainsFunc(goroutineStacks(), func(g string) bool {
+			return strings.Contains(g, "caddy-pollsse.(*poller).run(")
+		})
 	})
-	if since := time.Since(left); since < 300*time.Millisecond {
-		t.Errorf("polling stopped %s after the last subscriber left, before the idle timeout", since)
+	stopped := api.count.Load()
+	for _, l := range logs.lines() {
+		// (A log line's time is rounded to a microsecond or so.)
+		if at := l.time(); l.Msg == "topic stopped" && at.Before(left.Add(idle-time.Millisecond)) {
+			t.Errorf("the topic stopped %s after the last subscriber left, before the idle timeout", at.Sub(left))
+		}
+	}
+	// The last poll started at most an interval and its jitter before the
+	// idle timeout ended.
+	polls := api.arrivals("")
+	if last := polls[len(polls)-1].Sub(left); last < idle-interval*11/10 {
+		t.Errorf("the last poll came %s after the last subscriber left, want polls until the idle timeout, %s", last, idle)
 	}
 	// A new subscriber starts the topic again, with ids of a new epoch, so
 	// the old id is unknown.
