@@ -273,6 +273,8 @@ func TestExampleLiveAPIBehindBasicAuth(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without credentials: %s, want 401", resp.Status)
 	}
+	// A refused request leaves nothing to wait for: this is the time for
+	// a poll that it would have started to reach the upstream.
 	time.Sleep(50 * time.Millisecond)
 	if n := api.count.Load(); n != 0 {
 		t.Fatalf("a request without credentials caused %d upstream requests", n)

@@ -144,17 +144,16 @@ func sentDiffers(got scrape, ta *tally) string {
 // counted once written, which may be just after the client read it.
 func expectSent(t testing.TB, since func() scrape, ta *tally) scrape {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		s := since()
-		diff := sentDiffers(s, ta)
-		if diff == "" {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Error(diff)
-			return s
-		}
+	var s scrape
+	var diff string
+	if !eventually(5*time.Second, func() bool {
+		s = since()
+		diff = sentDiffers(s, ta)
+		return diff == ""
+	}) {
+		t.Error(diff)
 	}
+	return s
 }
 
 func expectValue(t testing.TB, s scrape, sample string, want float64) {
@@ -289,10 +288,11 @@ func TestMetricsCountHeartbeats(t *testing.T) {
 	// A heartbeat is counted once written, which may be just after the
 	// client read it.
 	var events, bytes float64
-	for deadline := time.Now().Add(5 * time.Second); events < 3 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	eventually(5*time.Second, func() bool {
 		s := scrapeMetrics(t, base+"/metrics").delta(start)
 		events, bytes = s[`caddy_http_poll_sse_events_sent_total{type="heartbeat"}`], s[`caddy_http_poll_sse_sent_bytes_total{type="heartbeat"}`]
-	}
+		return events >= 3
+	})
 	if events < 3 || bytes != events*float64(len(heartbeatFrame.bytes)) {
 		t.Errorf("received 3 heartbeats; counted %v heartbeats of %v bytes", events, bytes)
 	}

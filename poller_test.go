@@ -324,7 +324,8 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 		if attempt == 3 {
 			t.Fatal("the first poll never came in the second that the file was written")
 		}
-		// Start just after a second begins.
+		// Start just after a second begins: the file's modification time
+		// and the answers' Date are the real clock's, in whole seconds.
 		now := time.Now()
 		time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
 		name := fmt.Sprintf("doc%d.json", attempt)
@@ -495,8 +496,8 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 
 	t.Run("a refused topic recovers while refused visitors keep coming", func(t *testing.T) {
 		const token = "rotated"
-		// Visitors every interval, for long enough that the backoff
-		// reaches max_backoff.
+		// Visitors every interval, as browsers come on the clock, for
+		// long enough that the backoff reaches max_backoff.
 		for start := time.Now(); time.Since(start) < 3*maxBackoff; time.Sleep(interval) {
 			if status, _ := eventSourceStatus(t, base+"/events", bearer(token)); status != http.StatusUnauthorized {
 				t.Fatalf("a refused visitor got %d, want 401", status)
