@@ -186,8 +186,7 @@ func TestAccessLogsKeepStreamsOnTheirGoroutines(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			api := newFakeAPI(t, `{"a":1}`)
-			base, _ := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL)), tt.logs)
-			t.Cleanup(func() { stopCaddy(t) })
+			base, _ := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]", withAccessLogs(tt.logs))
 			streams := openStreams(t, base+"/events", 5)
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
