@@ -3,13 +3,13 @@ package pollsse
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -39,8 +39,13 @@ type hub struct {
 	cfg    topicSettings
 	logger *zap.Logger
 	client *http.Client
-	// keySecret keys the hash of forwarded header values in topic keys.
-	keySecret []byte
+	// store holds the logs of the hub's topics.
+	store hubStore
+	// keySecret keys the hash of forwarded header values in topic keys,
+	// and topic ids. It is the store's (hubStore.secret), asked for when
+	// the first topic needs it: secretMu is held while it is.
+	keySecret atomic.Pointer[[]byte]
+	secretMu  sync.Mutex
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -65,25 +70,23 @@ type capLog struct {
 	refused int
 }
 
-func newHub(cfg topicSettings, logger *zap.Logger) *hub {
+func newHub(cfg topicSettings, logger *zap.Logger, store hubStore) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	secret := make([]byte, 32)
-	rand.Read(secret)
 	spread := maxPollSpread
 	if cfg.MaxTopics > 0 {
 		spread = min(spread, cfg.Interval/time.Duration(cfg.MaxTopics))
 	}
 	return &hub{
-		cfg:       cfg,
-		logger:    logger,
-		client:    newUpstreamClient(),
-		keySecret: secret,
-		ctx:       ctx,
-		cancel:    cancel,
-		pacer:     make(chan struct{}, 1),
-		spread:    spread,
-		topics:    make(map[string]*topic),
-		capLogs:   make(map[string]*capLog),
+		cfg:     cfg,
+		logger:  logger,
+		client:  newUpstreamClient(),
+		store:   store,
+		ctx:     ctx,
+		cancel:  cancel,
+		pacer:   make(chan struct{}, 1),
+		spread:  spread,
+		topics:  make(map[string]*topic),
+		capLogs: make(map[string]*capLog),
 	}
 }
 
@@ -111,7 +114,8 @@ func (h *hub) topicKey(url string, fwd http.Header) string {
 	if len(h.cfg.ForwardHeaders) == 0 {
 		return url
 	}
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	var n [binary.MaxVarintLen64]byte
 	write := func(s string) {
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
@@ -138,7 +142,8 @@ const topicIDLength = 12
 // guesses of a secret in the upstream URL (its password, an API key in its
 // query) offline.
 func (h *hub) topicID(key string) string {
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("topic id\x00"))
 	mac.Write([]byte(key))
 	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
@@ -164,6 +169,11 @@ func (e *capError) Error() string {
 // max_subscribers, or at max_topics when a new topic is needed and no topic
 // without subscribers can make room, it returns a capError.
 func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
+	// Topic keys and ids are made with the store's secret, which the
+	// first subscriber asks the store for.
+	if _, err := h.secret(); err != nil {
+		return nil, err
+	}
 	key := h.topicKey(url, fwd)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -176,12 +186,16 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 			return nil, h.refuse(&capError{"max_topics", h.cfg.MaxTopics})
 		}
 		ctx, cancel := context.WithCancel(h.ctx)
-		t = newTopic(key, h.topicID(key), url, fwd, newMemoryLog(h.cfg.History), cancel)
+		id := h.topicID(key)
+		logger := h.logger.With(zap.String("upstream", redactURL(url)), zap.String("topic", id))
+		log := h.store.open(topicRef{id: id, history: h.cfg.History, interval: h.cfg.Interval, logger: logger})
+		t = newTopic(key, id, url, fwd, log, cancel)
 		h.topics[key] = t
-		p := h.newPoller(t)
+		p := h.newPoller(t, logger)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer log.Close()
 			defer cancel()
 			p.run(ctx)
 		}()
@@ -194,7 +208,7 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 
 // newPoller returns the poller of t, made with the hub's client, settings
 // and pacing.
-func (h *hub) newPoller(t *topic) *poller {
+func (h *hub) newPoller(t *topic, logger *zap.Logger) *poller {
 	return &poller{
 		url:       t.url,
 		headerUp:  h.cfg.HeaderUp,
@@ -203,6 +217,7 @@ func (h *hub) newPoller(t *topic) *poller {
 		maxBody:   h.cfg.MaxBody,
 		client:    h.client,
 		differ:    h.cfg.differ,
+		restore:   h.cfg.restore,
 		log:       t.log,
 		topicID:   t.id,
 		state:     &t.upstreamState,
@@ -210,7 +225,7 @@ func (h *hub) newPoller(t *topic) *poller {
 		removeIfIdle: func() (time.Time, bool) {
 			return h.removeIfIdle(t)
 		},
-		logger: h.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
+		logger: logger,
 		sched:  schedule{interval: h.cfg.Interval, maxBackoff: h.cfg.MaxBackoff},
 	}
 }
@@ -319,5 +334,30 @@ func (h *hub) Destruct() error {
 	h.cancel()
 	h.wg.Wait()
 	h.client.CloseIdleConnections()
-	return nil
+	return h.store.Close()
+}
+
+// secretWait is how long a subscribe waits for the store's secret.
+const secretWait = 2 * time.Second
+
+// secret returns the hub's key secret, asking the store for it the first
+// time. While the store cannot give it, subscribers are refused with the
+// error, and the next one asks again.
+func (h *hub) secret() ([]byte, error) {
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	h.secretMu.Lock()
+	defer h.secretMu.Unlock()
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, secretWait)
+	defer cancel()
+	s, err := h.store.secret(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the store is unavailable: %w", err)
+	}
+	h.keySecret.Store(&s)
+	return s, nil
 }
