@@ -213,6 +213,20 @@ func (h *Handler) storeConfig() json.RawMessage {
 	return h.Store
 }
 
+// scope returns the settings that make a topic's documents out of its
+// upstream's answers, which name its topics in a shared store along with
+// their keys (hub.topicID).
+func (s topicSettings) scope() string {
+	b, _ := json.Marshal(struct {
+		Mode, Select   string
+		Ignore         []string
+		HeaderUp       http.Header
+		ForwardHeaders []string
+		MaxBody        int64
+	}{s.Mode, s.Select, s.Ignore, s.HeaderUp, s.ForwardHeaders, s.MaxBody})
+	return string(b)
+}
+
 // key returns the key of s in the pool of hubs: all of its exported
 // fields.
 func (s topicSettings) key() (string, error) {

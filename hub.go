@@ -41,6 +41,10 @@ type hub struct {
 	client *http.Client
 	// store holds the logs of the hub's topics.
 	store hubStore
+	// scope is what, besides a topic's key, makes its documents: topics
+	// of the same key in stores shared with handlers that make other
+	// documents of it (another mode, select or header_up) get other ids.
+	scope string
 	// keySecret keys the hash of forwarded header values in topic keys,
 	// and topic ids. It is the store's (hubStore.secret), asked for when
 	// the first topic needs it: secretMu is held while it is.
@@ -81,6 +85,7 @@ func newHub(cfg topicSettings, logger *zap.Logger, store hubStore) *hub {
 		logger:  logger,
 		client:  newUpstreamClient(),
 		store:   store,
+		scope:   cfg.scope(),
 		ctx:     ctx,
 		cancel:  cancel,
 		pacer:   make(chan struct{}, 1),
@@ -145,6 +150,7 @@ func (h *hub) topicID(key string) string {
 	secret, _ := h.secret()
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("topic id\x00"))
+	mac.Write([]byte(h.scope))
 	mac.Write([]byte(key))
 	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
 }

@@ -93,6 +93,18 @@ func readUntil(t *testing.T, l eventLog, at cursor, want string) ([]sseEvent, cu
 	return evs, next
 }
 
+// readFrom waits until a subscriber at cursor reads the events that want
+// names, and returns them.
+func readFrom(t *testing.T, l eventLog, at cursor, want string) []sseEvent {
+	t.Helper()
+	var evs []sseEvent
+	waitFor(t, 10*time.Second, "the log to read "+want, func() bool {
+		evs, _ = readAll(t, l, at)
+		return names(evs) == want
+	})
+	return evs
+}
+
 // TestStoreContractEvents: a log reads a snapshot of its first document,
 // then each event with an id; an id resumes with exactly the events after
 // it, an unknown or foreign one with a snapshot; current is the last
@@ -243,10 +255,9 @@ func TestStoreContractInstances(t *testing.T) {
 		// Each instance in turn: the same snapshot and id on all, and an
 		// event appended then reaches every instance, whichever id of
 		// which instance it resumes from, with the same id and bytes.
-		evs, _ := readUntil(t, logs[0], 0, `snapshot:{"v":2}`)
-		last := evs[0].id
+		last := readFrom(t, logs[0], 0, `snapshot:{"v":2}`)[0].id
 		for i := range logs {
-			if got, _ := readUntil(t, logs[i], 0, `snapshot:{"v":2}`); got[0].id != last {
+			if got := readFrom(t, logs[i], 0, `snapshot:{"v":2}`); got[0].id != last {
 				t.Errorf("instance %d's snapshot has the id %q, instance 0's %q", i, got[0].id, last)
 			}
 		}
@@ -254,7 +265,7 @@ func TestStoreContractInstances(t *testing.T) {
 			w.appendEvent(ctx, fmt.Appendf(nil, `{"v":%d}`, v), eventPatch, fmt.Appendf(nil, `[%d]`, v))
 			var want []byte
 			for i, l := range logs {
-				readUntil(t, l, l.resume(last), fmt.Sprintf("patch:[%d]", v))
+				readFrom(t, l, l.resume(last), fmt.Sprintf("patch:[%d]", v))
 				f, _, _ := l.read(l.resume(last), make([]frame, 0, 8))
 				if len(f) != 1 {
 					t.Fatalf("instance %d reads %d frames after %s", i, len(f), last)
