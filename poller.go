@@ -145,18 +145,13 @@ func (p *poller) sleep(ctx context.Context, timer *time.Timer, d time.Duration) 
 // knew of the upstream is forgotten, and its next term starts from the
 // log's document.
 func (p *poller) follow() {
-	if p.term == 0 {
-		return
-	}
 	p.term = 0
-	p.logger.Info("another instance polls the topic")
 }
 
 // takeOver starts a term of polling: the document to diff against is the
 // log's current one, which is what every subscriber holds or will read,
 // and the state of the upstream is the one the log last recorded.
 func (p *poller) takeOver(ctx context.Context, term uint64) {
-	first := p.term == 0 && p.prev == nil && p.lastPoll.IsZero()
 	p.term = term
 	p.etag, p.lastModified = "", ""
 	p.failures, p.failing = 0, false
@@ -170,9 +165,6 @@ func (p *poller) takeOver(ctx context.Context, term uint64) {
 	}
 	p.downSent = err == nil && down
 	p.failing = p.downSent
-	if !first {
-		p.logger.Info("this instance polls the topic")
-	}
 }
 
 // wrote handles the error of a write to the log: a poller that is no

@@ -327,7 +327,17 @@ func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
 	l.holding = true
 	l.term++
 	l.conn.keepSecret(ctx)
+	l.logger.Info("lease taken: this instance polls the topic", zap.Duration("lease", l.lease))
 	return l.term, 0
+}
+
+// lost gives up a lease that is no longer this instance's, and logs why.
+// l.leaseMu must be held.
+func (l *redisLog) lost(why string) {
+	if l.holding {
+		l.holding = false
+		l.logger.Info("lease lost: another instance polls the topic", zap.String("reason", why))
+	}
 }
 
 // renew renews the lease while this instance holds it; one that is no
@@ -350,7 +360,7 @@ func (l *redisLog) renew() {
 	}
 	if n != 1 {
 		l.leaseMu.Lock()
-		l.holding = false
+		l.lost("the lease was not renewed in time")
 		l.leaseMu.Unlock()
 	}
 }
@@ -455,7 +465,7 @@ func (l *redisLog) write(ctx context.Context, kind string, data, extra []byte) e
 	}
 	if n, _ := res[0].(int64); n != 1 {
 		l.leaseMu.Lock()
-		l.holding = false
+		l.lost("the store refused a write under a lease that had ended")
 		l.leaseMu.Unlock()
 		return errNotPolling
 	}

@@ -1,7 +1,11 @@
 package pollsse
 
 import (
+	"context"
+
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 	"net/http"
 	"strings"
 	"testing"
@@ -51,5 +55,150 @@ func TestRedisStoreStreams(t *testing.T) {
 	}
 	if _, ok := keys["poll_sse:secret"]; !ok || len(keys) != 4 {
 		t.Errorf("Redis holds the keys %v, want the secret and a topic's meta, stream and lease", keys)
+	}
+}
+
+// redisLogs opens the log of one topic in n hubStores of the same redis
+// store, as n instances would, with a lease of lease.
+func redisLogs(t *testing.T, r *redisServer, n int, lease time.Duration) []*redisLog {
+	t.Helper()
+	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
+	name := newTopicName(t)
+	var logs []*redisLog
+	for range n {
+		s := testRedisStore(r, prefix)
+		s.Lease = caddy.Duration(lease)
+		hs, err := s.attach(zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hs.Close() })
+		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
+	}
+	return logs
+}
+
+// TestRedisFencedWrite: an instance that still believes it holds the lease
+// after another has taken it over (it was paused past its lease) has its
+// write refused by the store, which keeps the successor's log alone; a
+// released lease is taken over at once.
+func TestRedisFencedWrite(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	// A long lease: no renewal runs during the test, so that the old
+	// poller's belief lasts until its write.
+	logs := redisLogs(t, r, 2, time.Minute)
+	a, b := logs[0], logs[1]
+	mustLead(t, a)
+	if term, _ := b.lead(ctx); term != 0 {
+		t.Fatal("two instances poll the topic")
+	}
+	a.appendEvent(ctx, []byte(`{"v":1}`), "", nil)
+	first := readFrom(t, b, 0, `snapshot:{"v":1}`)[0].id
+
+	// a's lease ends without a renewal; b takes the topic over.
+	if _, err := r.do("DEL", a.keys.lease); err != nil {
+		t.Fatal(err)
+	}
+	mustLead(t, b)
+	a.leaseMu.Lock()
+	stillHolding := a.holding
+	a.leaseMu.Unlock()
+	if !stillHolding {
+		t.Fatal("the old poller noticed the lease's end before writing: the test proves nothing")
+	}
+	if err := a.appendEvent(ctx, []byte(`{"v":"stale"}`), eventPatch, []byte(`["stale"]`)); err != errNotPolling {
+		t.Errorf("the old poller's write: %v, want errNotPolling", err)
+	}
+	if n, _ := r.do("XLEN", a.keys.stream); n != int64(1) {
+		t.Errorf("the stream holds %v entries after the refused write, want 1", n)
+	}
+	if term, _ := a.lead(ctx); term != 0 {
+		t.Error("the old poller polls on after its write was refused")
+	}
+	b.current(ctx)
+	if err := b.appendEvent(ctx, []byte(`{"v":2}`), eventPatch, []byte(`[2]`)); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range logs {
+		readFrom(t, l, l.resume(first), "patch:[2]")
+		if i == 0 {
+			continue
+		}
+	}
+	// b gives the topic up: a takes it at once.
+	b.Close()
+	if term, _ := a.lead(ctx); term == 0 {
+		t.Error("a released lease is not taken over at once")
+	}
+}
+
+// TestRedisResumeOnNewInstance: an instance on which a topic starts loads
+// the topic's history from Redis, so that an id of another instance
+// resumes on it with exactly the events after it.
+func TestRedisResumeOnNewInstance(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	logs := redisLogs(t, r, 1, time.Second)
+	a := logs[0]
+	mustLead(t, a)
+	a.appendEvent(ctx, []byte(`1`), "", nil)
+	var ids []string
+	_, at := readUntil(t, a, 0, "snapshot:1")
+	for v := 2; v <= 4; v++ {
+		a.appendEvent(ctx, fmt.Appendf(nil, "%d", v), eventPatch, fmt.Appendf(nil, "[%d]", v))
+		evs, next := readUntil(t, a, at, fmt.Sprintf("patch:[%d]", v))
+		at = next
+		ids = append(ids, evs[0].id)
+	}
+	hs, err := (&RedisStore{URL: r.url(), Prefix: strings.Split(a.keys.meta, "{")[0], Lease: caddy.Duration(time.Second)}).attach(zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hs.Close()
+	b := hs.open(topicRef{id: a.topicID, history: 8, logger: zap.NewNop()})
+	defer b.Close()
+	if got, _ := readAll(t, b, b.resume(ids[0])); names(got) != "patch:[3] patch:[4]" {
+		t.Errorf("a new instance resumes %s with %q, want the two patches after it", ids[0], names(got))
+	}
+}
+
+// TestRedisNewEpoch: when Redis loses a topic's keys (FLUSHALL, a restart
+// without persistence), the poller's next document starts a new epoch, and
+// the ids of the old one get a snapshot on every instance.
+func TestRedisNewEpoch(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	logs := redisLogs(t, r, 2, time.Second)
+	a, b := logs[0], logs[1]
+	mustLead(t, a)
+	a.appendEvent(ctx, []byte(`1`), "", nil)
+	a.appendEvent(ctx, []byte(`2`), eventPatch, []byte(`[2]`))
+	old := readFrom(t, b, 0, "snapshot:2")[0].id
+	r.do("FLUSHALL")
+	// The poller finds its lease gone, takes it again and finds no
+	// document to diff against.
+	var term uint64
+	waitFor(t, 10*time.Second, "an instance to poll the topic again", func() bool {
+		a.renew()
+		for _, l := range logs {
+			if term, _ = l.lead(ctx); term != 0 {
+				if snap, _, err := l.current(ctx); snap != nil || err != nil {
+					t.Fatalf("after FLUSHALL the current document is %q, %v", snap, err)
+				}
+				l.appendEvent(ctx, []byte(`3`), "", nil)
+				return true
+			}
+		}
+		return false
+	})
+	for i, l := range logs {
+		evs := readFrom(t, l, 0, "snapshot:3")
+		if e, _, _ := parseRedisID(evs[0].id); strings.HasPrefix(old, e+"-") {
+			t.Errorf("instance %d: the new document's id %s is of the old epoch", i, evs[0].id)
+		}
+		if got, _ := readAll(t, l, l.resume(old)); names(got) != "snapshot:3" {
+			t.Errorf("instance %d resumes an id of the old epoch with %q", i, names(got))
+		}
 	}
 }
