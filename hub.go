@@ -50,6 +50,11 @@ type hub struct {
 	// the first topic needs it: secretMu is held while it is.
 	keySecret atomic.Pointer[[]byte]
 	secretMu  sync.Mutex
+	// secretErr is the store's last failure to give the secret, at
+	// secretFailed, guarded by secretMu: subscribers are refused with it
+	// at once for secretRetry after it.
+	secretErr    error
+	secretFailed time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -343,8 +348,12 @@ func (h *hub) Destruct() error {
 	return h.store.Close()
 }
 
-// secretWait is how long a subscribe waits for the store's secret.
-const secretWait = 2 * time.Second
+// secretWait is how long a subscribe waits for the store's secret, and
+// secretRetry how long after a failure to get it the store is asked again.
+const (
+	secretWait  = 2 * time.Second
+	secretRetry = time.Second
+)
 
 // secret returns the hub's key secret, asking the store for it the first
 // time. While the store cannot give it, subscribers are refused with the
@@ -358,11 +367,15 @@ func (h *hub) secret() ([]byte, error) {
 	if s := h.keySecret.Load(); s != nil {
 		return *s, nil
 	}
+	if h.secretErr != nil && time.Since(h.secretFailed) < secretRetry {
+		return nil, h.secretErr
+	}
 	ctx, cancel := context.WithTimeout(h.ctx, secretWait)
 	defer cancel()
 	s, err := h.store.secret(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("the store is unavailable: %w", err)
+		h.secretErr, h.secretFailed = fmt.Errorf("the store is unavailable: %w", err), time.Now()
+		return nil, h.secretErr
 	}
 	h.keySecret.Store(&s)
 	return s, nil

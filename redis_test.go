@@ -2,6 +2,7 @@ package pollsse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -70,7 +71,10 @@ func (r *redisServer) start() {
 	c := r.client()
 	defer c.Close()
 	waitFor(r.t, 10*time.Second, "redis-server to answer", func() bool {
-		return c.Ping(context.Background()).Err() == nil
+		// NOAUTH is an answer too.
+		err := c.Ping(context.Background()).Err()
+		var re redis.Error
+		return err == nil || errors.As(err, &re)
 	})
 }
 

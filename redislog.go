@@ -103,6 +103,21 @@ if tonumber(ARGV[1]) > 0 then from = ARGV[1] .. '-1' end
 return {m[1], m[2] or '0', m[3] or '', m[4] or '', m[5] or '', m[6] or '', redis.call('XRANGE', KEYS[2], from, '+')}
 `)
 
+// acquireScript takes a topic's lease that no instance holds (SET NX PX
+// with the caller's token), or renews one that is still the caller's, as
+// after a failed renewal. KEYS: lease. ARGV: token, lease in ms. It
+// returns 1 when the caller holds the lease.
+var acquireScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if v then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return 1
+`)
+
 // renewScript renews a lease that is still the caller's, and the TTL of
 // the topic's keys. KEYS: lease, meta, stream. ARGV: token, lease in ms,
 // TTL in ms.
@@ -256,14 +271,12 @@ func (l *redisLog) call(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithTimeout(ctx, l.lease/2)
 }
 
-// unreachable tells whether err says that Redis could not be reached or
-// did not answer, as opposed to an answer.
+// unreachable tells whether err is a failure of the store: anything but an
+// answer. Redis that refuses the credentials, is out of memory or is
+// loading its data is as good as down: the instances poll on by
+// themselves until it answers.
 func unreachable(err error) bool {
-	if err == nil || errors.Is(err, redis.Nil) {
-		return false
-	}
-	var re redis.Error
-	return !errors.As(err, &re) || strings.HasPrefix(err.Error(), "LOADING") || strings.HasPrefix(err.Error(), "CLUSTERDOWN") || strings.HasPrefix(err.Error(), "TRYAGAIN") || strings.HasPrefix(err.Error(), "MASTERDOWN")
+	return err != nil && !errors.Is(err, redis.Nil)
 }
 
 // storeFailed records that Redis failed to answer: the subscribers are told
@@ -309,7 +322,7 @@ func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
 	}
 	ctx, cancel := l.call(ctx)
 	defer cancel()
-	ok, err := l.conn.client.SetNX(ctx, l.keys.lease, l.token, l.lease).Result()
+	n, err := acquireScript.Run(ctx, l.conn.client, []string{l.keys.lease}, l.token, l.lease.Milliseconds()).Int()
 	if unreachable(err) {
 		l.leaseMu.Unlock()
 		l.storeFailed(err)
@@ -321,7 +334,7 @@ func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
 	if wasLocal {
 		l.kick()
 	}
-	if err != nil || !ok {
+	if n != 1 {
 		return 0, l.lease / 5
 	}
 	l.holding = true

@@ -2,6 +2,7 @@ package pollsse
 
 import (
 	"context"
+	"runtime"
 
 	"fmt"
 	"github.com/caddyserver/caddy/v2"
@@ -201,4 +202,81 @@ func TestRedisNewEpoch(t *testing.T) {
 			t.Errorf("instance %d resumes an id of the old epoch with %q", i, names(got))
 		}
 	}
+}
+
+// redisGoroutines counts the goroutines of the redis store's topics and
+// Pub/Sub readers.
+func redisGoroutines() int {
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	return strings.Count(stacks, "(*redisLog).run(") + strings.Count(stacks, "(*redisConn).read(")
+}
+
+// subscribers counts the Pub/Sub connections to r.
+func (r *redisServer) subscribers() int {
+	v, err := r.do("CLIENT", "LIST")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	n := 0
+	for line := range strings.SplitSeq(v.(string), "\n") {
+		if strings.Contains(line, " sub=") && !strings.Contains(line, " sub=0 ") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRedisStoreLeavesNothing: a topic that goes idle stops its goroutines,
+// releases its lease and closes the Pub/Sub connection when it was the
+// last; what it leaves in Redis expires. A reload keeps the client, and
+// stopping Caddy closes every connection to Redis.
+func TestRedisStoreLeavesNothing(t *testing.T) {
+	r := startRedis(t)
+	api := newFakeAPI(t, `{"v":1}`)
+	routes := func(interval string) string {
+		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":%q,"idle_timeout":"200ms","store":{"module":"redis","url":%q,"lease":"1s"}`,
+			api.URL, interval, r.url())) + "]"
+	}
+	base := startCaddy(t, routes("100ms"))
+	port := base[strings.LastIndexByte(base, ':')+1:]
+	stream := func() {
+		sc := openStream(t, http.DefaultClient, base+"/events", "")
+		if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("got %+v", ev)
+		}
+		if redisGoroutines() != 2 || r.subscribers() != 1 {
+			t.Errorf("a topic runs %d goroutines of the store and %d Pub/Sub connections, want 2 and 1", redisGoroutines(), r.subscribers())
+		}
+		sc.close()
+	}
+	idle := func(when string) {
+		waitFor(t, 10*time.Second, "the topic to stop "+when, func() bool {
+			return redisGoroutines() == 0 && r.subscribers() == 0
+		})
+		keys := r.keys()
+		for k, ttl := range keys {
+			if strings.HasSuffix(k, ":l") {
+				t.Errorf("%s: the lease %s is left", when, k)
+			}
+			if k != "poll_sse:secret" && (ttl <= 0 || ttl > redisTopicTTL.Milliseconds()) {
+				t.Errorf("%s: the key %s has the TTL %dms", when, k, ttl)
+			}
+		}
+	}
+	stream()
+	idle("after its last subscriber")
+
+	var p int
+	fmt.Sscan(port, &p)
+	if err := caddy.Load(caddyConfig(t, p, routes("200ms")), true); err != nil {
+		t.Fatal(err)
+	}
+	stream()
+	idle("after a reload")
+	if n := r.clients(); n == 0 {
+		t.Error("the reload closed the client")
+	}
+	stopCaddy(t)
+	waitFor(t, 10*time.Second, "the connections to Redis to close", func() bool { return r.clients() == 0 })
 }
