@@ -323,6 +323,10 @@ func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
 	ctx, cancel := l.call(ctx)
 	defer cancel()
 	n, err := acquireScript.Run(ctx, l.conn.client, []string{l.keys.lease}, l.token, l.lease.Milliseconds()).Int()
+	if err != nil && ctx.Err() == context.Canceled {
+		// The topic stops.
+		return 0, l.lease / 5
+	}
 	if unreachable(err) {
 		l.leaseMu.Unlock()
 		l.storeFailed(err)
@@ -393,7 +397,7 @@ func (l *redisLog) current(ctx context.Context) ([]byte, bool, error) {
 	defer cancel()
 	v, err := l.conn.client.HMGet(ctx, l.keys.meta, "docid", "doc", "down").Result()
 	if err != nil {
-		if unreachable(err) {
+		if unreachable(err) && ctx.Err() != context.Canceled {
 			l.storeFailed(err)
 		}
 		return nil, false, err
@@ -467,7 +471,7 @@ func (l *redisLog) write(ctx context.Context, kind string, data, extra []byte) e
 	res, err := appendScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream, l.keys.lease},
 		l.token, newEpoch(), kind, data, extra, base, check, l.history, redisTopicTTL.Milliseconds(), l.keys.channel).Slice()
 	if err != nil {
-		if !unreachable(err) {
+		if !unreachable(err) || ctx.Err() == context.Canceled {
 			return err
 		}
 		// Whether or not Redis recorded it, this instance's subscribers

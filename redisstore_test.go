@@ -280,3 +280,48 @@ func TestRedisStoreLeavesNothing(t *testing.T) {
 	stopCaddy(t)
 	waitFor(t, 10*time.Second, "the connections to Redis to close", func() bool { return r.clients() == 0 })
 }
+
+// TestRedisResumeAhead: an id that another instance has sent and this one
+// has not yet read (its notice is late) resumes with exactly the events
+// after it, not with a snapshot.
+func TestRedisResumeAhead(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
+	name := newTopicName(t)
+	var logs []*redisLog
+	// Two clients of the same Redis, as two instances have; a long lease,
+	// so that the mirror reads Redis only when told to.
+	for _, url := range []string{r.url(), r.url() + "/0"} {
+		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hs.Close() })
+		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
+	}
+	a, b := logs[0], logs[1]
+	if a.conn == b.conn {
+		t.Fatal("the two instances share a connection")
+	}
+	mustLead(t, a)
+	a.appendEvent(ctx, []byte(`1`), "", nil)
+	readFrom(t, b, 0, "snapshot:1")
+	// b hears no more notices.
+	b.conn.mu.Lock()
+	ps := b.conn.pubsub
+	b.conn.mu.Unlock()
+	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
+		t.Fatal(err)
+	}
+	_, at := readUntil(t, a, 0, "snapshot:1")
+	a.appendEvent(ctx, []byte(`2`), eventPatch, []byte(`[2]`))
+	evs, _ := readUntil(t, a, at, "patch:[2]")
+	a.appendEvent(ctx, []byte(`3`), eventPatch, []byte(`[3]`))
+	if got, _ := readAll(t, b, 0); names(got) != "snapshot:1" {
+		t.Fatalf("the instance without notices reads %q: the test proves nothing", names(got))
+	}
+	if got, _ := readAll(t, b, b.resume(evs[0].id)); names(got) != "patch:[3]" {
+		t.Errorf("resuming %s, which the instance has not read yet, reads %q, want the patch after it", evs[0].id, names(got))
+	}
+}
