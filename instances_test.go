@@ -17,11 +17,14 @@ import (
 // cmd/caddy binary in a process of its own (cli_test.go), so that one can be
 // killed or frozen, and Redis is a real redis-server (redis_test.go).
 
-// An instance is one Caddy process serving poll_sse at base+"/events".
+// An instance is one Caddy process serving poll_sse at base+path.
 type instance struct {
 	*caddyProcess
-	base string
+	base, path string
 }
+
+// events returns the URL of the instance's stream.
+func (in *instance) events() string { return in.base + in.path }
 
 // instanceCaddyfile is the Caddyfile of an instance on port that streams
 // upstream with the given store lines (none for memory) and more options.
@@ -52,7 +55,7 @@ func startInstances(t *testing.T, n int, upstream, store, more string) []*instan
 	for range n {
 		port := freePort(t)
 		p := startCaddyProcess(t, instanceCaddyfile(port, upstream, store, more))
-		out = append(out, &instance{caddyProcess: p, base: fmt.Sprintf("http://127.0.0.1:%d", port)})
+		out = append(out, &instance{caddyProcess: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), path: "/events"})
 	}
 	return out
 }
@@ -77,11 +80,12 @@ func leader(t *testing.T, insts []*instance) *instance {
 
 // A follower is a browser's EventSource: it applies every event of its
 // stream to its document, and when the stream ends it reconnects with its
-// last id, to the next of the instances that answers.
+// last id, to the next of the instances (urls are their streams) that
+// answers.
 type follower struct {
-	c     *rebuildingClient
-	bases []string
-	rng   *rand.Rand
+	c    *rebuildingClient
+	urls []string
+	rng  *rand.Rand
 	// hop, when set, ends each stream after a random number of events,
 	// and the next one goes to a random instance.
 	hop bool
@@ -99,11 +103,11 @@ type follower struct {
 	done   chan struct{}
 }
 
-func startFollower(t *testing.T, api *mutatingAPI, bases []string, at int, seed uint64) *follower {
+func startFollower(t *testing.T, api *mutatingAPI, urls []string, at int, seed uint64) *follower {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &follower{
-		c:     &rebuildingClient{t: t, api: api},
-		bases: bases, at: at, rng: rand.New(rand.NewPCG(seed, seed)),
+		c:    &rebuildingClient{t: t, api: api},
+		urls: urls, at: at, rng: rand.New(rand.NewPCG(seed, seed)),
 		cancel: cancel, done: make(chan struct{}),
 	}
 	go f.run(ctx)
@@ -120,7 +124,7 @@ func (f *follower) run(ctx context.Context) {
 	defer close(f.done)
 	for ctx.Err() == nil {
 		f.mu.Lock()
-		base, lastID := f.bases[f.at], f.c.lastID
+		base, lastID := f.urls[f.at], f.c.lastID
 		f.mu.Unlock()
 		err := f.session(ctx, base, lastID)
 		f.mu.Lock()
@@ -128,9 +132,9 @@ func (f *follower) run(ctx context.Context) {
 			f.err = err
 		}
 		if f.hop {
-			f.at = f.rng.IntN(len(f.bases))
+			f.at = f.rng.IntN(len(f.urls))
 		} else {
-			f.at = (f.at + 1) % len(f.bases)
+			f.at = (f.at + 1) % len(f.urls)
 		}
 		f.mu.Unlock()
 		select {
@@ -145,7 +149,7 @@ func (f *follower) run(ctx context.Context) {
 func (f *follower) session(ctx context.Context, base, lastID string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base, nil)
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
 	}
@@ -212,14 +216,14 @@ func (f *follower) eventCount() int {
 
 // startFollowers starts n followers on each instance.
 func startFollowers(t *testing.T, api *mutatingAPI, insts []*instance, n int) []*follower {
-	bases := make([]string, len(insts))
+	urls := make([]string, len(insts))
 	for i, in := range insts {
-		bases[i] = in.base
+		urls[i] = in.events()
 	}
 	var fs []*follower
 	for i := range insts {
 		for j := range n {
-			fs = append(fs, startFollower(t, api, bases, i, uint64(i*100+j)))
+			fs = append(fs, startFollower(t, api, urls, i, uint64(i*100+j)))
 		}
 	}
 	return fs
@@ -403,7 +407,7 @@ func TestInstancesFrozenPoller(t *testing.T) {
 	var others []*follower
 	for _, f := range fs {
 		f.mu.Lock()
-		if f.bases[f.at] != frozen.base {
+		if f.urls[f.at] != frozen.events() {
 			others = append(others, f)
 		}
 		f.mu.Unlock()
@@ -475,7 +479,7 @@ func TestInstancesRedisRestartedEmpty(t *testing.T) {
 func checkResumeBySnapshot(t *testing.T, insts []*instance, id string) {
 	t.Helper()
 	for i, in := range insts {
-		sc := openStream(t, http.DefaultClient, in.base+"/events", id)
+		sc := openStream(t, http.DefaultClient, in.events(), id)
 		if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
 			t.Errorf("instance %d resumes the old id %s with %s, want a snapshot", i, id, ev.name)
 		}

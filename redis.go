@@ -38,7 +38,9 @@ type RedisStore struct {
 	// for TLS, with go-redis's options in the query (dial_timeout,
 	// pool_size, …); a URL with addr=host:port parameters names the seed
 	// nodes of a Redis Cluster. The password appears in no log line or
-	// error. Required.
+	// error. Caddy's global placeholders, such as {env.REDIS_PASSWORD} or
+	// {file./run/secrets/redis}, are read when the configuration loads.
+	// Required.
 	URL string `json:"url,omitempty"`
 
 	// What the names of every key and channel of the store begin with, so
@@ -128,7 +130,7 @@ func (s *RedisStore) Validate() error {
 	if s.URL == "" {
 		return errors.New("store redis: url: required")
 	}
-	if _, err := parseRedisURL(s.URL); err != nil {
+	if _, err := parseRedisURL(s.url()); err != nil {
 		return err
 	}
 	if s.Lease < 0 {
@@ -138,6 +140,11 @@ func (s *RedisStore) Validate() error {
 		return fmt.Errorf("store redis: prefix %q: must not hold { or }, which make Redis Cluster's hash tags", s.Prefix)
 	}
 	return nil
+}
+
+// url returns the store's URL with its global placeholders replaced.
+func (s *RedisStore) url() string {
+	return caddy.NewReplacer().ReplaceKnown(s.URL, "")
 }
 
 func (s *RedisStore) leaseDuration() time.Duration {
@@ -152,9 +159,10 @@ func (s *RedisStore) leaseDuration() time.Duration {
 var redisClients = caddy.NewUsagePool()
 
 func (s *RedisStore) attach(logger *zap.Logger) (hubStore, error) {
-	key := s.URL + "\x00" + s.Prefix
+	url := s.url()
+	key := url + "\x00" + s.Prefix
 	val, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRedisConn(s.URL, s.Prefix, logger)
+		return newRedisConn(url, s.Prefix, logger)
 	})
 	if err != nil {
 		return nil, err

@@ -92,15 +92,30 @@ return {1, epoch, pos, id, kind}
 `)
 
 // readScript reads a topic at once: its state, and its entries from a
-// position on (all of them from 0). KEYS: meta, stream. ARGV: position. It
-// returns {false} for a topic without keys, else {epoch, head, hc, docid,
-// doc, down, entries}.
+// position on (all of them from 0), the entry at that position included
+// without its data. The document, which may be large, is read only when
+// there is an entry after the position. KEYS: meta, stream. ARGV: position. It returns {false}
+// for a topic without keys, else {epoch, head, hc, docid, doc, down,
+// entries}.
 var readScript = redis.NewScript(`
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'doc', 'down')
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down')
 if not m[1] then return {false} end
 local from = '-'
 if tonumber(ARGV[1]) > 0 then from = ARGV[1] .. '-1' end
-return {m[1], m[2] or '0', m[3] or '', m[4] or '', m[5] or '', m[6] or '', redis.call('XRANGE', KEYS[2], from, '+')}
+local entries = redis.call('XRANGE', KEYS[2], from, '+')
+if from ~= '-' and #entries > 0 and entries[1][1] == from then
+  -- The entry that the reader has: only its check is wanted.
+  local f, keep = entries[1][2], {}
+  for i = 1, #f, 2 do
+    if f[i] ~= 'd' then keep[#keep + 1] = f[i]; keep[#keep + 1] = f[i + 1] end
+  end
+  entries[1][2] = keep
+end
+local doc = ''
+if from == '-' or #entries ~= 1 or (m[2] or '0') ~= ARGV[1] then
+  doc = redis.call('HGET', KEYS[1], 'doc') or ''
+end
+return {m[1], m[2] or '0', m[3] or '', m[4] or '', doc, m[5] or '', entries}
 `)
 
 // acquireScript takes a topic's lease that no instance holds (SET NX PX

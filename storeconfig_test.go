@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -111,5 +112,18 @@ func TestRedisPasswordNotLogged(t *testing.T) {
 	}
 	if !strings.Contains(string(raw), "WRONGPASS") {
 		t.Errorf("the log does not say why the store is unavailable:\n%s", raw)
+	}
+}
+
+// TestRedisURLPlaceholder: the URL's password can come from the
+// environment, read when the configuration loads.
+func TestRedisURLPlaceholder(t *testing.T) {
+	t.Setenv("POLLSSE_TEST_REDIS_PASSWORD", "pw-from-env")
+	r := startRedis(t, "--requirepass", "pw-from-env")
+	api := newFakeAPI(t, `{"v":1}`)
+	base := startCaddy(t, "["+redisRoute(api.URL, "redis://:{env.POLLSSE_TEST_REDIS_PASSWORD}@"+r.addr(), "")+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	if ev := sc.next(10 * time.Second); ev.name != "snapshot" || strings.Count(ev.id, "-") != 2 {
+		t.Errorf("got %+v, want a snapshot with an id of Redis's log", ev)
 	}
 }
