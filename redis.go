@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -115,6 +116,9 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (s *RedisStore) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	setRedisLogger()
+	if err := storeMetrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("store redis: registering metrics: %w", err)
+	}
 	if s.Prefix == "" {
 		s.Prefix = defaultRedisPrefix
 	}
@@ -431,3 +435,62 @@ var (
 	_ caddy.Validator       = (*RedisStore)(nil)
 	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
 )
+
+// storeMetrics are the redis store's Prometheus metrics, process-wide like
+// the handler's (metrics.go), registered into the registry of every
+// configuration that has a redis store.
+var storeMetrics = newStoreMetrics()
+
+type redisStoreMetrics struct {
+	// down counts the topics of this instance whose store does not
+	// answer: they are polled here alone.
+	down prometheus.Gauge
+	// held counts the topics whose lease this instance holds.
+	held   prometheus.Gauge
+	errors prometheus.Counter
+	leases *prometheus.CounterVec
+	// taken and lost are the children of leases.
+	taken, lost prometheus.Counter
+}
+
+func newStoreMetrics() *redisStoreMetrics {
+	const ns, sub = "caddy", "http"
+	m := &redisStoreMetrics{
+		down: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "poll_sse_store_topics_down",
+			Help: "Topics of poll_sse whose redis store does not answer; this instance polls them alone meanwhile.",
+		}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "poll_sse_store_leases_held",
+			Help: "Topics of poll_sse whose lease in the redis store this instance holds: the topics it polls for all instances.",
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "poll_sse_store_errors_total",
+			Help: "Calls of poll_sse to its redis store that failed.",
+		}),
+		leases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "poll_sse_store_lease_changes_total",
+			Help: "Leases of poll_sse topics that this instance took or lost (to another instance, or as its write was refused).",
+		}, []string{"change"}),
+	}
+	m.taken = m.leases.WithLabelValues("taken")
+	m.lost = m.leases.WithLabelValues("lost")
+	return m
+}
+
+// register adds the metrics to reg, as handlerMetrics.register does.
+func (m *redisStoreMetrics) register(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{m.down, m.held, m.errors, m.leases} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) && are.ExistingCollector == c {
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -92,7 +91,7 @@ func (r *redisServer) kill() {
 	if r.cmd == nil {
 		return
 	}
-	r.cmd.Process.Signal(syscall.SIGKILL)
+	r.cmd.Process.Kill()
 	<-r.exited
 	r.cmd = nil
 }

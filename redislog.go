@@ -91,17 +91,18 @@ redis.call('PUBLISH', ARGV[10], pos)
 return {1, epoch, pos, id, kind}
 `)
 
-// readScript reads a topic at once: its state, and its entries from a
-// position on (all of them from 0), the entry at that position included
-// without its data. The document, which may be large, is read only when
-// there is an entry after the position. KEYS: meta, stream. ARGV: position. It returns {false}
-// for a topic without keys, else {epoch, head, hc, docid, doc, down,
-// entries}.
+// readScript reads a topic at once: its state, and its entries from the
+// reader's position on, the entry at that position included without its
+// data; all of them, and the document, when the reader has none (position
+// 0) or another epoch. The document, which may be large, is read only when
+// there is an entry after the position. KEYS: meta, stream. ARGV: the
+// reader's position and epoch. It returns {false} for a topic without
+// keys, else {epoch, head, hc, docid, doc, down, entries}.
 var readScript = redis.NewScript(`
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down')
 if not m[1] then return {false} end
-local from = '-'
-if tonumber(ARGV[1]) > 0 then from = ARGV[1] .. '-1' end
+local head, from = m[2] or '0', '-'
+if tonumber(ARGV[1]) > 0 and m[1] == ARGV[2] then from = ARGV[1] .. '-1' end
 local entries = redis.call('XRANGE', KEYS[2], from, '+')
 if from ~= '-' and #entries > 0 and entries[1][1] == from then
   -- The entry that the reader has: only its check is wanted.
@@ -112,10 +113,10 @@ if from ~= '-' and #entries > 0 and entries[1][1] == from then
   entries[1][2] = keep
 end
 local doc = ''
-if from == '-' or #entries ~= 1 or (m[2] or '0') ~= ARGV[1] then
+if from == '-' or #entries ~= 1 or head ~= ARGV[1] then
   doc = redis.call('HGET', KEYS[1], 'doc') or ''
 end
-return {m[1], m[2] or '0', m[3] or '', m[4] or '', doc, m[5] or '', entries}
+return {m[1], head, m[3] or '', m[4] or '', doc, m[5] or '', entries}
 `)
 
 // acquireScript takes a topic's lease that no instance holds (SET NX PX
@@ -297,15 +298,20 @@ func unreachable(err error) bool {
 // storeFailed records that Redis failed to answer: the subscribers are told
 // once, and the instance polls the topic on its own from its next lead.
 func (l *redisLog) storeFailed(err error) {
+	storeMetrics.errors.Inc()
 	l.mu.Lock()
 	if !l.storeDown {
 		l.storeDown = true
+		storeMetrics.down.Inc()
 		l.pushNotice(storeDownData)
 		l.logger.Warn("store unavailable; polling the topic on this instance alone", zap.Error(err))
 	}
 	l.mu.Unlock()
 	l.leaseMu.Lock()
 	if !l.local {
+		if l.holding {
+			storeMetrics.held.Dec()
+		}
 		l.local, l.holding = true, false
 		l.term++
 	}
@@ -318,6 +324,7 @@ func (l *redisLog) storeAnswered() {
 		return
 	}
 	l.storeDown = false
+	storeMetrics.down.Dec()
 	l.pushNotice(storeUpData)
 	l.logger.Info("store available again")
 }
@@ -358,6 +365,8 @@ func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
 	}
 	l.holding = true
 	l.term++
+	storeMetrics.held.Inc()
+	storeMetrics.taken.Inc()
 	l.conn.keepSecret(ctx)
 	l.logger.Info("lease taken: this instance polls the topic", zap.Duration("lease", l.lease))
 	return l.term, 0
@@ -368,6 +377,8 @@ func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
 func (l *redisLog) lost(why string) {
 	if l.holding {
 		l.holding = false
+		storeMetrics.held.Dec()
+		storeMetrics.lost.Inc()
 		l.logger.Info("lease lost: another instance polls the topic", zap.String("reason", why))
 	}
 }
@@ -553,7 +564,10 @@ func (l *redisLog) writeLocal(kind string, data, extra []byte) {
 }
 
 // A streamEntry is one entry of a topic's stream, as readScript returns it.
+// An entry without data (hasData unset) is the one at the reader's
+// position, which readScript strips.
 type streamEntry struct {
+	hasData         bool
 	pos             uint64
 	kind, id, check string
 	data            []byte
@@ -583,7 +597,7 @@ func parseEntries(v any) []streamEntry {
 			case "c":
 				e.check = value
 			case "d":
-				e.data = []byte(value)
+				e.data, e.hasData = []byte(value), true
 			}
 		}
 		entries = append(entries, e)
@@ -599,14 +613,14 @@ func parseEntries(v any) []streamEntry {
 // history resume on it.
 func (l *redisLog) sync() {
 	l.mu.RLock()
-	from := l.pos
+	from, epoch := l.pos, l.epoch
 	if l.diverged || l.epoch == "" {
 		from = 0
 	}
 	l.mu.RUnlock()
 	ctx, cancel := l.call(context.Background())
 	defer cancel()
-	res, err := readScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream}, from).Slice()
+	res, err := readScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream}, from, epoch).Slice()
 	if err != nil {
 		if unreachable(err) {
 			l.storeFailed(err)
@@ -626,8 +640,7 @@ func (l *redisLog) sync() {
 		return
 	}
 	l.storeAnswered()
-	epoch, _ := res[0].(string)
-	if epoch == "" || len(res) < 7 {
+	if epoch, _ = res[0].(string); epoch == "" || len(res) < 7 {
 		// The topic has no keys (yet, or any more): its first document
 		// starts an epoch.
 		return
@@ -677,7 +690,14 @@ func (l *redisLog) reload(epoch string, head uint64, hc, docID string, doc []byt
 	}
 	before := l.snap
 	for _, e := range entries {
-		l.apply(e.kind, e.id, e.data, nil)
+		switch {
+		case e.hasData:
+			l.apply(e.kind, e.id, e.data, nil)
+		case e.kind != entryUp && e.kind != entryDown:
+			// Its patch was not read: the subscribers that reach
+			// it read a snapshot.
+			l.apply(entryDocument, e.id, nil, nil)
+		}
 	}
 	switch {
 	case docID == "":
@@ -769,8 +789,17 @@ func (l *redisLog) Close() error {
 		l.conn.forget(l)
 		l.leaseMu.Lock()
 		holding := l.holding
+		if holding {
+			storeMetrics.held.Dec()
+		}
 		l.holding = false
 		l.leaseMu.Unlock()
+		l.mu.Lock()
+		if l.storeDown {
+			l.storeDown = false
+			storeMetrics.down.Dec()
+		}
+		l.mu.Unlock()
 		if holding {
 			ctx, cancel := l.call(context.Background())
 			defer cancel()

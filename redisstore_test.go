@@ -6,6 +6,8 @@ import (
 
 	"fmt"
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"net/http"
 	"strings"
@@ -248,12 +250,18 @@ func TestRedisStoreLeavesNothing(t *testing.T) {
 		if redisGoroutines() != 2 || r.subscribers() != 1 {
 			t.Errorf("a topic runs %d goroutines of the store and %d Pub/Sub connections, want 2 and 1", redisGoroutines(), r.subscribers())
 		}
+		waitFor(t, 5*time.Second, "the metrics to count the lease held", func() bool {
+			return gaugeValue(storeMetrics.held) == 1
+		})
 		sc.close()
 	}
 	idle := func(when string) {
 		waitFor(t, 10*time.Second, "the topic to stop "+when, func() bool {
 			return redisGoroutines() == 0 && r.subscribers() == 0
 		})
+		if held, down := gaugeValue(storeMetrics.held), gaugeValue(storeMetrics.down); held != 0 || down != 0 {
+			t.Errorf("%s: the metrics count %v leases held and %v topics down, want none", when, held, down)
+		}
 		keys := r.keys()
 		for k, ttl := range keys {
 			if strings.HasSuffix(k, ":l") {
@@ -324,4 +332,50 @@ func TestRedisResumeAhead(t *testing.T) {
 	if got, _ := readAll(t, b, b.resume(evs[0].id)); names(got) != "patch:[3]" {
 		t.Errorf("resuming %s, which the instance has not read yet, reads %q, want the patch after it", evs[0].id, names(got))
 	}
+}
+
+// gaugeValue returns the value of g.
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	g.Write(&m)
+	return m.GetGauge().GetValue()
+}
+
+// TestRedisNewEpochAtSamePosition: an instance that missed that Redis lost
+// a topic's keys, and reads the topic again once the new epoch has reached
+// the position it had read in the old one, loads the new epoch's document
+// whole.
+func TestRedisNewEpochAtSamePosition(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
+	name := newTopicName(t)
+	var logs []*redisLog
+	for _, url := range []string{r.url(), r.url() + "/0"} {
+		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hs.Close() })
+		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
+	}
+	a, b := logs[0], logs[1]
+	mustLead(t, a)
+	a.appendEvent(ctx, []byte(`"one"`), "", nil)
+	readFrom(t, b, 0, `snapshot:"one"`)
+	b.conn.mu.Lock()
+	ps := b.conn.pubsub
+	b.conn.mu.Unlock()
+	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
+		t.Fatal(err)
+	}
+	r.do("FLUSHALL")
+	a.renew()
+	mustLead(t, a)
+	if snap, _, _ := a.current(ctx); snap != nil {
+		t.Fatalf("after FLUSHALL the document is %q", snap)
+	}
+	a.appendEvent(ctx, []byte(`"two"`), "", nil)
+	b.kick()
+	readFrom(t, b, 0, `snapshot:"two"`)
 }
