@@ -186,10 +186,10 @@ type redisLog struct {
 	// localEpoch is the epoch of the ids issued while Redis is down.
 	localEpoch string
 
-	kicks chan struct{}
-	quit  chan struct{}
-	done  chan struct{}
-	close sync.Once
+	kicks     chan struct{}
+	quit      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 	// loaded is closed once the mirror has first asked Redis for the
 	// topic, so that a resume on a topic new to this instance finds the
 	// ids of the others.
@@ -783,7 +783,7 @@ func parseRedisID(id string) (epoch string, pos uint64, ok bool) {
 // up the lease if this instance holds it, so that another takes over at
 // once.
 func (l *redisLog) Close() error {
-	l.close.Do(func() {
+	l.closeOnce.Do(func() {
 		close(l.quit)
 		<-l.done
 		l.conn.forget(l)
