@@ -53,7 +53,7 @@ type eventLog interface {
 	// received, at most cap(buf), and returns them, the subscriber's new
 	// cursor and a channel that is closed when the log next changes. Cursor
 	// 0 reads a snapshot of the current document, then the status event of
-	// a failing upstream; while there is no document yet, it reads that
+	// a failing upstream, then that of a store that is down; while there is no document yet, it reads that
 	// status event alone, and the cursor after it, from which the first
 	// document is read as a snapshot after the status events before it. A
 	// cursor that has fallen out of the history reads a snapshot, then the

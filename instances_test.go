@@ -454,6 +454,12 @@ func TestInstancesRedisRestartedEmpty(t *testing.T) {
 	// The instances poll on by themselves: the browsers still get the
 	// changes, from their own instance.
 	converge(t, api, fs, 15*time.Second)
+	// A browser that comes meanwhile is told too.
+	sc := openStream(t, http.DefaultClient, insts[0].events(), "")
+	if snap, status := sc.next(10*time.Second), sc.next(10*time.Second); snap.name != "snapshot" || status.data != `{"store":"down"}` {
+		t.Errorf("a new stream during the outage begins with %s %q, then %s %q; want the snapshot and the store's status", snap.name, snap.data, status.name, status.data)
+	}
+	sc.close()
 	before := api.count.Load()
 	time.Sleep(time.Second)
 	if n := api.count.Load() - before; n > int64(len(insts))*11 {

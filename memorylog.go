@@ -56,6 +56,10 @@ type localLog struct {
 	// down is the status event of a failing upstream, sent after a
 	// snapshot; without bytes while the upstream is not failing.
 	down frame
+	// notice is the status event of a store that is down, sent after a
+	// snapshot (and down); without bytes while the store answers.
+	notice    frame
+	noticePos uint64
 	// status is the latest status event, at position statusPos (0 while
 	// there is none).
 	status    frame
@@ -214,6 +218,12 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 		}
 	}
 	snap, head := l.snap, l.head
+	// A subscriber that starts from a snapshot is told that the store is
+	// down, unless it has read that already.
+	var notice frame
+	if l.notice.bytes != nil && (from == 0 || l.noticePos > from) {
+		notice = l.notice
+	}
 	l.mu.RUnlock()
 	if snap == nil {
 		// No document yet: the upstream's state alone, while it is
@@ -228,7 +238,15 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 	if after.bytes != nil {
 		buf = append(buf, after)
 	}
+	if notice.bytes != nil && !sameFrame(notice, after) {
+		buf = append(buf, notice)
+	}
 	return head, buf, wake
+}
+
+// sameFrame tells whether a and b are the same shared frame.
+func sameFrame(a, b frame) bool {
+	return len(a.bytes) > 0 && len(b.bytes) > 0 && &a.bytes[0] == &b.bytes[0]
 }
 
 // currentSnapshot returns the snapshot data of the current document, nil

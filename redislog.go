@@ -334,6 +334,10 @@ func (l *redisLog) storeAnswered() {
 func (l *redisLog) pushNotice(data []byte) {
 	f := newFrame(kindStatus, "", data)
 	l.status, l.statusPos = f, l.push(entry{frame: f})
+	l.notice, l.noticePos = frame{}, 0
+	if l.storeDown {
+		l.notice, l.noticePos = f, l.statusPos
+	}
 }
 
 func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
