@@ -65,7 +65,8 @@ func startRedisCluster(t *testing.T) string {
 
 // TestInstancesRedisCluster: on a Redis Cluster of three masters, three
 // instances poll once between them, and browsers that hop between them
-// rebuild the upstream's document with the same ids everywhere.
+// rebuild the upstream's document with the same ids everywhere, before and
+// after the instance that polls is killed.
 func TestInstancesRedisCluster(t *testing.T) {
 	url := startRedisCluster(t)
 	api := newMutatingAPI(t, 11)
@@ -92,4 +93,14 @@ func TestInstancesRedisCluster(t *testing.T) {
 		t.Errorf("the lease was taken %d times, want once", leases)
 	}
 	t.Logf("%d upstream requests while the upstream changed 200 times over about %s", api.count.Load()-start, 200*15*time.Millisecond)
+
+	// The instance that polls dies: another takes over, and the browsers
+	// converge.
+	dead := leader(t, insts)
+	dead.cmd.Process.Kill()
+	<-dead.exited
+	for range 3 {
+		converge(t, api, fs, 20*time.Second)
+	}
+	checkSameEvents(t, fs)
 }
