@@ -3,8 +3,10 @@ package pollsse
 import (
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -42,6 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    mode          <mode>           # json_patch (patch events, default), merge_patch (merge events) or snapshot
 //	    select        <json-pointer>   # stream only this part of each response
 //	    ignore        <json-pointer>...  # parts removed before comparing and sending; token * matches any key or index
+//	    store         memory           # where topics are kept: memory (default) or redis, shared by several Caddy instances
+//	    store         redis <url>      # or a block: store redis { url <url>; prefix <string>; lease <duration> }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -67,6 +71,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err(err.Error())
 	}
 	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
+		return d.Err(err.Error())
+	}
+	interval := time.Duration(h.Interval)
+	if interval == 0 {
+		interval = defaultInterval
+	}
+	if err := checkStoreInterval(h.storeModule, interval); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil
@@ -138,9 +149,33 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 			}
 		}
 		h.Ignore = append(h.Ignore, args...)
+	case "store":
+		return h.unmarshalStore(d)
 	default:
 		return d.Errf("unrecognized subdirective '%s'", name)
 	}
+	return nil
+}
+
+// unmarshalStore sets the store module of a store subdirective, whose
+// first argument names it, `store redis <url>` or `store redis { ... }`.
+func (h *Handler) unmarshalStore(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Errf("store: want a store module, such as memory or redis")
+	}
+	if h.Store != nil {
+		return d.Errf("store: given twice")
+	}
+	name := d.Val()
+	if _, err := caddy.GetModule(storeNamespace + "." + name); err != nil {
+		return d.Errf("store: unknown store module '%s'", name)
+	}
+	unm, err := caddyfile.UnmarshalModule(d, storeNamespace+"."+name)
+	if err != nil {
+		return err
+	}
+	h.Store = caddyconfig.JSONModuleObject(unm, "module", name, nil)
+	h.storeModule = unm
 	return nil
 }
 

@@ -127,6 +127,7 @@ var subdirectiveArgErrors = map[string]string{
 	"mode":            "mode: want json_patch, merge_patch or snapshot",
 	"select":          "select: want a JSON pointer",
 	"ignore":          "ignore: want one or more JSON pointers",
+	"store":           "store: want a store module, such as memory or redis",
 }
 
 // TestReadmeCaddyfile checks the README's Caddyfile section: its syntax

@@ -153,9 +153,13 @@ type topicSettings struct {
 	Mode           string
 	Select         string
 	Ignore         []string
+	// Store is the JSON of the store module, null for the default
+	// (memory): topics of one store share its ids and pollers.
+	Store json.RawMessage
 
-	// differ is made of Mode, Select and Ignore.
-	differ differ
+	// differ is made of Mode, Select and Ignore; restore is the differ
+	// of Mode alone, which makes a document of a snapshot's data.
+	differ, restore differ
 }
 
 // perHandlerSettings are the settings of the Handler, by JSON name, that
@@ -167,6 +171,10 @@ var perHandlerSettings = []string{"retry", "heartbeat", "write_timeout"}
 // to logger those of empty environment variables.
 func (h *Handler) topicSettings(logger *zap.Logger) (topicSettings, error) {
 	d, err := newDiffer(h.Mode, h.Select, h.Ignore)
+	if err != nil {
+		return topicSettings{}, err
+	}
+	restore, err := newDiffer(h.Mode, "", nil)
 	if err != nil {
 		return topicSettings{}, err
 	}
@@ -189,8 +197,34 @@ func (h *Handler) topicSettings(logger *zap.Logger) (topicSettings, error) {
 		Mode:           h.Mode,
 		Select:         h.Select,
 		Ignore:         h.Ignore,
+		Store:          h.storeConfig(),
 		differ:         d,
+		restore:        restore,
 	}, nil
+}
+
+// storeConfig returns the JSON of the handler's store module, nil for the
+// default: Provision keeps it before it loads the module, which empties
+// the field.
+func (h *Handler) storeConfig() json.RawMessage {
+	if h.storeJSON != nil {
+		return h.storeJSON
+	}
+	return h.Store
+}
+
+// scope returns the settings that make a topic's documents out of its
+// upstream's answers, which name its topics in a shared store along with
+// their keys (hub.topicID).
+func (s topicSettings) scope() string {
+	b, _ := json.Marshal(struct {
+		Mode, Select   string
+		Ignore         []string
+		HeaderUp       http.Header
+		ForwardHeaders []string
+		MaxBody        int64
+	}{s.Mode, s.Select, s.Ignore, s.HeaderUp, s.ForwardHeaders, s.MaxBody})
+	return string(b)
 }
 
 // key returns the key of s in the pool of hubs: all of its exported

@@ -65,6 +65,7 @@ var otherSettings = map[string]any{
 	"mode":            modeSnapshot,
 	"select":          "/data",
 	"ignore":          []string{"/generated_at"},
+	"store":           json.RawMessage(`{"module":"memory"}`),
 }
 
 // changeSetting sets v, the Handler's setting of that JSON name, to a valid

@@ -3,13 +3,13 @@ package pollsse
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -39,8 +39,22 @@ type hub struct {
 	cfg    topicSettings
 	logger *zap.Logger
 	client *http.Client
-	// keySecret keys the hash of forwarded header values in topic keys.
-	keySecret []byte
+	// store holds the logs of the hub's topics.
+	store hubStore
+	// scope is what, besides a topic's key, makes its documents: topics
+	// of the same key in stores shared with handlers that make other
+	// documents of it (another mode, select or header_up) get other ids.
+	scope string
+	// keySecret keys the hash of forwarded header values in topic keys,
+	// and topic ids. It is the store's (hubStore.secret), asked for when
+	// the first topic needs it: secretMu is held while it is.
+	keySecret atomic.Pointer[[]byte]
+	secretMu  sync.Mutex
+	// secretErr is the store's last failure to give the secret, at
+	// secretFailed, guarded by secretMu: subscribers are refused with it
+	// at once for secretRetry after it.
+	secretErr    error
+	secretFailed time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -65,25 +79,24 @@ type capLog struct {
 	refused int
 }
 
-func newHub(cfg topicSettings, logger *zap.Logger) *hub {
+func newHub(cfg topicSettings, logger *zap.Logger, store hubStore) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	secret := make([]byte, 32)
-	rand.Read(secret)
 	spread := maxPollSpread
 	if cfg.MaxTopics > 0 {
 		spread = min(spread, cfg.Interval/time.Duration(cfg.MaxTopics))
 	}
 	return &hub{
-		cfg:       cfg,
-		logger:    logger,
-		client:    newUpstreamClient(),
-		keySecret: secret,
-		ctx:       ctx,
-		cancel:    cancel,
-		pacer:     make(chan struct{}, 1),
-		spread:    spread,
-		topics:    make(map[string]*topic),
-		capLogs:   make(map[string]*capLog),
+		cfg:     cfg,
+		logger:  logger,
+		client:  newUpstreamClient(),
+		store:   store,
+		scope:   cfg.scope(),
+		ctx:     ctx,
+		cancel:  cancel,
+		pacer:   make(chan struct{}, 1),
+		spread:  spread,
+		topics:  make(map[string]*topic),
+		capLogs: make(map[string]*capLog),
 	}
 }
 
@@ -111,7 +124,8 @@ func (h *hub) topicKey(url string, fwd http.Header) string {
 	if len(h.cfg.ForwardHeaders) == 0 {
 		return url
 	}
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	var n [binary.MaxVarintLen64]byte
 	write := func(s string) {
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
@@ -138,8 +152,10 @@ const topicIDLength = 12
 // guesses of a secret in the upstream URL (its password, an API key in its
 // query) offline.
 func (h *hub) topicID(key string) string {
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("topic id\x00"))
+	mac.Write([]byte(h.scope))
 	mac.Write([]byte(key))
 	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
 }
@@ -164,6 +180,11 @@ func (e *capError) Error() string {
 // max_subscribers, or at max_topics when a new topic is needed and no topic
 // without subscribers can make room, it returns a capError.
 func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
+	// Topic keys and ids are made with the store's secret, which the
+	// first subscriber asks the store for.
+	if _, err := h.secret(); err != nil {
+		return nil, err
+	}
 	key := h.topicKey(url, fwd)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -176,12 +197,16 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 			return nil, h.refuse(&capError{"max_topics", h.cfg.MaxTopics})
 		}
 		ctx, cancel := context.WithCancel(h.ctx)
-		t = newTopic(key, h.topicID(key), url, fwd, newMemoryLog(h.cfg.History), cancel)
+		id := h.topicID(key)
+		logger := h.logger.With(zap.String("upstream", redactURL(url)), zap.String("topic", id))
+		log := h.store.open(topicRef{id: id, history: h.cfg.History, interval: h.cfg.Interval, logger: logger})
+		t = newTopic(key, id, url, fwd, log, cancel)
 		h.topics[key] = t
-		p := h.newPoller(t)
+		p := h.newPoller(t, logger)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer log.Close()
 			defer cancel()
 			p.run(ctx)
 		}()
@@ -194,7 +219,7 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 
 // newPoller returns the poller of t, made with the hub's client, settings
 // and pacing.
-func (h *hub) newPoller(t *topic) *poller {
+func (h *hub) newPoller(t *topic, logger *zap.Logger) *poller {
 	return &poller{
 		url:       t.url,
 		headerUp:  h.cfg.HeaderUp,
@@ -203,6 +228,7 @@ func (h *hub) newPoller(t *topic) *poller {
 		maxBody:   h.cfg.MaxBody,
 		client:    h.client,
 		differ:    h.cfg.differ,
+		restore:   h.cfg.restore,
 		log:       t.log,
 		topicID:   t.id,
 		state:     &t.upstreamState,
@@ -210,7 +236,7 @@ func (h *hub) newPoller(t *topic) *poller {
 		removeIfIdle: func() (time.Time, bool) {
 			return h.removeIfIdle(t)
 		},
-		logger: h.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
+		logger: logger,
 		sched:  schedule{interval: h.cfg.Interval, maxBackoff: h.cfg.MaxBackoff},
 	}
 }
@@ -319,5 +345,38 @@ func (h *hub) Destruct() error {
 	h.cancel()
 	h.wg.Wait()
 	h.client.CloseIdleConnections()
-	return nil
+	return h.store.Close()
+}
+
+// secretWait is how long a subscribe waits for the store's secret, and
+// secretRetry how long after a failure to get it the store is asked again.
+const (
+	secretWait  = 2 * time.Second
+	secretRetry = time.Second
+)
+
+// secret returns the hub's key secret, asking the store for it the first
+// time. While the store cannot give it, subscribers are refused with the
+// error, and the next one asks again.
+func (h *hub) secret() ([]byte, error) {
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	h.secretMu.Lock()
+	defer h.secretMu.Unlock()
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	if h.secretErr != nil && time.Since(h.secretFailed) < secretRetry {
+		return nil, h.secretErr
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, secretWait)
+	defer cancel()
+	s, err := h.store.secret(ctx)
+	if err != nil {
+		h.secretErr, h.secretFailed = fmt.Errorf("the store is unavailable: %w", err), time.Now()
+		return nil, h.secretErr
+	}
+	h.keySecret.Store(&s)
+	return s, nil
 }

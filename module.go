@@ -6,6 +6,7 @@ package pollsse
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -142,10 +144,24 @@ type Handler struct {
 	// Default: none.
 	Ignore []string `json:"ignore,omitempty"`
 
-	logger   *zap.Logger
-	upstream *upstreamTemplate
-	hubKey   string
-	hub      *hub
+	// Where topics keep their documents and histories, and how the
+	// instances that share it decide which one polls a topic: a store
+	// module. `memory` keeps them in this Caddy alone; `redis` shares
+	// them among every Caddy on one Redis, so that they poll each topic
+	// once between them and an id from any of them resumes on every
+	// other. Default: memory.
+	Store json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.poll_sse.stores inline_key=module"`
+
+	logger *zap.Logger
+	// storeJSON is Store as configured, which loading the module empties,
+	// and store is the module.
+	storeJSON json.RawMessage
+	store     store
+	// storeModule is the store that UnmarshalCaddyfile read.
+	storeModule caddyfile.Unmarshaler
+	upstream    *upstreamTemplate
+	hubKey      string
+	hub         *hub
 
 	// streaming is what the handler's streams need of it, and endStreams
 	// ends them.
@@ -178,6 +194,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
+	if err := h.loadStore(ctx); err != nil {
+		return err
+	}
 	settings, err := h.topicSettings(h.logger)
 	if err != nil {
 		return err
@@ -186,7 +205,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	val, _, err := hubs.LoadOrNew(h.hubKey, func() (caddy.Destructor, error) {
-		return newHub(settings, h.logger), nil
+		hs, err := h.store.attach(h.logger)
+		if err != nil {
+			return nil, err
+		}
+		return newHub(settings, h.logger, hs), nil
 	})
 	if err != nil {
 		return err
@@ -207,6 +230,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		logger:       h.logger,
 	}
 	h.detached = &detachedStreams{cfg: h.streaming, groups: make(map[*topic]*connGroup)}
+	return nil
+}
+
+// loadStore loads the store module, memory when none is configured, and
+// checks it against the interval.
+func (h *Handler) loadStore(ctx caddy.Context) error {
+	if h.Store == nil {
+		h.store = MemoryStore{}
+		return nil
+	}
+	h.storeJSON = append(json.RawMessage(nil), h.Store...)
+	mod, err := ctx.LoadModule(h, "Store")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	s, ok := mod.(store)
+	if !ok {
+		return fmt.Errorf("store: module %T is not a poll_sse store", mod)
+	}
+	if err := checkStoreInterval(s, time.Duration(h.Interval)); err != nil {
+		return err
+	}
+	h.store = s
 	return nil
 }
 

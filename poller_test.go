@@ -42,6 +42,7 @@ func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) 
 		Timeout:        time.Second,
 		History:        16,
 		differ:         cd,
+		restore:        d,
 		MaxBackoff:     10 * time.Millisecond,
 		MaxBody:        defaultMaxBody,
 		MaxTopics:      defaultMaxTopics,
@@ -50,7 +51,8 @@ func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) 
 	if change != nil {
 		change(&cfg)
 	}
-	h := newHub(cfg, zap.NewNop())
+	hs, _ := MemoryStore{}.attach(zap.NewNop())
+	h := newHub(cfg, zap.NewNop(), hs)
 	t.Cleanup(func() {
 		h.Destruct()
 		assertNoStreamGoroutines(t)

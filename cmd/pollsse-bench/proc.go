@@ -29,6 +29,8 @@ type serverConfig struct {
 	pprof        string // admin listen address for /debug/pprof, "" for none
 	// accessLog turns the server's access logs on, written to a file.
 	accessLog bool
+	// store is the handler's store module, nil for its default.
+	store map[string]any
 }
 
 // caddyJSON returns the config: one server on port, /sse/<topic> streaming
@@ -44,6 +46,9 @@ func caddyJSON(port int, dir string, sc serverConfig) []byte {
 	}
 	if sc.heartbeat > 0 {
 		handler["heartbeat"] = sc.heartbeat.String()
+	}
+	if sc.store != nil {
+		handler["store"] = sc.store
 	}
 	admin := map[string]any{"disabled": true}
 	if sc.pprof != "" {
