@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -92,8 +91,7 @@ func TestRedisPasswordNotLogged(t *testing.T) {
 	r := startRedis(t, "--requirepass", "right-pass")
 	api := newFakeAPI(t, `{"v":1}`)
 	url := fmt.Sprintf("redis://:wr0ng-pass@%s", r.addr())
-	base, logFile := startCaddyLoggingAtDebug(t, redisRoute(api.URL, url, ""), "")
-	t.Cleanup(func() { stopCaddy(t) })
+	base, logs := startCaddyAtDebug(t, "["+redisRoute(api.URL, url, "")+"]")
 	resp, err := http.Get(base + "/events")
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +102,7 @@ func TestRedisPasswordNotLogged(t *testing.T) {
 		t.Errorf("a subscriber got %d %q, want 503 saying that the store is unavailable", resp.StatusCode, body)
 	}
 	stopCaddy(t)
-	raw, _ := os.ReadFile(logFile)
+	raw := logs.text()
 	for _, leak := range []string{"wr0ng-pass", "right-pass"} {
 		if strings.Contains(string(raw)+string(body), leak) {
 			t.Errorf("the log or the answer holds the password %s:\n%s", leak, raw)
