@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    forward_headers <name>...      # subscriber headers sent upstream, part of the topic key (repeatable)
 //	    max_topics    <n>              # most topics polled at once, default 1000
 //	    max_subscribers <n>            # most open streams, default 10000
+//	    max_new_topics <n> <duration>  # most new topics per client address per duration, default 30 1m; or off
 //	    mode          <mode>           # json_patch (patch events, default), merge_patch (merge events) or snapshot
 //	    select        <json-pointer>   # stream only this part of each response
 //	    ignore        <json-pointer>...  # parts removed before comparing and sending; token * matches any key or index
@@ -102,6 +103,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		return h.unmarshalDuration(d, name)
 	case "history", "max_topics", "max_subscribers":
 		return h.unmarshalCount(d, name)
+	case "max_new_topics":
+		return h.unmarshalMaxNewTopics(d)
 	case "header_up":
 		return h.unmarshalHeaderUp(d)
 	case "max_body":
@@ -213,6 +216,35 @@ func (h *Handler) unmarshalCount(d *caddyfile.Dispenser, name string) error {
 		return d.Errf("%s: want a positive %s, not '%s'", name, what, d.Val())
 	}
 	*h.countField(name) = n
+	return nil
+}
+
+// unmarshalMaxNewTopics sets max_new_topics and its period from
+// `max_new_topics <n> <duration>`, or turns it off with `max_new_topics
+// off`.
+func (h *Handler) unmarshalMaxNewTopics(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Err("max_new_topics: want a number of topics and a duration, such as 30 1m, or off")
+	}
+	if d.Val() == "off" {
+		h.MaxNewTopics, h.MaxNewTopicsPer = -1, 0
+		return nil
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n <= 0 {
+		return d.Errf("max_new_topics: want a positive number of topics or off, not '%s'", d.Val())
+	}
+	if !d.NextArg() {
+		return d.Errf("max_new_topics: want a duration after '%s', such as %s 1m", d.Val(), d.Val())
+	}
+	per, err := caddy.ParseDuration(d.Val())
+	if err != nil {
+		return d.Errf("max_new_topics: invalid duration '%s': %v", d.Val(), err)
+	}
+	if per < minNewTopicsPer {
+		return d.Errf("max_new_topics: the duration must be at least %s, not '%s', %s", minNewTopicsPer, d.Val(), minNewTopicsPerReason)
+	}
+	h.MaxNewTopics, h.MaxNewTopicsPer = n, caddy.Duration(per)
 	return nil
 }
 

@@ -13,18 +13,27 @@ import (
 
 // Defaults of the configuration, each documented on its Handler field.
 const (
-	defaultInterval       = 2 * time.Second
-	defaultRetry          = 3 * time.Second
-	defaultHeartbeat      = 15 * time.Second
-	defaultHistory        = 256
-	defaultIdleTimeout    = 30 * time.Second
-	defaultTimeout        = 10 * time.Second
-	defaultWriteTimeout   = 10 * time.Second
-	defaultMaxBackoff     = time.Minute
-	defaultMaxBody        = 10 << 20
-	defaultMaxTopics      = 1000
-	defaultMaxSubscribers = 10000
-	defaultMode           = modeJSONPatch
+	defaultInterval        = 2 * time.Second
+	defaultRetry           = 3 * time.Second
+	defaultHeartbeat       = 15 * time.Second
+	defaultHistory         = 256
+	defaultIdleTimeout     = 30 * time.Second
+	defaultTimeout         = 10 * time.Second
+	defaultWriteTimeout    = 10 * time.Second
+	defaultMaxBackoff      = time.Minute
+	defaultMaxBody         = 10 << 20
+	defaultMaxTopics       = 1000
+	defaultMaxSubscribers  = 10000
+	defaultMaxNewTopics    = 30
+	defaultMaxNewTopicsPer = time.Minute
+	defaultMode            = modeJSONPatch
+)
+
+// minNewTopicsPer is the shortest period of max_new_topics, and
+// minNewTopicsPerReason why.
+const (
+	minNewTopicsPer       = time.Second
+	minNewTopicsPerReason = "as Retry-After counts whole seconds"
 )
 
 // minInterval is the shortest interval, and minIntervalReason why.
@@ -46,6 +55,8 @@ func (h *Handler) setDefaults() {
 	setDefault(&h.MaxBody, defaultMaxBody)
 	setDefault(&h.MaxTopics, defaultMaxTopics)
 	setDefault(&h.MaxSubscribers, defaultMaxSubscribers)
+	setDefault(&h.MaxNewTopics, defaultMaxNewTopics)
+	setDefault(&h.MaxNewTopicsPer, caddy.Duration(defaultMaxNewTopicsPer))
 	setDefault(&h.Mode, defaultMode)
 }
 
@@ -65,7 +76,7 @@ func (h *Handler) validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"interval": h.Interval, "retry": h.Retry, "heartbeat": h.Heartbeat,
 		"idle_timeout": h.IdleTimeout, "timeout": h.Timeout, "write_timeout": h.WriteTimeout,
-		"max_backoff": h.MaxBackoff,
+		"max_backoff": h.MaxBackoff, "max_new_topics_per": h.MaxNewTopicsPer,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
@@ -73,6 +84,9 @@ func (h *Handler) validate() error {
 	}
 	if h.Interval != 0 && time.Duration(h.Interval) < minInterval {
 		return fmt.Errorf("interval: must be at least %s, not %s, %s", minInterval, time.Duration(h.Interval), minIntervalReason)
+	}
+	if h.MaxNewTopicsPer != 0 && time.Duration(h.MaxNewTopicsPer) < minNewTopicsPer {
+		return fmt.Errorf("max_new_topics_per: must be at least %s, not %s, %s", minNewTopicsPer, time.Duration(h.MaxNewTopicsPer), minNewTopicsPerReason)
 	}
 	if h.History < 0 {
 		return fmt.Errorf("history: must be positive, not %d", h.History)
@@ -150,9 +164,13 @@ type topicSettings struct {
 	ForwardHeaders []string
 	MaxTopics      int
 	MaxSubscribers int
-	Mode           string
-	Select         string
-	Ignore         []string
+	// MaxNewTopics is -1 when the limit is off, and MaxNewTopicsPer
+	// then 0.
+	MaxNewTopics    int
+	MaxNewTopicsPer time.Duration
+	Mode            string
+	Select          string
+	Ignore          []string
 	// Store is the JSON of the store module, null for the default
 	// (memory): topics of one store share its ids and pollers.
 	Store json.RawMessage
@@ -182,24 +200,30 @@ func (h *Handler) topicSettings(logger *zap.Logger) (topicSettings, error) {
 	if err != nil {
 		return topicSettings{}, err
 	}
+	maxNewTopics, maxNewTopicsPer := h.MaxNewTopics, time.Duration(h.MaxNewTopicsPer)
+	if maxNewTopics < 0 {
+		maxNewTopics, maxNewTopicsPer = -1, 0
+	}
 	return topicSettings{
-		Upstream:       h.Upstream,
-		Interval:       time.Duration(h.Interval),
-		History:        h.History,
-		IdleTimeout:    time.Duration(h.IdleTimeout),
-		Timeout:        time.Duration(h.Timeout),
-		HeaderUp:       headerUp,
-		MaxBackoff:     time.Duration(h.MaxBackoff),
-		MaxBody:        h.MaxBody,
-		ForwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
-		MaxTopics:      h.MaxTopics,
-		MaxSubscribers: h.MaxSubscribers,
-		Mode:           h.Mode,
-		Select:         h.Select,
-		Ignore:         h.Ignore,
-		Store:          h.storeConfig(),
-		differ:         d,
-		restore:        restore,
+		Upstream:        h.Upstream,
+		Interval:        time.Duration(h.Interval),
+		History:         h.History,
+		IdleTimeout:     time.Duration(h.IdleTimeout),
+		Timeout:         time.Duration(h.Timeout),
+		HeaderUp:        headerUp,
+		MaxBackoff:      time.Duration(h.MaxBackoff),
+		MaxBody:         h.MaxBody,
+		ForwardHeaders:  canonicalHeaderNames(h.ForwardHeaders),
+		MaxTopics:       h.MaxTopics,
+		MaxSubscribers:  h.MaxSubscribers,
+		MaxNewTopics:    maxNewTopics,
+		MaxNewTopicsPer: maxNewTopicsPer,
+		Mode:            h.Mode,
+		Select:          h.Select,
+		Ignore:          h.Ignore,
+		Store:           h.storeConfig(),
+		differ:          d,
+		restore:         restore,
 	}, nil
 }
 

@@ -117,6 +117,24 @@ type Handler struct {
 	// Default: 10000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
 
+	// The most new topics that one client address may make the handler
+	// create per `max_new_topics_per`: a client that makes up credentials
+	// (`forward_headers`) or placeholder values creates a topic for each,
+	// and would stop the idle topics of other users at `max_topics`.
+	// Beyond it, a subscriber of a new topic gets 429 with `Retry-After`,
+	// the whole seconds until its address may create one again, and no
+	// topic is created or stopped; subscribing to an existing topic is
+	// never refused by it. An address may create this many at once, then
+	// one more every `max_new_topics_per` ÷ this many. The address is
+	// Caddy's client IP, the browser's behind a proxy of the server's
+	// `trusted_proxies`: an IPv4 address, or an IPv6 /64. With a shared
+	// store, each Caddy counts its own. A negative value turns the limit
+	// off. Default: 30.
+	MaxNewTopics int `json:"max_new_topics,omitempty"`
+
+	// The period of `max_new_topics`, at least 1s. Default: 1m.
+	MaxNewTopicsPer caddy.Duration `json:"max_new_topics_per,omitempty"`
+
 	// What a change is sent as. `json_patch`: a `patch` event, an RFC 6902
 	// JSON Patch. `merge_patch`: a `merge` event, an RFC 7396 JSON Merge
 	// Patch, or a `snapshot` event where a merge patch cannot say the change
@@ -301,10 +319,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r))
+	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r), clientAddress(r))
 	if err != nil {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(time.Duration(h.Retry))))
-		return h.writeRefusal(w, http.StatusServiceUnavailable, err)
+		status, retry := http.StatusServiceUnavailable, time.Duration(h.Retry)
+		if tooMany, ok := errors.AsType[*newTopicsError](err); ok {
+			status, retry = http.StatusTooManyRequests, tooMany.retryAfter
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(retry)))
+		return h.writeRefusal(w, status, err)
 	}
 	// A stream that detach takes over unsubscribes when it ends.
 	detached := false

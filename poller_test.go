@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -140,7 +141,7 @@ func TestConditionalRequests(t *testing.T) {
 		return n
 	}
 	h, parses := testHub(t, nil)
-	tp, err := h.subscribe(api.URL, nil)
+	tp, err := h.subscribe(api.URL, nil, netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 				}
 				return &http.Response{StatusCode: http.StatusOK, ContentLength: tt.contentLength, Body: body, Header: http.Header{}, Request: r}, nil
 			})
-			tp, err := h.subscribe("http://api.test/doc", nil)
+			tp, err := h.subscribe("http://api.test/doc", nil, netip.Prefix{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -95,17 +95,24 @@ func bearer(token string) http.Header {
 // openStreamWith is openStream with request headers.
 func openStreamWith(t *testing.T, url string, header http.Header, lastEventID string) *streamClient {
 	t.Helper()
-	client := &http.Client{Transport: headerTransport{header}}
+	client := &http.Client{Transport: headerTransport{header: header}}
 	return openStream(t, client, url, lastEventID)
 }
 
-// headerTransport adds headers to every request.
-type headerTransport struct{ header http.Header }
+// headerTransport adds headers to every request that it sends with base,
+// http.DefaultTransport when nil.
+type headerTransport struct {
+	header http.Header
+	base   http.RoundTripper
+}
 
 func (ht headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	for name, values := range ht.header {
 		r.Header[name] = values
+	}
+	if ht.base != nil {
+		return ht.base.RoundTrip(r)
 	}
 	return http.DefaultTransport.RoundTrip(r)
 }
