@@ -1,7 +1,6 @@
 package pollsse
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,36 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-// startCaddyWithServerOptions is startCaddy with more fields in the JSON of
-// the server, such as its timeouts.
-func startCaddyWithServerOptions(t *testing.T, routes string, options map[string]any) string {
-	t.Helper()
-	port := freePort(t)
-	var cfg map[string]any
-	if err := json.Unmarshal(caddyConfig(t, port, routes), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	server := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["test"].(map[string]any)
-	for k, v := range options {
-		server[k] = v
-	}
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Load(raw, true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
-	return fmt.Sprintf("http://127.0.0.1:%d", port)
-}
 
 // TestSlowlorisAndSilentConnectionsAreBoundedByCaddysTimeouts opens, beside
 // a subscriber, 200 connections that send their request a byte a second
@@ -54,8 +24,8 @@ func TestSlowlorisAndSilentConnectionsAreBoundedByCaddysTimeouts(t *testing.T) {
 		readHeader = 2 * time.Second
 	)
 	api := newFakeAPI(t, `{"v":0}`)
-	base := startCaddyWithServerOptions(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]",
-		map[string]any{"read_header_timeout": readHeader.String()})
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]",
+		withServerFields(fmt.Sprintf(`"read_header_timeout":%q`, readHeader.String())))
 	addr := strings.TrimPrefix(base, "http://")
 	sub := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := sub.next(5 * time.Second); ev.name != "snapshot" {

@@ -8,11 +8,6 @@ import (
 	"time"
 )
 
-// Defaults of the upstream protection.
-const (
-	defaultMaxBackoff = time.Minute
-)
-
 // A schedule says how long a poller waits between polls: the interval after
 // a success, and an exponential backoff with jitter after failures. Its
 // methods are pure functions of their arguments and of rnd.

@@ -1,17 +1,13 @@
 package pollsse
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/http"
 	"runtime"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // Fan-out of HTTP/1.1 streams without a goroutine each.
@@ -40,18 +36,26 @@ import (
 // that takes no byte for write_timeout is disconnected and resumes by id
 // when its browser reconnects. A client sends nothing on its stream after
 // the request; one that sends more than maxClientBytes is disconnected.
+//
+// Detaching needs a socket that can be written without blocking through
+// syscall.RawConn (fanout_unix.go). On other systems, Windows among them
+// (fanout_other.go), detach declines every stream, and each keeps its
+// goroutine.
 
 // detachedStreams is the groups of one handler, by topic.
 type detachedStreams struct {
+	cfg *streamConfig
+
 	mu     sync.Mutex
 	groups map[*topic]*connGroup
 }
 
 // A connGroup is the detached streams of one topic served by one handler.
 type connGroup struct {
-	h    *Handler
-	t    *topic
-	quit chan struct{} // closed when the last stream has left
+	cfg      *streamConfig
+	detached *detachedStreams
+	t        *topic
+	quit     chan struct{} // closed when the last stream has left
 
 	mu   sync.Mutex
 	subs []*connStream
@@ -74,7 +78,7 @@ type connStream struct {
 	buf  [watchBufferSize]byte
 
 	mu     sync.Mutex
-	cursor uint64
+	cursor cursor
 	last   time.Time // of the last write
 	// lagging is set while a goroutine of the stream's own is writing to
 	// it; the group leaves it alone.
@@ -84,11 +88,12 @@ type connStream struct {
 
 // detach takes the HTTP/1.1 stream of w over from net/http, if it is one
 // that can be written without net/http (plain, chunked), and makes it a
-// connStream of t from cursor on. The headers and the retry field must have
-// been written. It reports whether it did; if so the subscription to t is
+// connStream of t from cursor on, on the systems that can (canDetach). The
+// headers and the retry field must have been written. It reports whether it
+// did; if so the subscription to t is
 // the stream's, and the handler must return without touching w again.
-func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, cursor uint64) bool {
-	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || h.streams.Err() != nil {
+func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, at cursor) bool {
+	if !canDetach || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || d.cfg.ended() {
 		return false
 	}
 	if hdr := w.Header(); hdr.Get("Content-Encoding") != "" || hdr.Get("Transfer-Encoding") != "" {
@@ -101,7 +106,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 	// What net/http read ahead is what the client sent after its
 	// request; nothing of it is a request that the stream answers.
 	sent := brw.Reader.Buffered()
-	s := &connStream{conn: conn, cursor: cursor, last: time.Now(), sent: sent}
+	s := &connStream{conn: conn, cursor: at, last: time.Now(), sent: sent}
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		s.rc, err = c.SyscallConn()
@@ -112,13 +117,13 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 		// A connection that a listener wrapper made, whose bytes may not
 		// be the socket's: write to it with blocking writes on this
 		// goroutine.
-		h.streamHijacked(conn, t, cursor, sent)
+		d.cfg.streamHijacked(conn, t, at, sent)
 		return true
 	}
 	// The group's sweeps wait until the stream is set up and has been
 	// sent what the log holds for it.
 	s.mu.Lock()
-	g := h.join(t, s)
+	g := d.join(t, s)
 	go s.watch()
 	sw := joinSweepers.Get().(*sweeper)
 	g.service(s, sw)
@@ -133,13 +138,12 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, t *topic, curso
 var joinSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
 // join adds s to the group of t, starting the group if it has none.
-func (h *Handler) join(t *topic, s *connStream) *connGroup {
-	d := h.detached
+func (d *detachedStreams) join(t *topic, s *connStream) *connGroup {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := d.groups[t]
 	if g == nil {
-		g = &connGroup{h: h, t: t, quit: make(chan struct{})}
+		g = &connGroup{cfg: d.cfg, detached: d, t: t, quit: make(chan struct{})}
 		d.groups[t] = g
 		go g.run()
 	}
@@ -153,8 +157,7 @@ func (h *Handler) join(t *topic, s *connStream) *connGroup {
 
 // leave removes s from its group, ending the group when s was its last
 // stream.
-func (h *Handler) leave(s *connStream) {
-	d := h.detached
+func (d *detachedStreams) leave(s *connStream) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := s.g
@@ -177,49 +180,8 @@ func (h *Handler) leave(s *connStream) {
 // watch waits for the client to close the connection or to send too
 // much, and then ends the stream.
 func (s *connStream) watch() {
-	s.g.h.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
+	s.g.cfg.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
 	s.close()
-}
-
-// maxClientBytes is how much a client may send on a stream taken over from
-// net/http after its request. A browser sends nothing until it closes the
-// connection (a stream never answers another request on it), so the
-// allowance is for the odd blank line; a client that sends more has its
-// stream ended, which bounds what it costs to read.
-const maxClientBytes = 256
-
-// watchBufferSize is the size of the buffer that a stream's client is read
-// into, of which each stream has one.
-const watchBufferSize = 64
-
-// errClientSent ends a stream whose client sent more than maxClientBytes.
-var errClientSent = errors.New("the client sent data after its request")
-
-// watchClient reads conn, the connection of a stream taken over from
-// net/http whose client has sent sent bytes after its request, into buf
-// until the client closes it, the connection ends or the client has sent
-// more than maxClientBytes. It returns the error that ended the read, or
-// errClientSent.
-func watchClient(conn net.Conn, buf []byte, sent int) error {
-	for sent <= maxClientBytes {
-		n, err := conn.Read(buf)
-		if err != nil {
-			return err
-		}
-		sent += n
-	}
-	return errClientSent
-}
-
-// logClientSent logs at Debug that a stream ended on err when its client
-// sent too much; any other end of the read is the client leaving.
-func (h *Handler) logClientSent(err error) {
-	if err != errClientSent {
-		return
-	}
-	if ce := h.logger.Check(zap.DebugLevel, "stream ended"); ce != nil {
-		ce.Write(zap.Error(err), zap.Int("max_bytes", maxClientBytes))
-	}
 }
 
 // close ends the stream, once: it closes the connection, leaves the group
@@ -233,8 +195,8 @@ func (s *connStream) close() {
 	s.closed = true
 	s.mu.Unlock()
 	s.conn.Close()
-	s.g.h.leave(s)
-	s.g.h.hub.unsubscribe(s.g.t)
+	s.g.detached.leave(s)
+	s.g.cfg.unsubscribe(s.g.t)
 }
 
 // sweepShard is the fewest streams one goroutine of a sweep writes to: from
@@ -245,7 +207,6 @@ const sweepShard = 256
 // to those that have been silent, until the last stream leaves or the
 // handler's streams end.
 func (g *connGroup) run() {
-	heartbeat := time.Duration(g.h.Heartbeat)
 	var subs []*connStream
 	for {
 		wake, refused := g.t.log.changed(), g.t.refusedChan()
@@ -256,18 +217,18 @@ func (g *connGroup) run() {
 		select {
 		case <-wake:
 		case <-refused:
-		case <-g.h.ticker.tick():
+		case <-g.cfg.ticker.tick():
 			now := time.Now()
 			g.sweep(subs, func(s *connStream, w *sweeper) {
-				if !s.lagging && !s.closed && now.Sub(s.last) >= heartbeat {
-					s.writeFrames([][]byte{heartbeatFrame}, s.cursor, w)
+				if !s.lagging && !s.closed && now.Sub(s.last) >= g.cfg.heartbeat {
+					s.writeFrames([]frame{heartbeatFrame}, s.cursor, w)
 				}
 			})
 		case <-g.quit:
 			return
-		case <-g.h.streams.Done():
+		case <-g.cfg.done:
 			// No stream joins the group after this; those that did end.
-			d := g.h.detached
+			d := g.detached
 			d.mu.Lock()
 			if d.groups[g.t] == g {
 				delete(d.groups, g.t)
@@ -344,10 +305,10 @@ func (g *connGroup) service(s *connStream, w *sweeper) {
 // writeFrames writes frames to s, each as one chunk in one non-blocking
 // write, and moves its cursor to next. When the socket does not take a whole
 // chunk, the rest is left to a goroutine of the stream's own. s.mu is held.
-func (s *connStream) writeFrames(frames [][]byte, next uint64, w *sweeper) {
+func (s *connStream) writeFrames(frames []frame, next cursor, w *sweeper) {
 	s.cursor = next
 	for i, f := range frames {
-		c := w.chunk(f)
+		c := w.chunk(f.bytes)
 		n, err := w.write(s.rc, c)
 		if n == len(c) {
 			metrics.countSent(f)
@@ -361,7 +322,7 @@ func (s *connStream) writeFrames(frames [][]byte, next uint64, w *sweeper) {
 		}
 		s.lagging = true
 		// frames belong to the sweeper: the goroutine gets a copy.
-		go s.catchUp(c[n:], f, append([][]byte(nil), frames[i+1:]...))
+		go s.catchUp(c[n:], f, append([]frame(nil), frames[i+1:]...))
 		return
 	}
 	s.last = time.Now()
@@ -370,16 +331,16 @@ func (s *connStream) writeFrames(frames [][]byte, next uint64, w *sweeper) {
 // closeConn ends a stream that close marked closed with s.mu held.
 func (s *connStream) closeConn() {
 	s.conn.Close()
-	s.g.h.leave(s)
-	s.g.h.hub.unsubscribe(s.g.t)
+	s.g.detached.leave(s)
+	s.g.cfg.unsubscribe(s.g.t)
 }
 
 // catchUp writes the rest of the chunk of frame, then frames, then what
 // the log holds after the stream's cursor, until the stream has caught up
 // and returns to its group; it ends the stream when no byte of a write has
 // moved for the write timeout.
-func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
-	timeout := time.Duration(s.g.h.WriteTimeout)
+func (s *connStream) catchUp(rest []byte, last frame, frames []frame) {
+	timeout := s.g.cfg.writeTimeout
 	w := newSweeper()
 	var size [16]byte
 	var bufs [3][]byte
@@ -393,10 +354,10 @@ func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
 		s.close()
 		return
 	}
-	metrics.countSent(frame)
+	metrics.countSent(last)
 	for {
 		for _, f := range frames {
-			if err := write(appendChunkSize(size[:0], len(f)), f, crlf); err != nil {
+			if err := write(appendChunkSize(size[:0], len(f.bytes)), f.bytes, crlf); err != nil {
 				metrics.countWriteError(err)
 				s.close()
 				return
@@ -409,7 +370,7 @@ func (s *connStream) catchUp(rest, frame []byte, frames [][]byte) {
 			s.mu.Unlock()
 			return
 		}
-		var next uint64
+		var next cursor
 		frames, next, _ = s.g.t.log.read(s.cursor, w.frames[:0])
 		if len(frames) == 0 {
 			// Caught up: the group writes the next change. One that
@@ -437,29 +398,11 @@ func (s *connStream) end() {
 	s.close()
 }
 
-// lastChunk ends a chunked response body.
-var lastChunk = []byte("0\r\n\r\n")
-
-// appendChunk appends frame to dst as one chunk of a chunked HTTP/1.1 body.
-func appendChunk(dst, frame []byte) []byte {
-	dst = appendChunkSize(dst, len(frame))
-	dst = append(dst, frame...)
-	return append(dst, crlf...)
-}
-
-// appendChunkSize appends the line that starts a chunk of n bytes.
-func appendChunkSize(dst []byte, n int) []byte {
-	dst = strconv.AppendUint(dst, uint64(n), 16)
-	return append(dst, crlf...)
-}
-
-var crlf = []byte("\r\n")
-
 // A sweeper is the scratch state of one goroutine that writes to streams,
 // kept so that writing an event to a stream allocates nothing.
 type sweeper struct {
 	// frames receives what a stream reads from the log.
-	frames [][]byte
+	frames []frame
 	// cached and chunks are the last few frames written and their chunks,
 	// so that a frame written to many streams is framed once. Frames are
 	// shared and never change, so a frame's first byte identifies it.
@@ -476,14 +419,10 @@ type sweeper struct {
 }
 
 func newSweeper() *sweeper {
-	w := &sweeper{frames: make([][]byte, 0, maxFramesPerWrite)}
+	w := &sweeper{frames: make([]frame, 0, maxFramesPerWrite)}
 	w.writeFn = func(fd uintptr) bool {
-		for {
-			w.n, w.err = syscall.Write(int(fd), w.b)
-			if w.err != syscall.EINTR {
-				return true
-			}
-		}
+		w.n, w.err = writeSocket(fd, w.b)
+		return true
 	}
 	return w
 }
@@ -512,99 +451,3 @@ func (w *sweeper) chunk(frame []byte) []byte {
 	w.next = (w.next + 1) % len(w.cached)
 	return ch
 }
-
-// writeChecks is how many times per write timeout a blocked write to a
-// connection taken over from net/http looks whether its bytes move.
-const writeChecks = 4
-
-// writeMoving writes b to conn, a connection taken over from net/http, and
-// fails only when no byte has moved for timeout (none if 0). A write to a
-// TCP connection that reaches its deadline returns what the socket took,
-// and the connection stays usable: the deadline is set a quarter of the
-// timeout ahead at a time and the write carries on while bytes move, so
-// that a client that reads slowly but steadily gets a frame of any size,
-// and one that takes nothing is dropped between one and one and a quarter
-// timeouts after its last byte.
-func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
-	if timeout <= 0 {
-		conn.SetWriteDeadline(time.Time{})
-		_, err := b.WriteTo(conn)
-		return err
-	}
-	step := max(timeout/writeChecks, time.Millisecond)
-	moved := time.Now()
-	for {
-		deadline := time.Now().Add(step)
-		if limit := moved.Add(timeout); limit.Before(deadline) {
-			deadline = limit
-		}
-		conn.SetWriteDeadline(deadline)
-		n, err := b.WriteTo(conn)
-		now := time.Now()
-		// A timeout before the deadline is that of a connection that
-		// an earlier one broke (a wrapped TLS connection), not a wait.
-		if err == nil || !isTimeout(err) || now.Before(deadline) {
-			return err
-		}
-		if n > 0 {
-			moved = now
-		} else if !now.Before(moved.Add(timeout)) {
-			return err
-		}
-	}
-}
-
-// streamHijacked streams to a connection taken over from net/http that
-// offers no raw access, on the calling goroutine, with blocking writes.
-// (Caddy wraps the connections of a server with access logs so.) A
-// goroutine reads from the connection to notice the client leaving, or
-// sending more than maxClientBytes after its request, of which it had sent
-// sent.
-func (h *Handler) streamHijacked(conn net.Conn, t *topic, cursor uint64, sent int) {
-	defer h.hub.unsubscribe(t)
-	ctx, cancel := context.WithCancel(h.streams)
-	defer cancel()
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		var buf [watchBufferSize]byte
-		h.logClientSent(watchClient(conn, buf[:], sent))
-		cancel()
-	}()
-	hw := &hijackedWriter{conn: conn, timeout: time.Duration(h.WriteTimeout), last: time.Now()}
-	h.stream(ctx, hw, t, cursor)
-	conn.Close()
-	// The reads count bytes for Caddy's access log, which it writes once
-	// the handler returns.
-	<-read
-}
-
-// A hijackedWriter writes frames as chunks to a connection taken over from
-// net/http, one write each, which fails when no byte of it has moved for
-// the timeout.
-type hijackedWriter struct {
-	conn    net.Conn
-	timeout time.Duration
-	buf     []byte
-	last    time.Time
-}
-
-// maxKeptChunkBuffer is the largest buffer a hijackedWriter keeps between
-// writes: one that a snapshot grew is dropped, or each stream would hold a
-// copy of the document for its life.
-const maxKeptChunkBuffer = 16 << 10
-
-func (hw *hijackedWriter) write(frame []byte) error {
-	hw.buf = appendChunk(hw.buf[:0], frame)
-	err := writeMoving(hw.conn, net.Buffers{hw.buf}, hw.timeout)
-	if cap(hw.buf) > maxKeptChunkBuffer {
-		hw.buf = nil
-	}
-	if err != nil {
-		return err
-	}
-	hw.last = time.Now()
-	return nil
-}
-
-func (hw *hijackedWriter) lastWrite() time.Time { return hw.last }

@@ -1,41 +1,29 @@
 package pollsse
 
 import (
+	"container/list"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"net/url"
-	"slices"
-	"strings"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
-// hubs holds the hubs of all loaded configurations, keyed by the part of the
-// handler's configuration that shapes topics. A reload that leaves it
-// unchanged hands the same hub to the new handler, with its pollers,
-// documents and histories, so that ids stay valid across the reload.
+// hubs holds the hubs of all loaded configurations, keyed by their topic
+// settings (topicSettings.key). A reload that leaves them unchanged hands
+// the same hub to the new handler, with its pollers, documents and
+// histories, so that ids stay valid across the reload.
 var hubs = caddy.NewUsagePool()
-
-// Defaults of the hub's caps.
-const (
-	defaultMaxTopics      = 1000
-	defaultMaxSubscribers = 10000
-	defaultMaxBody        = 10 << 20
-)
-
-// maxRedirects is how many redirects of the upstream a poll follows, each
-// to the same scheme, host and port.
-const maxRedirects = 3
 
 // maxPollSpread is the most time a hub leaves between the starts of two
 // polls of its topics, so that topics started together (a restart, a
@@ -51,11 +39,25 @@ const capLogEvery = 10 * time.Second
 // upstream URL and forwarded credentials, each with one poller however many
 // subscribers it has.
 type hub struct {
-	cfg    topicConfig
+	cfg    topicSettings
 	logger *zap.Logger
 	client *http.Client
-	// keySecret keys the hash of forwarded header values in topic keys.
-	keySecret []byte
+	// store holds the logs of the hub's topics.
+	store hubStore
+	// scope is what, besides a topic's key, makes its documents: topics
+	// of the same key in stores shared with handlers that make other
+	// documents of it (another mode, select or header_up) get other ids.
+	scope string
+	// keySecret keys the hash of forwarded header values in topic keys,
+	// and topic ids. It is the store's (hubStore.secret), asked for when
+	// the first topic needs it: secretMu is held while it is.
+	keySecret atomic.Pointer[[]byte]
+	secretMu  sync.Mutex
+	// secretErr is the store's last failure to give the secret, at
+	// secretFailed, guarded by secretMu: subscribers are refused with it
+	// at once for secretRetry after it.
+	secretErr    error
+	secretFailed time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -71,57 +73,8 @@ type hub struct {
 	topics      map[string]*topic
 	subscribers int
 	capLogs     map[string]*capLog
-}
-
-// topicConfig is what a topic needs from the handler's configuration.
-type topicConfig struct {
-	interval    time.Duration
-	idleTimeout time.Duration
-	timeout     time.Duration
-	history     int
-	headerUp    http.Header
-	differ      differ
-
-	// maxBackoff is the longest wait between polls of a failing upstream.
-	maxBackoff time.Duration
-	// maxBody is the largest response body read, in bytes.
-	maxBody int64
-	// forwardHeaders are the canonical names of the subscriber's headers
-	// that are sent to the upstream; they are part of the topic's key.
-	forwardHeaders []string
-	maxTopics      int
-	maxSubscribers int
-}
-
-// A topic is one upstream URL with one set of forwarded header values,
-// polled for all of its subscribers together.
-type topic struct {
-	// key is url, followed by a keyed hash of header when headers are
-	// forwarded; it is never logged.
-	key string
-	// id names the topic in log lines and status events: a keyed hash of
-	// key (topicID), which tells topics of one URL apart without saying
-	// anything of their credentials.
-	id     string
-	url    string
-	header http.Header
-	log    eventLog
-	hub    *hub
-	cancel context.CancelFunc
-
-	// denied is 401 or 403 while the upstream's latest answer is that
-	// status, else 0.
-	denied atomic.Int32
-	// refused is closed and replaced whenever denied becomes non-zero, so
-	// that the streams still waiting for their first snapshot end.
-	refused atomic.Pointer[chan struct{}]
-	// documented is set once the poller has put the topic's first document
-	// in its log.
-	documented atomic.Bool
-
-	// subscribers and lastLeave are guarded by hub.mu.
-	subscribers int
-	lastLeave   time.Time
+	// newTopics is max_new_topics, nil when it is off.
+	newTopics *newTopicLimit
 }
 
 // capLog counts the subscribers refused for one cap since it was last
@@ -131,144 +84,41 @@ type capLog struct {
 	refused int
 }
 
-func newHub(cfg topicConfig, logger *zap.Logger) *hub {
+func newHub(cfg topicSettings, logger *zap.Logger, store hubStore) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 16
-	secret := make([]byte, 32)
-	rand.Read(secret)
 	spread := maxPollSpread
-	if cfg.maxTopics > 0 {
-		spread = min(spread, cfg.interval/time.Duration(cfg.maxTopics))
+	if cfg.MaxTopics > 0 {
+		spread = min(spread, cfg.Interval/time.Duration(cfg.MaxTopics))
 	}
 	return &hub{
-		cfg:    cfg,
-		logger: logger,
-		client: &http.Client{
-			Transport:     transport,
-			CheckRedirect: checkRedirect,
-		},
-		keySecret: secret,
+		cfg:       cfg,
+		logger:    logger,
+		client:    newUpstreamClient(),
+		store:     store,
+		scope:     cfg.scope(),
 		ctx:       ctx,
 		cancel:    cancel,
 		pacer:     make(chan struct{}, 1),
 		spread:    spread,
 		topics:    make(map[string]*topic),
 		capLogs:   make(map[string]*capLog),
+		newTopics: newNewTopicLimit(cfg.MaxNewTopics, cfg.MaxNewTopicsPer),
 	}
-}
-
-// A redirectError is a redirect of the upstream that a poll does not follow.
-type redirectError struct{ reason string }
-
-func (e *redirectError) Error() string { return "upstream redirect not followed: " + e.reason }
-
-// checkRedirect follows at most maxRedirects redirects, each to the scheme,
-// host and port of the request before it, so that an upstream cannot send
-// polls (and the forwarded credentials) to another server.
-func checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) > maxRedirects {
-		return &redirectError{fmt.Sprintf("more than %d redirects", maxRedirects)}
-	}
-	if !sameOrigin(req.URL, via[len(via)-1].URL) {
-		return &redirectError{"it leads to another scheme, host or port"}
-	}
-	return nil
-}
-
-func sameOrigin(a, b *url.URL) bool {
-	return strings.EqualFold(a.Scheme, b.Scheme) &&
-		strings.EqualFold(a.Hostname(), b.Hostname()) &&
-		effectivePort(a) == effectivePort(b)
-}
-
-func effectivePort(u *url.URL) string {
-	if p := u.Port(); p != "" {
-		return p
-	}
-	if strings.EqualFold(u.Scheme, "https") {
-		return "443"
-	}
-	return "80"
 }
 
 // forwardedHeader returns the values of the configured forward_headers in
 // r, nil when none are configured.
 func (h *hub) forwardedHeader(r *http.Request) http.Header {
-	if len(h.cfg.forwardHeaders) == 0 {
+	if len(h.cfg.ForwardHeaders) == 0 {
 		return nil
 	}
-	fwd := make(http.Header, len(h.cfg.forwardHeaders))
-	for _, name := range h.cfg.forwardHeaders {
+	fwd := make(http.Header, len(h.cfg.ForwardHeaders))
+	for _, name := range h.cfg.ForwardHeaders {
 		if values := r.Header.Values(name); len(values) > 0 {
 			fwd[name] = append([]string(nil), values...)
 		}
 	}
 	return fwd
-}
-
-// unforwardableHeaders are the headers that forward_headers refuses: those
-// of one connection, and those by which the poller itself asks for a
-// response (conditional requests, ranges, encodings).
-var unforwardableHeaders = map[string]bool{
-	"Host": true, "Connection": true, "Keep-Alive": true, "Proxy-Connection": true,
-	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true,
-	"Upgrade": true, "Content-Length": true, "Accept-Encoding": true, "Range": true,
-	"If-None-Match": true, "If-Modified-Since": true, "If-Match": true,
-	"If-Unmodified-Since": true, "If-Range": true,
-}
-
-// checkForwardHeaders checks the names of forward_headers.
-func checkForwardHeaders(names []string, headerUp http.Header) error {
-	for _, name := range names {
-		if !isToken(name) {
-			return fmt.Errorf("forward_headers: %q is not a header name", name)
-		}
-		canonical := http.CanonicalHeaderKey(name)
-		if unforwardableHeaders[canonical] {
-			return fmt.Errorf("forward_headers: %s cannot be forwarded", name)
-		}
-		for up := range headerUp {
-			if http.CanonicalHeaderKey(up) == canonical {
-				return fmt.Errorf("forward_headers: %s is also set by header_up", name)
-			}
-		}
-	}
-	return nil
-}
-
-// isToken tells whether s is an HTTP token (RFC 9110 section 5.6.2), as
-// header names are.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
-			continue
-		}
-		return false
-	}
-	return true
-}
-
-// canonicalHeaderNames returns names in canonical form, each once, in the
-// order given.
-func canonicalHeaderNames(names []string) []string {
-	var out []string
-	for _, name := range names {
-		if c := http.CanonicalHeaderKey(name); !slices.Contains(out, c) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// retryAfterSeconds returns d in whole seconds, rounded up, at least 1, for
-// a Retry-After header.
-func retryAfterSeconds(d time.Duration) int {
-	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // topicKey returns the key of the topic of url and the forwarded header
@@ -277,16 +127,17 @@ func retryAfterSeconds(d time.Duration) int {
 // values differ in any way never share a topic, and the values themselves
 // are not kept in the key.
 func (h *hub) topicKey(url string, fwd http.Header) string {
-	if len(h.cfg.forwardHeaders) == 0 {
+	if len(h.cfg.ForwardHeaders) == 0 {
 		return url
 	}
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	var n [binary.MaxVarintLen64]byte
 	write := func(s string) {
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
 		mac.Write([]byte(s))
 	}
-	for _, name := range h.cfg.forwardHeaders {
+	for _, name := range h.cfg.ForwardHeaders {
 		values := fwd[name]
 		write(name)
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(values)))])
@@ -307,8 +158,10 @@ const topicIDLength = 12
 // guesses of a secret in the upstream URL (its password, an API key in its
 // query) offline.
 func (h *hub) topicID(key string) string {
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("topic id\x00"))
+	mac.Write([]byte(h.scope))
 	mac.Write([]byte(key))
 	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
 }
@@ -331,43 +184,76 @@ func (e *capError) Error() string {
 // starting its poller if it has none, and counts one more subscriber of it.
 // Every subscribe that returns no error is paired with an unsubscribe. At
 // max_subscribers, or at max_topics when a new topic is needed and no topic
-// without subscribers can make room, it returns a capError.
-func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
+// without subscribers can make room, it returns a capError. When a new
+// topic is needed and client (clientAddress) has created new topics faster
+// than max_new_topics allows, it returns a newTopicsError, before any topic
+// is stopped to make room: one client cannot push the idle topics of other
+// users out.
+func (h *hub) subscribe(url string, fwd http.Header, client netip.Prefix) (*topic, error) {
+	// Topic keys and ids are made with the store's secret, which the
+	// first subscriber asks the store for.
+	if _, err := h.secret(); err != nil {
+		return nil, err
+	}
 	key := h.topicKey(url, fwd)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.cfg.maxSubscribers > 0 && h.subscribers >= h.cfg.maxSubscribers {
-		return nil, h.refuse(&capError{"max_subscribers", h.cfg.maxSubscribers})
+	if h.cfg.MaxSubscribers > 0 && h.subscribers >= h.cfg.MaxSubscribers {
+		return nil, h.refuse(&capError{"max_subscribers", h.cfg.MaxSubscribers})
 	}
 	t, ok := h.topics[key]
 	if !ok {
-		if h.cfg.maxTopics > 0 && len(h.topics) >= h.cfg.maxTopics && !h.evictIdle() {
-			return nil, h.refuse(&capError{"max_topics", h.cfg.maxTopics})
+		now := time.Now()
+		if wait := h.newTopics.wait(now, client); wait > 0 {
+			return nil, h.refuseNewTopic(now, client, wait)
 		}
+		if h.cfg.MaxTopics > 0 && len(h.topics) >= h.cfg.MaxTopics && !h.evictIdle() {
+			return nil, h.refuse(&capError{"max_topics", h.cfg.MaxTopics})
+		}
+		h.newTopics.spend(now, client)
 		ctx, cancel := context.WithCancel(h.ctx)
-		t = &topic{
-			key:    key,
-			id:     h.topicID(key),
-			url:    url,
-			header: fwd,
-			log:    newMemoryLog(h.cfg.history),
-			hub:    h,
-			cancel: cancel,
-		}
-		refused := make(chan struct{})
-		t.refused.Store(&refused)
+		id := h.topicID(key)
+		logger := h.logger.With(zap.String("upstream", redactURL(url)), zap.String("topic", id))
+		log := h.store.open(topicRef{id: id, history: h.cfg.History, interval: h.cfg.Interval, logger: logger})
+		t = newTopic(key, id, url, fwd, log, cancel)
 		h.topics[key] = t
+		p := h.newPoller(t, logger)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer log.Close()
 			defer cancel()
-			t.run(ctx)
+			p.run(ctx)
 		}()
 	}
 	t.subscribers++
 	h.subscribers++
 	metrics.subscribers.Inc()
 	return t, nil
+}
+
+// newPoller returns the poller of t, made with the hub's client, settings
+// and pacing.
+func (h *hub) newPoller(t *topic, logger *zap.Logger) *poller {
+	return &poller{
+		url:       t.url,
+		headerUp:  h.cfg.HeaderUp,
+		forwarded: t.header,
+		timeout:   h.cfg.Timeout,
+		maxBody:   h.cfg.MaxBody,
+		client:    h.client,
+		differ:    h.cfg.differ,
+		restore:   h.cfg.restore,
+		log:       t.log,
+		topicID:   t.id,
+		state:     &t.upstreamState,
+		pace:      h.pace,
+		removeIfIdle: func() (time.Time, bool) {
+			return h.removeIfIdle(t)
+		},
+		logger: logger,
+		sched:  schedule{interval: h.cfg.Interval, maxBackoff: h.cfg.MaxBackoff},
+	}
 }
 
 // refuse logs that a subscriber is refused for a cap, at most once per
@@ -382,14 +268,34 @@ func (h *hub) refuse(err *capError) error {
 	cl.refused++
 	if now := time.Now(); now.Sub(cl.last) >= capLogEvery {
 		h.logger.Warn("subscribers refused: at the handler's limit; raise it or add capacity",
-			zap.String("limit", err.cap),
-			zap.Int("value", err.limit),
+			zap.String("setting", err.cap),
+			zap.Int("limit", err.limit),
 			zap.Int("topics", len(h.topics)),
 			zap.Int("subscribers", h.subscribers),
 			zap.Int("refused", cl.refused))
 		cl.last, cl.refused = now, 0
 	}
 	return err
+}
+
+// refuseNewTopic logs that a subscriber from client is refused a new topic
+// by max_new_topics, at most once per capLogEvery, with the number refused
+// and the number of client addresses refused since the last line, and
+// returns the newTopicsError, whose client may create a topic after wait.
+// h.mu must be held.
+func (h *hub) refuseNewTopic(now time.Time, client netip.Prefix, wait time.Duration) error {
+	l := h.newTopics
+	if refused, addresses, ok := l.refuse(now, client); ok {
+		h.logger.Warn("subscribers refused: a client address creates new topics faster than max_new_topics allows",
+			zap.String("setting", "max_new_topics"),
+			zap.Int("limit", l.n),
+			zap.Duration("per", l.per),
+			zap.Int("topics", len(h.topics)),
+			zap.Int("refused", refused),
+			zap.Int("addresses", addresses),
+			zap.String("client", formatClient(client)))
+	}
+	return &newTopicsError{limit: l.n, per: l.per, retryAfter: wait}
 }
 
 // evictIdle stops the topic that has had no subscriber for the longest
@@ -421,11 +327,12 @@ func (h *hub) unsubscribe(t *topic) {
 	}
 }
 
-// idleUntil returns when t may stop for having had no subscribers for the
-// idle timeout, or the zero time while it has subscribers. When that time
-// has passed, or t was evicted, it removes t from the hub, and a later
-// subscriber of the same key starts a new topic.
-func (h *hub) idleUntil(t *topic) (time.Time, bool) {
+// removeIfIdle removes t from the hub when it has had no subscribers for
+// the idle timeout, and tells whether t is removed, by this call or by an
+// eviction: its poller then stops, and a later subscriber of the same key
+// starts a new topic. Until then, until is when t may be removed, the zero
+// time while it has subscribers.
+func (h *hub) removeIfIdle(t *topic) (until time.Time, removed bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.topics[t.key] != t {
@@ -434,7 +341,7 @@ func (h *hub) idleUntil(t *topic) (time.Time, bool) {
 	if t.subscribers > 0 {
 		return time.Time{}, false
 	}
-	until := t.lastLeave.Add(h.cfg.idleTimeout)
+	until = t.lastLeave.Add(h.cfg.IdleTimeout)
 	if !time.Now().Before(until) {
 		delete(h.topics, t.key)
 		return until, true
@@ -467,50 +374,220 @@ func (h *hub) pace(ctx context.Context) bool {
 	return true
 }
 
-// answer records the outcome of a poll of t: status is the upstream's
-// HTTP status when the poll failed for one, else 0.
-func (t *topic) answer(status int) {
-	if !refusal(status) {
-		t.denied.Store(0)
-		return
-	}
-	if t.denied.Swap(int32(status)) == 0 {
-		ch := make(chan struct{})
-		close(*t.refused.Swap(&ch))
-	}
-}
-
-// refusal tells whether an upstream's HTTP status refuses the credentials
-// of the request.
-func refusal(status int) bool {
-	return status == http.StatusUnauthorized || status == http.StatusForbidden
-}
-
-// deniedStatus returns 401 or 403 while the upstream's latest answer for t
-// refused its credentials, and 0 otherwise.
-func (t *topic) deniedStatus() int { return int(t.denied.Load()) }
-
-// refusedChan returns a channel that is closed when the upstream next
-// refuses t's credentials.
-func (t *topic) refusedChan() <-chan struct{} { return *t.refused.Load() }
-
-// refusedBeforeSnapshot tells whether a stream whose last read of the log
-// came back empty should end: the upstream refuses the topic's credentials,
-// and the topic has no document, so that the stream has had no snapshot
-// (it may have had the status event of an earlier failure). Its browser
-// reconnects, and the new request gets the 401 or 403 as its response, so
-// that EventSource stops.
-func (t *topic) refusedBeforeSnapshot() bool {
-	// denied first: a topic refused after its first document was
-	// documented before.
-	return t.denied.Load() != 0 && !t.documented.Load()
-}
-
 // Destruct stops every poller of the hub; the usage pool calls it when no
 // loaded configuration uses the hub any more.
 func (h *hub) Destruct() error {
 	h.cancel()
 	h.wg.Wait()
 	h.client.CloseIdleConnections()
-	return nil
+	return h.store.Close()
+}
+
+// secretWait is how long a subscribe waits for the store's secret, and
+// secretRetry how long after a failure to get it the store is asked again.
+const (
+	secretWait  = 2 * time.Second
+	secretRetry = time.Second
+)
+
+// secret returns the hub's key secret, asking the store for it the first
+// time. While the store cannot give it, subscribers are refused with the
+// error, and the next one asks again.
+func (h *hub) secret() ([]byte, error) {
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	h.secretMu.Lock()
+	defer h.secretMu.Unlock()
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	if h.secretErr != nil && time.Since(h.secretFailed) < secretRetry {
+		return nil, h.secretErr
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, secretWait)
+	defer cancel()
+	s, err := h.store.secret(ctx)
+	if err != nil {
+		h.secretErr, h.secretFailed = fmt.Errorf("the store is unavailable: %w", err), time.Now()
+		return nil, h.secretErr
+	}
+	h.keySecret.Store(&s)
+	return s, nil
+}
+
+// clientAddress returns the client address of r, which max_new_topics
+// counts new topics by: Caddy's client IP, which is the browser's address
+// behind a proxy of the server's trusted_proxies, an IPv4 address as a /32
+// and an IPv6 one as its /64, which a single host usually holds whole. A
+// client IP that is no address (over a Unix socket) is the zero Prefix,
+// which all such requests share.
+func clientAddress(r *http.Request) netip.Prefix {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	addr = addr.Unmap().WithZone("")
+	bits := 32
+	if addr.Is6() {
+		bits = 64
+	}
+	p, _ := addr.Prefix(bits)
+	return p
+}
+
+// formatClient returns a client address for a log line: an IPv4 address
+// alone, an IPv6 /64 as a prefix.
+func formatClient(p netip.Prefix) string {
+	switch {
+	case !p.IsValid():
+		return "unknown"
+	case p.Addr().Is4():
+		return p.Addr().String()
+	default:
+		return p.String()
+	}
+}
+
+// maxClientBuckets is how many client addresses a newTopicLimit keeps
+// count of at most: past it, a new address makes it forget the one that
+// created a topic least recently, which may then create its whole count
+// again. About 200 bytes each, 2 MB in all.
+const maxClientBuckets = 10000
+
+// A newTopicLimit is max_new_topics: how many new topics each client
+// address may make a hub create, n per per. Each address has a token
+// bucket of n, which refills at one every per/n: it may create n topics at
+// once, then one per per/n, and after per without a creation it has all n
+// again. The bucket is kept as the time it is full again (the generic cell
+// rate algorithm), and only while it is not full: a flood of addresses
+// costs at most maxClientBuckets of them. Its methods are called with the
+// hub's mu held; those of a nil limit (off) allow every creation.
+type newTopicLimit struct {
+	n     int
+	per   time.Duration
+	every time.Duration // per/n
+	// buckets holds the elements of order by their address; order holds
+	// the buckets, the one that created a topic least recently first.
+	buckets map[netip.Prefix]*list.Element
+	order   list.List
+
+	// The refusals since the last log line: their number, the number of
+	// addresses refused, and the number of that line (clientBucket.line).
+	refused, addresses int
+	lastLog            time.Time
+	line               uint64
+}
+
+// A clientBucket is the new topics that one client address has created.
+type clientBucket struct {
+	client netip.Prefix
+	// full is when the address may create n topics again: each creation
+	// moves it on by per/n from now at the earliest, and one that would
+	// move it more than per ahead of now is refused.
+	full time.Time
+	// line is the number of the log line in whose count of addresses the
+	// address is.
+	line uint64
+}
+
+// newNewTopicLimit returns the limit of n new topics per per, nil when n is
+// not positive (off).
+func newNewTopicLimit(n int, per time.Duration) *newTopicLimit {
+	if n <= 0 {
+		return nil
+	}
+	return &newTopicLimit{
+		n:       n,
+		per:     per,
+		every:   max(per/time.Duration(n), 1),
+		buckets: make(map[netip.Prefix]*list.Element),
+		line:    1,
+	}
+}
+
+// wait returns how long from now client must wait before it may create a
+// topic, 0 when it may now.
+func (l *newTopicLimit) wait(now time.Time, client netip.Prefix) time.Duration {
+	if l == nil {
+		return 0
+	}
+	e := l.buckets[client]
+	if e == nil {
+		return 0
+	}
+	full := e.Value.(*clientBucket).full
+	if full.Before(now) {
+		full = now
+	}
+	return max(0, full.Add(l.every).Sub(now)-l.per)
+}
+
+// spend counts a topic that client creates now, which wait allowed.
+func (l *newTopicLimit) spend(now time.Time, client netip.Prefix) {
+	if l == nil {
+		return
+	}
+	e := l.buckets[client]
+	if e != nil {
+		l.order.MoveToBack(e)
+	} else {
+		l.forgetFull(now)
+		if l.order.Len() >= maxClientBuckets {
+			l.forget(l.order.Front())
+		}
+		e = l.order.PushBack(&clientBucket{client: client})
+		l.buckets[client] = e
+	}
+	b := e.Value.(*clientBucket)
+	if b.full.Before(now) {
+		b.full = now
+	}
+	b.full = b.full.Add(l.every)
+}
+
+// forgetFull forgets the addresses that have created no topic for longest
+// while their buckets are full again.
+func (l *newTopicLimit) forgetFull(now time.Time) {
+	for e := l.order.Front(); e != nil && !e.Value.(*clientBucket).full.After(now); e = l.order.Front() {
+		l.forget(e)
+	}
+}
+
+func (l *newTopicLimit) forget(e *list.Element) {
+	delete(l.buckets, e.Value.(*clientBucket).client)
+	l.order.Remove(e)
+}
+
+// refuse counts a refusal of client, which has a bucket, and tells whether
+// to log it: at most once per capLogEvery, with the number of refusals and
+// of addresses refused since the last line, this one included.
+func (l *newTopicLimit) refuse(now time.Time, client netip.Prefix) (refused, addresses int, log bool) {
+	l.refused++
+	if b := l.buckets[client].Value.(*clientBucket); b.line != l.line {
+		b.line = l.line
+		l.addresses++
+	}
+	if now.Sub(l.lastLog) < capLogEvery {
+		return 0, 0, false
+	}
+	refused, addresses = l.refused, l.addresses
+	l.refused, l.addresses, l.lastLog = 0, 0, now
+	l.line++
+	return refused, addresses, true
+}
+
+// A newTopicsError refuses a subscriber whose client address has created
+// new topics faster than max_new_topics allows; it may create one after
+// retryAfter.
+type newTopicsError struct {
+	limit      int
+	per        time.Duration
+	retryAfter time.Duration
+}
+
+func (e *newTopicsError) Error() string {
+	return fmt.Sprintf("max_new_topics: this client address creates new topics faster than %d per %s; it may create another in %ds",
+		e.limit, e.per, retryAfterSeconds(e.retryAfter))
 }

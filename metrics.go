@@ -1,7 +1,6 @@
 package pollsse
 
 import (
-	"bytes"
 	"errors"
 	"time"
 
@@ -39,11 +38,12 @@ type handlerMetrics struct {
 
 	// Label children, resolved once.
 	pollsChanged, pollsUnchanged, pollsNotModified, pollsFailed prometheus.Counter
-	snapshot, patch, merge, status, heartbeat                   sentCounters
 	resumesReplayed, resumesSnapshot                            prometheus.Counter
+	// sent are the counters of the frames of each kind.
+	sent [numEventKinds]sentCounters
 }
 
-// sentCounters count the events of one type and their bytes.
+// sentCounters count the frames of one kind and their bytes.
 type sentCounters struct {
 	events, bytes prometheus.Counter
 }
@@ -94,11 +94,9 @@ func newMetrics() *handlerMetrics {
 	m.pollsUnchanged = m.polls.WithLabelValues(pollUnchanged)
 	m.pollsNotModified = m.polls.WithLabelValues(pollNotModified)
 	m.pollsFailed = m.polls.WithLabelValues(pollFailed)
-	sent := func(typ string) sentCounters {
-		return sentCounters{m.eventsSent.WithLabelValues(typ), m.bytesSent.WithLabelValues(typ)}
+	for k := range numEventKinds {
+		m.sent[k] = sentCounters{m.eventsSent.WithLabelValues(k.String()), m.bytesSent.WithLabelValues(k.String())}
 	}
-	m.snapshot, m.patch, m.merge = sent(eventSnapshot), sent(eventPatch), sent(eventMerge)
-	m.status, m.heartbeat = sent(eventStatus), sent("heartbeat")
 	m.resumesReplayed = m.resumes.WithLabelValues("replayed")
 	m.resumesSnapshot = m.resumes.WithLabelValues("snapshot")
 	return m
@@ -145,29 +143,10 @@ func (m *handlerMetrics) countPoll(result string, start time.Time) {
 	m.pollDuration.Observe(time.Since(start).Seconds())
 }
 
-// The start of each event type's frames.
-var (
-	snapshotPrefix = []byte("event: " + eventSnapshot + "\n")
-	patchPrefix    = []byte("event: " + eventPatch + "\n")
-	mergePrefix    = []byte("event: " + eventMerge + "\n")
-	statusPrefix   = []byte("event: " + eventStatus + "\n")
-)
-
-// countSent counts one frame written to a subscriber's connection, by the
-// event type its first line names, or as a heartbeat.
-func (m *handlerMetrics) countSent(frame []byte) {
-	switch {
-	case len(frame) > 0 && frame[0] == ':':
-		m.heartbeat.add(len(frame))
-	case bytes.HasPrefix(frame, patchPrefix):
-		m.patch.add(len(frame))
-	case bytes.HasPrefix(frame, mergePrefix):
-		m.merge.add(len(frame))
-	case bytes.HasPrefix(frame, snapshotPrefix):
-		m.snapshot.add(len(frame))
-	case bytes.HasPrefix(frame, statusPrefix):
-		m.status.add(len(frame))
-	}
+// countSent counts one frame written to a subscriber's connection, by its
+// kind.
+func (m *handlerMetrics) countSent(f frame) {
+	m.sent[f.kind].add(len(f.bytes))
 }
 
 // countWriteError counts a subscriber whose stream ended on err, a failed
@@ -181,10 +160,10 @@ func (m *handlerMetrics) countWriteError(err error) {
 
 // countResume counts a subscriber that came with lastEventID, and for which
 // the log's resume returned cursor; one without an id is not a resume.
-func (m *handlerMetrics) countResume(lastEventID string, cursor uint64) {
+func (m *handlerMetrics) countResume(lastEventID string, at cursor) {
 	switch {
 	case lastEventID == "":
-	case cursor != 0:
+	case at != 0:
 		m.resumesReplayed.Inc()
 	default:
 		m.resumesSnapshot.Inc()

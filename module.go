@@ -11,10 +11,10 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -22,23 +22,6 @@ import (
 func init() {
 	caddy.RegisterModule(Handler{})
 }
-
-// Defaults of the configuration.
-const (
-	defaultInterval     = 2 * time.Second
-	defaultRetry        = 3 * time.Second
-	defaultHeartbeat    = 15 * time.Second
-	defaultHistory      = 256
-	defaultIdleTimeout  = 30 * time.Second
-	defaultTimeout      = 10 * time.Second
-	defaultWriteTimeout = 10 * time.Second
-)
-
-// minInterval is the shortest interval, and minIntervalReason why.
-const (
-	minInterval       = 100 * time.Millisecond
-	minIntervalReason = "so that no topic polls its upstream more than ten times a second"
-)
 
 // Handler streams a polled JSON upstream to browsers as Server-Sent Events.
 //
@@ -134,6 +117,24 @@ type Handler struct {
 	// Default: 10000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
 
+	// The most new topics that one client address may make the handler
+	// create per `max_new_topics_per`: a client that makes up credentials
+	// (`forward_headers`) or placeholder values creates a topic for each,
+	// and would stop the idle topics of other users at `max_topics`.
+	// Beyond it, a subscriber of a new topic gets 429 with `Retry-After`,
+	// the whole seconds until its address may create one again, and no
+	// topic is created or stopped; subscribing to an existing topic is
+	// never refused by it. An address may create this many at once, then
+	// one more every `max_new_topics_per` ÷ this many. The address is
+	// Caddy's client IP, the browser's behind a proxy of the server's
+	// `trusted_proxies`: an IPv4 address, or an IPv6 /64. With a shared
+	// store, each Caddy counts its own. A negative value turns the limit
+	// off. Default: 30.
+	MaxNewTopics int `json:"max_new_topics,omitempty"`
+
+	// The period of `max_new_topics`, at least 1s. Default: 1m.
+	MaxNewTopicsPer caddy.Duration `json:"max_new_topics_per,omitempty"`
+
 	// What a change is sent as. `json_patch`: a `patch` event, an RFC 6902
 	// JSON Patch. `merge_patch`: a `merge` event, an RFC 7396 JSON Merge
 	// Patch, or a `snapshot` event where a merge patch cannot say the change
@@ -161,17 +162,29 @@ type Handler struct {
 	// Default: none.
 	Ignore []string `json:"ignore,omitempty"`
 
-	logger   *zap.Logger
-	upstream *upstreamTemplate
-	hubKey   string
-	hub      *hub
-	ticker   *heartbeatTicker
+	// Where topics keep their documents and histories, and how the
+	// instances that share it decide which one polls a topic: a store
+	// module. `memory` keeps them in this Caddy alone; `redis` shares
+	// them among every Caddy on one Redis, so that they poll each topic
+	// once between them and an id from any of them resumes on every
+	// other. Default: memory.
+	Store json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.poll_sse.stores inline_key=module"`
 
-	// streams ends when the configuration is unloaded or the server begins
-	// to shut down: Caddy cancels the contexts of open requests on neither.
-	streams     context.Context
-	stopStreams context.CancelFunc
+	logger *zap.Logger
+	// storeJSON is Store as configured, which loading the module empties,
+	// and store is the module.
+	storeJSON json.RawMessage
+	store     store
+	// storeModule is the store that UnmarshalCaddyfile read.
+	storeModule caddyfile.Unmarshaler
+	upstream    *upstreamTemplate
+	hubKey      string
+	hub         *hub
 
+	// streaming is what the handler's streams need of it, and endStreams
+	// ends them.
+	streaming  *streamConfig
+	endStreams context.CancelFunc
 	// detached holds the streams taken off their goroutines (fanout.go).
 	detached *detachedStreams
 }
@@ -187,42 +200,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the handler.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Interval == 0 {
-		h.Interval = caddy.Duration(defaultInterval)
-	}
-	if h.Retry == 0 {
-		h.Retry = caddy.Duration(defaultRetry)
-	}
-	if h.Heartbeat == 0 {
-		h.Heartbeat = caddy.Duration(defaultHeartbeat)
-	}
-	if h.History == 0 {
-		h.History = defaultHistory
-	}
-	if h.IdleTimeout == 0 {
-		h.IdleTimeout = caddy.Duration(defaultIdleTimeout)
-	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(defaultTimeout)
-	}
-	if h.WriteTimeout == 0 {
-		h.WriteTimeout = caddy.Duration(defaultWriteTimeout)
-	}
-	if h.MaxBackoff == 0 {
-		h.MaxBackoff = caddy.Duration(defaultMaxBackoff)
-	}
-	if h.MaxBody == 0 {
-		h.MaxBody = defaultMaxBody
-	}
-	if h.MaxTopics == 0 {
-		h.MaxTopics = defaultMaxTopics
-	}
-	if h.MaxSubscribers == 0 {
-		h.MaxSubscribers = defaultMaxSubscribers
-	}
-	if h.Mode == "" {
-		h.Mode = modeJSONPatch
-	}
+	h.setDefaults()
 	if err := h.validate(); err != nil {
 		return err
 	}
@@ -231,85 +209,68 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.upstream = upstream
-	d, err := newDiffer(h.Mode, h.Select, h.Ignore)
-	if err != nil {
-		return err
-	}
 	if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	var headerUp http.Header
-	if h.HeaderUp != nil {
-		headerUp = make(http.Header, len(h.HeaderUp))
-		repl := caddy.NewReplacer()
-		for name, values := range h.HeaderUp {
-			for _, v := range values {
-				// validate refused the placeholders that repl does not know.
-				value, err := repl.ReplaceFunc(v, func(key string, val any) (any, error) {
-					if variable, ok := strings.CutPrefix(key, "env."); ok && caddy.ToString(val) == "" {
-						h.logger.Warn("header_up: environment variable is empty or unset",
-							zap.String("header", name), zap.String("variable", variable))
-					}
-					return val, nil
-				})
-				if err != nil {
-					return fmt.Errorf("header_up %s: %w", name, err)
-				}
-				headerUp[name] = append(headerUp[name], value)
-			}
-		}
+	if err := h.loadStore(ctx); err != nil {
+		return err
 	}
-
-	cfg := topicConfig{
-		interval:    time.Duration(h.Interval),
-		idleTimeout: time.Duration(h.IdleTimeout),
-		timeout:     time.Duration(h.Timeout),
-		history:     h.History,
-		headerUp:    headerUp,
-		differ:      d,
-
-		maxBackoff:     time.Duration(h.MaxBackoff),
-		maxBody:        h.MaxBody,
-		forwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
-		maxTopics:      h.MaxTopics,
-		maxSubscribers: h.MaxSubscribers,
-	}
-	key, err := json.Marshal(struct {
-		Upstream    string
-		Interval    time.Duration
-		IdleTimeout time.Duration
-		Timeout     time.Duration
-		History     int
-		HeaderUp    http.Header
-		Mode        string
-		Select      string
-		Ignore      []string
-
-		MaxBackoff     time.Duration
-		MaxBody        int64
-		ForwardHeaders []string
-		MaxTopics      int
-		MaxSubscribers int
-	}{h.Upstream, cfg.interval, cfg.idleTimeout, cfg.timeout, cfg.history, cfg.headerUp, h.Mode, h.Select, h.Ignore,
-		cfg.maxBackoff, cfg.maxBody, cfg.forwardHeaders, cfg.maxTopics, cfg.maxSubscribers})
+	settings, err := h.topicSettings(h.logger)
 	if err != nil {
-		return fmt.Errorf("encoding hub key: %w", err)
+		return err
 	}
-	h.hubKey = string(key)
+	if h.hubKey, err = settings.key(); err != nil {
+		return err
+	}
 	val, _, err := hubs.LoadOrNew(h.hubKey, func() (caddy.Destructor, error) {
-		return newHub(cfg, h.logger), nil
+		hs, err := h.store.attach(h.logger)
+		if err != nil {
+			return nil, err
+		}
+		return newHub(settings, h.logger, hs), nil
 	})
 	if err != nil {
 		return err
 	}
 	h.hub = val.(*hub)
 
-	h.streams, h.stopStreams = context.WithCancel(ctx)
+	lifetime, endStreams := context.WithCancel(ctx)
+	h.endStreams = endStreams
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		srv.RegisterOnShutdown(func() { h.stopStreams() })
+		srv.RegisterOnShutdown(endStreams)
 	}
-	h.ticker = newHeartbeatTicker(ctx, time.Duration(h.Heartbeat))
-	h.detached = &detachedStreams{groups: make(map[*topic]*connGroup)}
+	h.streaming = &streamConfig{
+		heartbeat:    time.Duration(h.Heartbeat),
+		writeTimeout: time.Duration(h.WriteTimeout),
+		ticker:       newHeartbeatTicker(ctx, time.Duration(h.Heartbeat)),
+		done:         lifetime.Done(),
+		unsubscribe:  h.hub.unsubscribe,
+		logger:       h.logger,
+	}
+	h.detached = &detachedStreams{cfg: h.streaming, groups: make(map[*topic]*connGroup)}
+	return nil
+}
+
+// loadStore loads the store module, memory when none is configured, and
+// checks it against the interval.
+func (h *Handler) loadStore(ctx caddy.Context) error {
+	if h.Store == nil {
+		h.store = MemoryStore{}
+		return nil
+	}
+	h.storeJSON = append(json.RawMessage(nil), h.Store...)
+	mod, err := ctx.LoadModule(h, "Store")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	s, ok := mod.(store)
+	if !ok {
+		return fmt.Errorf("store: module %T is not a poll_sse store", mod)
+	}
+	if err := checkStoreInterval(s, time.Duration(h.Interval)); err != nil {
+		return err
+	}
+	h.store = s
 	return nil
 }
 
@@ -322,79 +283,11 @@ func (h *Handler) Validate() error {
 	return err
 }
 
-func (h *Handler) validate() error {
-	if h.Upstream == "" {
-		return fmt.Errorf("upstream: required")
-	}
-	for name, d := range map[string]caddy.Duration{
-		"interval": h.Interval, "retry": h.Retry, "heartbeat": h.Heartbeat,
-		"idle_timeout": h.IdleTimeout, "timeout": h.Timeout, "write_timeout": h.WriteTimeout,
-		"max_backoff": h.MaxBackoff,
-	} {
-		if d < 0 {
-			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
-		}
-	}
-	if h.Interval != 0 && time.Duration(h.Interval) < minInterval {
-		return fmt.Errorf("interval: must be at least %s, not %s, %s", minInterval, time.Duration(h.Interval), minIntervalReason)
-	}
-	if h.History < 0 {
-		return fmt.Errorf("history: must be positive, not %d", h.History)
-	}
-	for name, n := range map[string]int64{
-		"max_body": h.MaxBody, "max_topics": int64(h.MaxTopics), "max_subscribers": int64(h.MaxSubscribers),
-	} {
-		if n < 0 {
-			return fmt.Errorf("%s: must be positive, not %d", name, n)
-		}
-	}
-	for name, values := range h.HeaderUp {
-		for _, v := range values {
-			if err := checkHeaderUp(name, v); err != nil {
-				return err
-			}
-		}
-	}
-	if err := checkForwardHeaders(h.ForwardHeaders, h.HeaderUp); err != nil {
-		return err
-	}
-	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
-		return err
-	}
-	return nil
-}
-
-// checkHeaderUp refuses a header_up value with a placeholder that Caddy's
-// global replacer does not know, such as one of the request: header_up
-// values are replaced once, when the configuration loads, and such a
-// placeholder would reach the upstream as its literal text. It reads no
-// file and no variable.
-func checkHeaderUp(name, value string) error {
-	global := caddy.NewReplacer()
-	var unknown string
-	// An empty replacer knows nothing, so that f sees every placeholder
-	// without one being read.
-	_, _ = caddy.NewEmptyReplacer().ReplaceFunc(value, func(key string, _ any) (any, error) {
-		if unknown == "" && !strings.HasPrefix(key, "file.") {
-			if _, known := global.Get(key); !known {
-				unknown = key
-			}
-		}
-		return nil, nil
-	})
-	if unknown != "" {
-		return fmt.Errorf("header_up %s: placeholder {%s} has no value when the configuration loads and "+
-			"header_up values are read (Caddy's global placeholders, such as {env.*} and {file.*}, have one); "+
-			"to send a header of the subscriber's request, use forward_headers", name, unknown)
-	}
-	return nil
-}
-
 // Cleanup releases the handler's hub; its pollers stop when no loaded
 // configuration uses it.
 func (h *Handler) Cleanup() error {
-	if h.stopStreams != nil {
-		h.stopStreams()
+	if h.endStreams != nil {
+		h.endStreams()
 	}
 	if h.hubKey != "" {
 		_, err := hubs.Delete(h.hubKey)
@@ -406,24 +299,8 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP subscribes the request to its topic and streams events until the
 // client leaves, the configuration is unloaded or the server stops.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	switch r.Method {
-	case http.MethodGet:
-	case http.MethodHead:
-		// The headers a stream starts with, without a stream: a HEAD polls
-		// nothing, so it cannot tell whether a GET would be refused.
-		hdr := w.Header()
-		hdr.Set("Content-Type", "text/event-stream")
-		hdr.Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		return nil
-	case http.MethodOptions:
-		// Headers that the site sets, such as those of CORS, go with it.
-		w.Header().Set("Allow", allowedMethods)
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	default:
-		w.Header().Set("Allow", allowedMethods)
-		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	if r.Method != http.MethodGet {
+		return h.serveOtherMethod(w, r)
 	}
 	// An EventSource's request has no body. Over HTTP/1.1, a body would
 	// come after the request on the connection that a detached stream
@@ -442,10 +319,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r))
+	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r), clientAddress(r))
 	if err != nil {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(time.Duration(h.Retry))))
-		return h.writeRefusal(w, http.StatusServiceUnavailable, err)
+		status, retry := http.StatusServiceUnavailable, time.Duration(h.Retry)
+		if tooMany, ok := errors.AsType[*newTopicsError](err); ok {
+			status, retry = http.StatusTooManyRequests, tooMany.retryAfter
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(retry)))
+		return h.writeRefusal(w, status, err)
 	}
 	// A stream that detach takes over unsubscribes when it ends.
 	detached := false
@@ -457,8 +338,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	// While the upstream's latest answer for the topic refuses its
 	// credentials, a subscriber gets that 401 or 403, and EventSource
 	// stops. A stream that is already open when the upstream refuses them
-	// before its first snapshot ends (stream, connGroup.service), so that
-	// its browser's reconnect gets the status.
+	// before its first snapshot ends (streamConfig.stream,
+	// connGroup.service), so that its browser's reconnect gets the status.
 	if status := t.deniedStatus(); status != 0 {
 		return h.writeRefusal(w, status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
 	}
@@ -481,11 +362,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if err := ew.write(retryFrame(time.Duration(h.Retry))); err != nil {
 		return nil
 	}
-	if detached = h.detach(w, r, t, cursor); detached {
+	if detached = h.detached.detach(w, r, t, cursor); detached {
 		return nil
 	}
-	h.stream(r.Context(), ew, t, cursor)
+	h.streaming.stream(r.Context(), ew, t, cursor)
 	return nil
+}
+
+// serveOtherMethod answers a request of another method than GET, which
+// gets no stream.
+func (h *Handler) serveOtherMethod(w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodHead:
+		// The headers a stream starts with, without a stream: a HEAD polls
+		// nothing, so it cannot tell whether a GET would be refused.
+		hdr := w.Header()
+		hdr.Set("Content-Type", "text/event-stream")
+		hdr.Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		return nil
+	case http.MethodOptions:
+		// Headers that the site sets, such as those of CORS, go with it.
+		w.Header().Set("Allow", allowedMethods)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	default:
+		w.Header().Set("Allow", allowedMethods)
+		return h.writeRefusal(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s: a stream is read with GET", r.Method))
+	}
 }
 
 // allowedMethods is the Allow header of the handler's answers.
@@ -509,64 +413,6 @@ func (h *Handler) writeRefusal(w http.ResponseWriter, status int, err error) err
 	return nil
 }
 
-// A frameWriter writes whole frames to one stream, each in one write that it
-// flushes: an eventWriter, or a hijackedWriter (fanout.go).
-type frameWriter interface {
-	write(frame []byte) error
-	// lastWrite is when the last frame was written.
-	lastWrite() time.Time
-}
-
-// maxFramesPerRead bounds the frames a subscriber takes from the log at once.
-const maxFramesPerRead = 64
-
-// stream writes the events of t's log to one subscriber from cursor on, and
-// heartbeats in the silences, until the subscriber or the server goes, or the
-// upstream refuses t's credentials before the subscriber's first snapshot.
-// It is the only goroutine that writes to the response. A subscriber that
-// falls behind only delays itself: when it has missed more than the history
-// holds, its next read is a fresh snapshot; when it takes nothing of a write
-// for the write timeout, the stream ends, and the browser reconnects and
-// resumes by id.
-func (h *Handler) stream(ctx context.Context, ew frameWriter, t *topic, cursor uint64) {
-	buf := make([][]byte, 0, maxFramesPerRead)
-	heartbeat := time.Duration(h.Heartbeat)
-	for {
-		refused := t.refusedChan()
-		frames, next, wake := t.log.read(cursor, buf[:0])
-		for _, f := range frames {
-			if err := ew.write(f); err != nil {
-				metrics.countWriteError(err)
-				return
-			}
-			metrics.countSent(f)
-		}
-		cursor = next
-		if len(frames) > 0 {
-			continue
-		}
-		if t.refusedBeforeSnapshot() {
-			return
-		}
-		select {
-		case <-wake:
-		case <-refused:
-		case <-h.ticker.tick():
-			if time.Since(ew.lastWrite()) >= heartbeat {
-				if err := ew.write(heartbeatFrame); err != nil {
-					metrics.countWriteError(err)
-					return
-				}
-				metrics.countSent(heartbeatFrame)
-			}
-		case <-ctx.Done():
-			return
-		case <-h.streams.Done():
-			return
-		}
-	}
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
@@ -574,3 +420,9 @@ var (
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+// retryAfterSeconds returns d in whole seconds, rounded up, at least 1, for
+// a Retry-After header.
+func retryAfterSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
+}

@@ -6,26 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func TestStreamProtocol(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1,"s":"x"}`)
-	release := make(chan struct{})
-	var once sync.Once
-	api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		<-release // the first poll answers only when the test says
-		api.serve(w, r)
-	})
+	release := api.hold() // the first poll answers only when the test says
 	// The default timeout, 10s: headers that waited for the first answer
 	// would miss the client's 5s.
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":"2500ms"`, api.URL))+"]")
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
 
 	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
 	resp, err := client.Get(base + "/events")
@@ -51,7 +42,7 @@ func TestStreamProtocol(t *testing.T) {
 	if err != nil || first.retry != "2500" || first.name != "" || first.data != "" {
 		t.Fatalf("first block = %+v, %v; want only retry: 2500", first, err)
 	}
-	once.Do(func() { close(release) })
+	release()
 
 	snap, err := readEvent(br)
 	if err != nil || snap.name != "snapshot" || snap.data != `{"a":1,"s":"x"}` || snap.id == "" {
@@ -212,21 +203,12 @@ func TestSubscribersWaitingForTheFirstDocumentAreToldWhy(t *testing.T) {
 		t.Run(path[1:], func(t *testing.T) {
 			api := newFakeAPI(t, `{"items":[1]}`)
 			// The first poll answers only when the test says.
-			release := make(chan struct{})
-			var first atomic.Bool
-			var once sync.Once
-			api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if first.CompareAndSwap(false, true) {
-					<-release
-				}
-				api.serve(w, r)
-			})
-			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			release := api.hold()
 			base := startCaddy(t, `[{"match":[{"path":["/encoded"]}],"handle":[{"handler":"encode","encodings":{"gzip":{}}}]},`+
 				pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"100ms","max_backoff":"100ms","heartbeat":"500ms","select":"/data"`, api.URL))+"]")
 
 			early := openStream(t, http.DefaultClient, base+path, "")
-			once.Do(func() { close(release) })
+			release()
 			down := early.next(5 * time.Second)
 			sd := decodeStatus(t, down)
 			if sd.Upstream != "down" || !strings.Contains(sd.Error, `select "/data"`) || len(sd.Topic) != 12 {
@@ -272,147 +254,6 @@ func TestSubscribersWaitingForTheFirstDocumentAreToldWhy(t *testing.T) {
 	}
 }
 
-func TestHeartbeat(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"80ms"`, api.URL))+"]")
-	sc := openStream(t, http.DefaultClient, base+"/events", "")
-	sc.next(5 * time.Second)
-	beats := 0
-	for beats < 3 {
-		select {
-		case ev := <-sc.events:
-			if !ev.comment {
-				t.Fatalf("got %+v, want heartbeats only", ev)
-			}
-			beats++
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%d heartbeats in 5s", beats)
-		}
-	}
-}
-
-func TestManySubscribersOnePoller(t *testing.T) {
-	// Two topics in one Caddy, measured over the same window, so that the
-	// machine's load and the interval's jitter weigh on both alike.
-	const window = 2 * time.Second
-	one, hundred := newFakeAPI(t, `{"a":1}`), newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+
-		pollSSERoute("/one", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, one.URL))+","+
-		pollSSERoute("/hundred", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, hundred.URL))+"]")
-	sc := openStream(t, http.DefaultClient, base+"/one", "")
-	sc.next(5 * time.Second)
-	defer sc.close()
-	for range 100 {
-		sc := openStream(t, http.DefaultClient, base+"/hundred", "")
-		sc.next(5 * time.Second)
-		defer sc.close()
-	}
-	startOne, startHundred := one.count.Load(), hundred.count.Load()
-	time.Sleep(window)
-	n1, n100 := one.count.Load()-startOne, hundred.count.Load()-startHundred
-	t.Logf("upstream requests in %s at a 100ms interval: %d for 1 subscriber, %d for 100", window, n1, n100)
-	for _, n := range []int64{n1, n100} {
-		if n < 15 || n > 22 {
-			t.Errorf("%d requests in %s, want about 20", n, window)
-		}
-	}
-	if d := n100 - n1; d < -2 || d > 2 {
-		t.Errorf("100 subscribers caused %d requests, 1 caused %d", n100, n1)
-	}
-}
-
-func TestAtMostOneRequestInFlight(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	// Each answer takes longer than the interval.
-	api.setDelay(250 * time.Millisecond)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
-	for range 20 {
-		sc := openStream(t, http.DefaultClient, base+"/events", "")
-		defer sc.close()
-	}
-	waitFor(t, 5*time.Second, "5 polls", func() bool { return api.count.Load() >= 5 })
-	if m := api.maxInFlight.Load(); m != 1 {
-		t.Errorf("%d upstream requests in flight at once, want 1", m)
-	}
-}
-
-func TestIdleTopicStops(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"300ms"`, api.URL))+"]")
-	sc := openStream(t, http.DefaultClient, base+"/events", "")
-	first := sc.next(5 * time.Second)
-	sc.close()
-	left := time.Now()
-	// Polling goes on for the idle timeout, then stops.
-	var stopped int64
-	waitFor(t, 5*time.Second, "polling to stop", func() bool {
-		n := api.count.Load()
-		time.Sleep(300 * time.Millisecond) // longer than an interval
-		stopped = api.count.Load()
-		return n == stopped
-	})
-	if since := time.Since(left); since < 300*time.Millisecond {
-		t.Errorf("polling stopped %s after the last subscriber left, before the idle timeout", since)
-	}
-	// A new subscriber starts the topic again, with ids of a new epoch, so
-	// the old id is unknown.
-	sc = openStream(t, http.DefaultClient, base+"/events", first.id)
-	ev := sc.next(5 * time.Second)
-	if ev.name != "snapshot" || ev.id == first.id {
-		t.Errorf("after the idle stop got %+v, want a snapshot with a new id", ev)
-	}
-	if api.count.Load() <= stopped {
-		t.Error("the new subscriber did not start polling again")
-	}
-}
-
-func TestUpstreamRequest(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"header_up":{"X-Api-Key":["k1"],"Accept-Language":["en","fr"]}`, api.URL+"/items/{http.request.uri.query.id}?page={http.request.uri.query.page}"))+"]")
-	req, _ := http.NewRequest(http.MethodGet, base+"/events?id=a%20b/c&page=1%262&other=x", nil)
-	req.Header.Set("Authorization", "Bearer user-secret")
-	req.Header.Set("Cookie", "session=user-secret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	waitFor(t, 5*time.Second, "a poll", func() bool { return api.count.Load() > 0 })
-	got := api.requestLog()[0]
-	if got.Method != http.MethodGet || got.URL.RawPath+"?"+got.URL.RawQuery != "/items/a%20b/c?page=1%262" && got.URL.EscapedPath()+"?"+got.URL.RawQuery != "/items/a%20b/c?page=1%262" {
-		t.Errorf("upstream got %s %s", got.Method, got.URL)
-	}
-	if got.Header.Get("Accept") != "application/json" || got.Header.Get("X-Api-Key") != "k1" || strings.Join(got.Header.Values("Accept-Language"), ",") != "en,fr" {
-		t.Errorf("upstream got headers %v", got.Header)
-	}
-	for name, values := range got.Header {
-		if strings.Contains(strings.Join(values, " "), "user-secret") {
-			t.Errorf("the subscriber's %s reached the upstream", name)
-		}
-	}
-}
-
-func TestRefusedPlaceholderValues(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
-	for _, id := range []string{"..", "%2e%2e", "../admin", "x%0d%0aHost:%20evil", "%ff%fe"} {
-		resp, err := http.Get(base + "/events?id=" + id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("id=%s: status %d %q, want 400", id, resp.StatusCode, body)
-		}
-	}
-	time.Sleep(100 * time.Millisecond)
-	if n := api.count.Load(); n != 0 {
-		t.Errorf("the upstream received %d requests", n)
-	}
-}
-
 // TestMethodNotAllowed: a stream is read with GET. HEAD gets the headers a
 // stream starts with and OPTIONS the methods, neither opening a stream nor
 // polling; other methods get 405 with the reason.
@@ -451,40 +292,6 @@ func TestMethodNotAllowed(t *testing.T) {
 	}
 	if n := api.count.Load(); n != 0 {
 		t.Errorf("the upstream received %d requests", n)
-	}
-}
-
-// streamGoroutines counts the streams being served: on a goroutine of
-// their own, or taken off it (fanout.go), each with the goroutine that
-// watches for its client leaving.
-func streamGoroutines() int {
-	// A dump cut at the buffer's end would miss goroutines.
-	buf := make([]byte, 1<<20)
-	for n := runtime.Stack(buf, true); n == len(buf); n = runtime.Stack(buf, true) {
-		buf = make([]byte, 2*len(buf))
-	}
-	stacks := string(buf[:runtime.Stack(buf, true)])
-	return strings.Count(stacks, "caddy-pollsse.(*Handler).stream(") + strings.Count(stacks, "caddy-pollsse.(*connStream).watch(")
-}
-
-func TestClientDisconnectEndsItsStream(t *testing.T) {
-	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
-	streams := openStreams(t, base+"/events", 10)
-	if n := streamGoroutines(); n != 10 {
-		t.Fatalf("%d stream goroutines for 10 clients", n)
-	}
-	for _, sc := range streams[:7] {
-		sc.close()
-	}
-	// The server notices a disconnect on its next write or when the
-	// connection's context ends; a change makes it write.
-	api.set(`{"a":2}`)
-	waitFor(t, 5*time.Second, "the streams of the disconnected clients to end", func() bool { return streamGoroutines() == 3 })
-	for _, sc := range streams[7:] {
-		if ev := sc.next(5 * time.Second); ev.name != "patch" {
-			t.Fatalf("a remaining client got %+v", ev)
-		}
 	}
 }
 
@@ -544,6 +351,38 @@ func TestStreamRequestWithABodyIsRefused(t *testing.T) {
 					defer end.Close()
 					isStream(t, get(t, p, body, -1))
 				})
+			}
+		})
+	}
+}
+
+// TestAnyLastEventIDOrQuery: whatever a client sends as Last-Event-ID or in
+// a query that no placeholder takes, it gets a stream that starts with a
+// snapshot.
+func TestAnyLastEventIDOrQuery(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
+	tests := []struct{ name, query, lastEventID string }{
+		// Caddy itself answers 431 to request headers over 16 KB.
+		{"a 12 KB id", "", strings.Repeat("7", 12<<10)},
+		{"an id of many dashes", "", strings.Repeat("-", 300)},
+		{"an id with an epoch and a huge position", "", "x-99999999999999999999999"},
+		{"an id with position 0", "", "x-0"},
+		{"an id with spaces and symbols", "", "  '\"<script>%00%ff\t-1 "},
+		{"an id of non-ASCII text", "", "ünï©ødé-😀"},
+		{"an id in the query", "?last_event_id=%ff%fe%00-1", ""},
+		{"a 12 KB id in the query", "?last_event_id=" + strings.Repeat("9", 12<<10), ""},
+		{"a malformed query", "?%zz=%&&=;;a=1&a=2&last_event_id", ""},
+		{"an id in both", "?last_event_id=1-1", "2-2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sc := openStream(t, http.DefaultClient, base+"/events"+tt.query, tt.lastEventID)
+			if sc.resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", sc.resp.StatusCode)
+			}
+			if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":1}` {
+				t.Errorf("got %+v, want the snapshot", ev)
 			}
 		})
 	}

@@ -7,12 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
-	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,11 +15,35 @@ import (
 
 // A poller fetches one topic's upstream and appends what changed to the
 // topic's log. It runs on one goroutine, so at most one upstream request of a
-// topic is in flight at any time.
+// topic is in flight at any time. It is given what it polls with when it is
+// made (hub.newPoller).
 type poller struct {
-	t      *topic
-	logger *zap.Logger
-	sched  schedule
+	url string
+	// headerUp and forwarded are the header_up headers and the
+	// subscriber's forwarded ones, sent with every request.
+	headerUp, forwarded http.Header
+	timeout             time.Duration
+	maxBody             int64
+	client              *http.Client
+	differ              differ
+	// restore makes a document of the snapshot data of the log's current
+	// one: the differ of the same mode without select and ignore, which
+	// that data has been through already.
+	restore differ
+	log     eventLog
+	// topicID names the topic in status events.
+	topicID string
+	// state tells the topic's streams of refusals and of the first
+	// document.
+	state *upstreamState
+	// pace waits for the turn of a poll among the hub's (hub.pace).
+	pace func(context.Context) bool
+	// removeIfIdle removes the topic from its hub once it has been idle for
+	// the idle timeout (hub.removeIfIdle).
+	removeIfIdle func() (until time.Time, removed bool)
+	logger       *zap.Logger
+	sched        schedule
+
 	// prev is the last document that parsed, nil until the first success.
 	prev *document
 	// etag and lastModified are the validators of the response that made
@@ -41,20 +60,21 @@ type poller struct {
 	failures int
 	// wait is how long after the start of the last poll the next one starts.
 	wait time.Duration
+	// term is the log's term (eventLog.lead) in which prev was written or
+	// read, 0 while another instance polls the topic.
+	term uint64
+	// lastPoll is when the last poll started: however often the polling
+	// of the topic moves between instances, this one polls it at most once
+	// per interval.
+	lastPoll time.Time
 }
 
 // run polls the topic's upstream, starting at once, then after each poll
 // waits the interval, or a backoff while polls fail, until ctx ends or the
 // topic has had no subscriber for the idle timeout.
-func (t *topic) run(ctx context.Context) {
-	cfg := t.hub.cfg
-	p := &poller{
-		t:      t,
-		logger: t.hub.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
-		sched:  schedule{interval: cfg.interval, maxBackoff: cfg.maxBackoff},
-	}
+func (p *poller) run(ctx context.Context) {
 	p.wait = p.sched.next(0, 0)
-	p.logger.Info("topic started", zap.Duration("interval", cfg.interval))
+	p.logger.Info("topic started", zap.Duration("interval", p.sched.interval))
 	defer p.logger.Info("topic stopped")
 	metrics.topics.Inc()
 	defer metrics.topics.Dec()
@@ -62,20 +82,35 @@ func (t *topic) run(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		if !t.hub.pace(ctx) {
-			return
+		var next time.Time
+		if term, recheck := p.log.lead(ctx); term == 0 {
+			// Another instance polls the topic: ask again after
+			// recheck, to take over within its lease if it goes.
+			p.follow()
+			next = time.Now().Add(recheck)
+		} else {
+			if term != p.term {
+				p.takeOver(ctx, term)
+			}
+			if wait := time.Until(p.lastPoll.Add(p.sched.interval)); wait > 0 && !p.sleep(ctx, timer, wait) {
+				return
+			}
+			if !p.pace(ctx) {
+				return
+			}
+			start := time.Now()
+			p.lastPoll = start
+			p.poll(ctx)
+			next = start.Add(p.wait)
 		}
-		start := time.Now()
-		p.poll(ctx)
-		next := start.Add(p.wait)
 		// Subscribers neither hasten nor hold back the next poll: a topic
 		// whose upstream refuses its credentials polls on the backoff of
 		// its failures, whose every step costs one request, while the
 		// browsers that come back are answered the refusal, until the idle
 		// timeout after its last subscriber ends it.
 		for {
-			idleUntil, stop := t.hub.idleUntil(t)
-			if stop {
+			idleUntil, removed := p.removeIfIdle()
+			if removed {
 				return
 			}
 			if !time.Now().Before(next) {
@@ -95,13 +130,65 @@ func (t *topic) run(ctx context.Context) {
 	}
 }
 
+// sleep waits for d, and tells whether ctx is still going then.
+func (p *poller) sleep(ctx context.Context, timer *time.Timer, d time.Duration) bool {
+	timer.Reset(d)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
+}
+
+// follow records that another instance polls the topic: what this poller
+// knew of the upstream is forgotten, and its next term starts from the
+// log's document.
+func (p *poller) follow() {
+	p.term = 0
+}
+
+// takeOver starts a term of polling: the document to diff against is the
+// log's current one, which is what every subscriber holds or will read,
+// and the state of the upstream is the one the log last recorded.
+func (p *poller) takeOver(ctx context.Context, term uint64) {
+	p.term = term
+	p.etag, p.lastModified = "", ""
+	p.failures, p.failing = 0, false
+	p.prev, p.downSent = nil, false
+	snapshot, down, err := p.log.current(ctx)
+	if err == nil && snapshot != nil {
+		if doc, err := p.restore.parse(snapshot); err == nil {
+			p.prev = doc
+			p.state.setDocumented()
+		}
+	}
+	p.downSent = err == nil && down
+	p.failing = p.downSent
+}
+
+// wrote handles the error of a write to the log: a poller that is no
+// longer the topic's stops polling it until lead says otherwise, and
+// another error is logged. It tells whether the write was recorded.
+func (p *poller) wrote(err error) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errNotPolling):
+		p.follow()
+	default:
+		p.logger.Warn("writing to the store failed", zap.Error(err))
+	}
+	return false
+}
+
 // poll makes one upstream request and appends its outcome to the log.
 func (p *poller) poll(ctx context.Context) {
 	start := time.Now()
 	res, err := p.fetch(ctx)
 	if err == nil && res.notModified {
 		// 304: the document is unchanged, and nothing is read or parsed.
-		p.recovered()
+		p.recovered(ctx)
 		metrics.countPoll(pollNotModified, start)
 		p.debug("poll not modified", start)
 		return
@@ -110,36 +197,39 @@ func (p *poller) poll(ctx context.Context) {
 	var doc *document
 	if err == nil {
 		if p.prev != nil && bytes.Equal(body, p.prev.body) {
-			p.recovered()
+			p.recovered(ctx)
 			p.keepValidators(res)
 			metrics.countPoll(pollUnchanged, start)
 			p.debug("poll unchanged", start)
 			return
 		}
-		doc, err = p.t.hub.cfg.differ.parse(body)
+		doc, err = p.differ.parse(body)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
 		metrics.countPoll(pollFailed, start)
-		p.failed(err)
+		p.failed(ctx, err)
 		return
 	}
-	p.recovered()
+	p.recovered(ctx)
 	if p.prev == nil {
-		p.t.log.appendDocument(doc, "", nil)
-		p.t.documented.Store(true)
+		if !p.wrote(p.log.appendEvent(ctx, doc.data, "", nil)) {
+			metrics.countPoll(pollChanged, start)
+			return
+		}
+		p.state.setDocumented()
 		p.prev = doc
 		p.keepValidators(res)
 		metrics.countPoll(pollChanged, start)
 		p.debug("poll first document", start)
 		return
 	}
-	event, data, err := p.t.hub.cfg.differ.diff(p.prev, doc)
+	event, data, err := p.differ.diff(p.prev, doc)
 	if err != nil {
 		metrics.countPoll(pollFailed, start)
-		p.failed(err)
+		p.failed(ctx, err)
 		return
 	}
 	p.keepValidators(res)
@@ -151,7 +241,10 @@ func (p *poller) poll(ctx context.Context) {
 		p.debug("poll unchanged", start)
 		return
 	}
-	p.t.log.appendDocument(doc, event, data)
+	if !p.wrote(p.log.appendEvent(ctx, doc.data, event, data)) {
+		metrics.countPoll(pollChanged, start)
+		return
+	}
 	p.prev = doc
 	metrics.countPoll(pollChanged, start)
 	p.debug("poll changed", start, zap.String("event", event), zap.Int("bytes", len(data)))
@@ -167,24 +260,6 @@ func (p *poller) debug(msg string, start time.Time, fields ...zap.Field) {
 	if ce := p.logger.Check(zap.DebugLevel, msg); ce != nil {
 		ce.Write(append(fields, zap.Duration("duration", time.Since(start)))...)
 	}
-}
-
-// An upstreamError is an answer of the upstream that is not a success.
-type upstreamError struct {
-	status int
-	// retryAfter is what the answer's Retry-After header asked for.
-	retryAfter time.Duration
-}
-
-func (e *upstreamError) Error() string {
-	return fmt.Sprintf("upstream answered %d %s", e.status, http.StatusText(e.status))
-}
-
-// A bodyTooLargeError is a response body over max_body.
-type bodyTooLargeError struct{ limit int64 }
-
-func (e *bodyTooLargeError) Error() string {
-	return fmt.Sprintf("response body larger than max_body (%d bytes)", e.limit)
 }
 
 // statusData is the data of a status event.
@@ -205,7 +280,7 @@ type statusData struct {
 // are told too, except of a refusal of the topic's credentials, which ends
 // their streams instead, so that their browsers' reconnects get the 401 or
 // 403.
-func (p *poller) failed(err error) {
+func (p *poller) failed(ctx context.Context, err error) {
 	p.failures++
 	var status int
 	var retryAfter time.Duration
@@ -214,7 +289,7 @@ func (p *poller) failed(err error) {
 		status, retryAfter = ue.status, ue.retryAfter
 	}
 	p.wait = p.sched.next(p.failures, retryAfter)
-	p.t.answer(status)
+	p.state.setDenied(status)
 	if p.failing {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
@@ -227,16 +302,16 @@ func (p *poller) failed(err error) {
 		return
 	}
 	p.downSent = true
-	data := statusData{Upstream: "down", Topic: p.t.id, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
+	data := statusData{Upstream: "down", Topic: p.topicID, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
-	p.t.log.appendStatus(b, true)
+	p.wrote(p.log.setStatus(ctx, b, true))
 }
 
 // recovered records a successful poll, after failures or not.
-func (p *poller) recovered() {
+func (p *poller) recovered(ctx context.Context) {
 	p.failures = 0
 	p.wait = p.sched.next(0, 0)
-	p.t.answer(0)
+	p.state.setDenied(0)
 	if !p.failing {
 		return
 	}
@@ -246,8 +321,8 @@ func (p *poller) recovered() {
 		return
 	}
 	p.downSent = false
-	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.t.id})
-	p.t.log.appendStatus(b, false)
+	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.topicID})
+	p.wrote(p.log.setStatus(ctx, b, false))
 }
 
 // A response is the part of a successful upstream answer that a poll uses.
@@ -261,27 +336,14 @@ type response struct {
 
 // fetch makes one GET request to the upstream, conditional once there is a
 // document, and returns the successful answer. Redirects are followed only
-// to the same origin (hub.checkRedirect); no more of the body than max_body
+// to the same origin (checkRedirect); no more of the body than max_body
 // is read.
 func (p *poller) fetch(ctx context.Context) (response, error) {
-	cfg := p.t.hub.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.t.url, nil)
+	req, err := newUpstreamRequest(ctx, p.url, p.headerUp, p.forwarded)
 	if err != nil {
 		return response{}, err
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", userAgent)
-	for name, values := range cfg.headerUp {
-		if http.CanonicalHeaderKey(name) == "Host" {
-			req.Host = values[0]
-			continue
-		}
-		req.Header[http.CanonicalHeaderKey(name)] = values
-	}
-	for name, values := range p.t.header {
-		req.Header[name] = values
 	}
 	if p.prev != nil {
 		if p.etag != "" {
@@ -291,7 +353,7 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 			req.Header.Set("If-Modified-Since", p.lastModified)
 		}
 	}
-	resp, err := p.t.hub.client.Do(req)
+	resp, err := p.client.Do(req)
 	if err != nil {
 		return response{}, err
 	}
@@ -309,15 +371,15 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	}
-	if resp.ContentLength > cfg.maxBody {
-		return response{}, &bodyTooLargeError{cfg.maxBody}
+	if resp.ContentLength > p.maxBody {
+		return response{}, &bodyTooLargeError{p.maxBody}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, cfg.maxBody+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, p.maxBody+1))
 	if err != nil {
 		return response{}, fmt.Errorf("reading response body: %w", err)
 	}
-	if int64(len(body)) > cfg.maxBody {
-		return response{}, &bodyTooLargeError{cfg.maxBody}
+	if int64(len(body)) > p.maxBody {
+		return response{}, &bodyTooLargeError{p.maxBody}
 	}
 	return response{
 		body:         body,
@@ -349,115 +411,4 @@ func strongLastModified(header http.Header, received time.Time) string {
 		return ""
 	}
 	return value
-}
-
-// describeRequestError drops the request URL from err, for logs, so that a
-// log line does not repeat what the upstream URL holds (such as a key in its
-// query), and names a timeout as such.
-func describeRequestError(err error) error {
-	if isTimeout(err) {
-		return errors.New("upstream request timed out")
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-		return true
-	}
-	var te interface{ Timeout() bool }
-	return errors.As(err, &te) && te.Timeout()
-}
-
-// publicError says what went wrong with a poll in the words of a status
-// event, which every subscriber of the topic reads: what kind of failure it
-// was, without addresses, URLs or what the upstream's body held.
-func publicError(err error) string {
-	var ue *upstreamError
-	var re *redirectError
-	var be *bodyTooLargeError
-	var dnsErr *net.DNSError
-	switch {
-	case errors.As(err, &ue):
-		return ue.Error()
-	case errors.As(err, &re):
-		return re.Error()
-	case errors.As(err, &be):
-		return be.Error()
-	case isTimeout(err):
-		return "upstream request timed out"
-	case errors.As(err, &dnsErr):
-		return "upstream host not found"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "upstream refused the connection"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "upstream closed the connection before the end of its answer"
-	}
-	var urlErr *url.Error
-	var opErr *net.OpError
-	if errors.As(err, &urlErr) || errors.As(err, &opErr) {
-		return "upstream request failed"
-	}
-	// An error of the differ: it describes the body, not where it came from.
-	return err.Error()
-}
-
-// redactURL returns u for logs: with its userinfo, user name included,
-// replaced by "xxxxx", and with the values of query parameters whose names
-// say they hold a secret (api_key, token, access_token, signature, …; see
-// secretParam) replaced by "xxxxx". Parameters are separated by "&" or ";",
-// as upstreams may read either.
-func redactURL(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	if parsed.User != nil {
-		parsed.User = url.User("xxxxx")
-	}
-	if parsed.RawQuery != "" {
-		var b strings.Builder
-		for rest := parsed.RawQuery; ; {
-			end := strings.IndexAny(rest, "&;")
-			if end < 0 {
-				end = len(rest)
-			}
-			part := rest[:end]
-			name, _, hasValue := strings.Cut(part, "=")
-			if decoded, err := url.QueryUnescape(name); err == nil {
-				name = decoded
-			}
-			if hasValue && secretParam(name) {
-				part = part[:strings.IndexByte(part, '=')+1] + "xxxxx"
-			}
-			b.WriteString(part)
-			if end == len(rest) {
-				break
-			}
-			b.WriteByte(rest[end])
-			rest = rest[end+1:]
-		}
-		parsed.RawQuery = b.String()
-	}
-	return parsed.String()
-}
-
-// secretWords are the parts of query parameter names that redactURL takes
-// for secrets.
-var secretWords = []string{"key", "token", "secret", "password", "passwd", "pwd", "auth", "sig", "credential", "session"}
-
-// secretParam tells whether a query parameter of this name likely holds a
-// secret.
-func secretParam(name string) bool {
-	name = strings.ToLower(name)
-	for _, w := range secretWords {
-		if strings.Contains(name, w) {
-			return true
-		}
-	}
-	return false
 }

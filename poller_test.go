@@ -1,16 +1,15 @@
 package pollsse
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,28 +30,30 @@ func (c *countingDiffer) parse(body []byte) (*document, error) {
 
 // testHub returns a hub of pollers with short durations, whose differ
 // counts what it parses; change tunes its configuration.
-func testHub(t *testing.T, change func(*topicConfig)) (*hub, *countingDiffer) {
+func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) {
 	t.Helper()
 	d, err := newDiffer(modeJSONPatch, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cd := &countingDiffer{differ: d}
-	cfg := topicConfig{
-		interval:       10 * time.Millisecond,
-		idleTimeout:    time.Minute,
-		timeout:        time.Second,
-		history:        16,
+	cfg := topicSettings{
+		Interval:       10 * time.Millisecond,
+		IdleTimeout:    time.Minute,
+		Timeout:        time.Second,
+		History:        16,
 		differ:         cd,
-		maxBackoff:     10 * time.Millisecond,
-		maxBody:        defaultMaxBody,
-		maxTopics:      defaultMaxTopics,
-		maxSubscribers: defaultMaxSubscribers,
+		restore:        d,
+		MaxBackoff:     10 * time.Millisecond,
+		MaxBody:        defaultMaxBody,
+		MaxTopics:      defaultMaxTopics,
+		MaxSubscribers: defaultMaxSubscribers,
 	}
 	if change != nil {
 		change(&cfg)
 	}
-	h := newHub(cfg, zap.NewNop())
+	hs, _ := MemoryStore{}.attach(zap.NewNop())
+	h := newHub(cfg, zap.NewNop(), hs)
 	t.Cleanup(func() {
 		h.Destruct()
 		assertNoStreamGoroutines(t)
@@ -62,47 +63,95 @@ func testHub(t *testing.T, change func(*topicConfig)) (*hub, *countingDiffer) {
 
 // logFrames returns the frames a new subscriber of t would read now.
 func logFrames(t *topic) []string {
-	frames, _, _ := t.log.read(0, make([][]byte, 0, 16))
+	frames, _, _ := t.log.read(0, make([]frame, 0, 16))
+	return frameTexts(frames)
+}
+
+// frameTexts returns the text of each frame.
+func frameTexts(frames []frame) []string {
 	var out []string
 	for _, f := range frames {
-		out = append(out, string(f))
+		out = append(out, string(f.bytes))
 	}
 	return out
 }
 
-func TestConditionalRequests(t *testing.T) {
-	var mu sync.Mutex
-	doc, etag := `{"v":1}`, `"v1"`
-	var full, notModified atomic.Int64
-	var firstConditional atomic.Value
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		d, e := doc, etag
-		mu.Unlock()
-		firstConditional.CompareAndSwap(nil, r.Header.Get("If-None-Match")+"|"+r.Header.Get("If-Modified-Since"))
-		w.Header().Set("ETag", e)
-		w.Header().Set("Last-Modified", "Sun, 22 Nov 2026 06:00:00 GMT")
-		if r.Header.Get("If-None-Match") == e {
-			notModified.Add(1)
-			w.WriteHeader(http.StatusNotModified)
-			return
+// TestPollerTellsItsLogAndTopic runs a poller made without a hub, as
+// hub.newPoller makes one, poll by poll: a refusal before the first
+// document reaches the topic's state and not its log; the first document
+// is its snapshot; an outage and a recovery are one status event each,
+// with the topic's id, around the patch.
+func TestPollerTellsItsLogAndTopic(t *testing.T) {
+	api := newFakeAPI(t, "")
+	api.setStatus(http.StatusUnauthorized)
+	answer := func(status int, body string) {
+		api.setStatus(status)
+		api.set(body)
+	}
+	tp := newTopic("key", "0123456789ab", api.URL, nil, newMemoryLog(16), func() {})
+	p := &poller{
+		url: api.URL, timeout: time.Second, maxBody: defaultMaxBody, client: api.Client(),
+		differ: mustDiffer(t, modeJSONPatch, ""), log: tp.log, topicID: tp.id, state: &tp.upstreamState,
+		logger: zap.NewNop(), sched: schedule{interval: time.Second, maxBackoff: time.Minute},
+	}
+	read := func() string {
+		frames, _, _ := tp.log.read(0, make([]frame, 0, 16))
+		var evs []sseEvent
+		for _, f := range frames {
+			evs = append(evs, parseFrames(t, f.bytes)...)
 		}
-		full.Add(1)
-		io.WriteString(w, d)
-	}))
-	defer api.Close()
+		return names(evs)
+	}
+	ctx := context.Background()
+
+	p.poll(ctx)
+	if tp.deniedStatus() != http.StatusUnauthorized || !tp.refusedBeforeSnapshot() || read() != "" {
+		t.Errorf("after a 401: denied %d, refused before a snapshot %v, log %q; want 401, true and nothing", tp.deniedStatus(), tp.refusedBeforeSnapshot(), read())
+	}
+	answer(http.StatusOK, `{"v":1}`)
+	p.poll(ctx)
+	if tp.deniedStatus() != 0 || tp.refusedBeforeSnapshot() || read() != `snapshot:{"v":1}` {
+		t.Errorf("after the first document: denied %d, log %q; want 0 and its snapshot", tp.deniedStatus(), read())
+	}
+	_, cursor := readAll(t, tp.log, 0)
+	answer(http.StatusServiceUnavailable, "")
+	p.poll(ctx)
+	p.poll(ctx)
+	answer(http.StatusOK, `{"v":2}`)
+	p.poll(ctx)
+	evs, _ := readAll(t, tp.log, cursor)
+	want := `status:{"upstream":"down","topic":"0123456789ab","status":503,"error":"upstream answered 503 Service Unavailable","retry_in_ms":%d} ` +
+		`status:{"upstream":"up","topic":"0123456789ab"} patch:[{"op":"replace","path":"/v","value":2}]`
+	if len(evs) != 3 || names(evs) != fmt.Sprintf(want, decodeStatus(t, evs[0]).RetryInMS) {
+		t.Errorf("after an outage of two polls and a change, the log holds %s", names(evs))
+	}
+}
+
+func TestConditionalRequests(t *testing.T) {
+	api := newFakeAPI(t, `{"v":1}`)
+	api.setETag(etagHonoured)
+	api.setHeader("Last-Modified", "Sun, 22 Nov 2026 06:00:00 GMT")
+	answered := func(status int) int {
+		n := 0
+		for _, ex := range api.exchangeLog() {
+			if ex.status == status {
+				n++
+			}
+		}
+		return n
+	}
 	h, parses := testHub(t, nil)
-	tp, err := h.subscribe(api.URL, nil)
+	tp, err := h.subscribe(api.URL, nil, netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.unsubscribe(tp)
 
-	waitFor(t, 5*time.Second, "10 answers of 304", func() bool { return notModified.Load() >= 10 })
-	if got := firstConditional.Load(); got != "|" {
-		t.Errorf("the first poll sent validators %q; it has none", got)
+	waitFor(t, 5*time.Second, "10 answers of 304", func() bool { return answered(http.StatusNotModified) >= 10 })
+	if first := api.requestLog()[0].Header; first.Get("If-None-Match") != "" || first.Get("If-Modified-Since") != "" {
+		t.Errorf("the first poll sent the validators %q and %q; it has none", first.Get("If-None-Match"), first.Get("If-Modified-Since"))
 	}
-	if n := full.Load(); n != 1 {
+	if n := answered(http.StatusOK); n != 1 {
 		t.Errorf("%d full answers for one version", n)
 	}
 	if n := parses.parses.Load(); n != 1 {
@@ -112,16 +161,14 @@ func TestConditionalRequests(t *testing.T) {
 		t.Errorf("the log holds %q, want one snapshot", frames)
 	}
 
-	mu.Lock()
-	doc, etag = `{"v":2}`, `"v2"`
-	mu.Unlock()
-	waitFor(t, 5*time.Second, "the new version", func() bool { return full.Load() == 2 })
-	waitFor(t, 5*time.Second, "304s for the new version", func() bool { return notModified.Load() >= 15 })
+	api.set(`{"v":2}`)
+	waitFor(t, 5*time.Second, "the new version", func() bool { return answered(http.StatusOK) == 2 })
+	waitFor(t, 5*time.Second, "304s for the new version", func() bool { return answered(http.StatusNotModified) >= 15 })
 	if n := parses.parses.Load(); n != 2 {
 		t.Errorf("%d bodies parsed for two versions", n)
 	}
-	if frames, _, _ := tp.log.read(1, make([][]byte, 0, 16)); len(frames) != 1 || !strings.Contains(string(frames[0]), `"/v"`) {
-		t.Errorf("after the first snapshot the log holds %q, want one patch", frames)
+	if frames, _, _ := tp.log.read(1, make([]frame, 0, 16)); len(frames) != 1 || !strings.Contains(string(frames[0].bytes), `"/v"`) {
+		t.Errorf("after the first snapshot the log holds %q, want one patch", frameTexts(frames))
 	}
 }
 
@@ -160,7 +207,7 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var read atomic.Int64
 			var polls atomic.Int64
-			h, _ := testHub(t, func(cfg *topicConfig) { cfg.maxBody = limit })
+			h, _ := testHub(t, func(cfg *topicSettings) { cfg.MaxBody = limit })
 			h.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
 				polls.Add(1)
 				var body io.ReadCloser = countingBody{&read}
@@ -170,7 +217,7 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 				}
 				return &http.Response{StatusCode: http.StatusOK, ContentLength: tt.contentLength, Body: body, Header: http.Header{}, Request: r}, nil
 			})
-			tp, err := h.subscribe("http://api.test/doc", nil)
+			tp, err := h.subscribe("http://api.test/doc", nil, netip.Prefix{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,77 +237,6 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 				t.Errorf("%d bytes read in %d polls, want at most %d per poll", n, polls.Load(), tt.wantRead)
 			}
 		})
-	}
-}
-
-// TestPollsOfManyTopicsAreSpread starts many topics at the same moment:
-// their polls start one after another, a millisecond apart, not in the same
-// millisecond; and each topic's later polls are jittered around the
-// interval, so that topics do not stay in step.
-func TestPollsOfManyTopicsAreSpread(t *testing.T) {
-	const topics = 40
-	var mu sync.Mutex
-	starts := map[string][]time.Time{}
-	h, _ := testHub(t, func(cfg *topicConfig) {
-		// 40 topics at a 100ms interval leave 2.5ms between polls: the
-		// spread is its most, 1ms.
-		cfg.interval = 100 * time.Millisecond
-		cfg.maxTopics = topics
-	})
-	h.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		mu.Lock()
-		starts[r.URL.Path] = append(starts[r.URL.Path], time.Now())
-		mu.Unlock()
-		return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader(`{"a":1}`)), Header: http.Header{}, Request: r}, nil
-	})
-	for i := range topics {
-		tp, err := h.subscribe(fmt.Sprintf("http://api.test/items/%d", i), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.unsubscribe(tp)
-	}
-	enough := func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for i := range topics {
-			if len(starts[fmt.Sprintf("/items/%d", i)]) < 4 {
-				return false
-			}
-		}
-		return true
-	}
-	waitFor(t, 10*time.Second, "4 polls of every topic", enough)
-	mu.Lock()
-	defer mu.Unlock()
-
-	var first []time.Time
-	var waits []time.Duration
-	for _, s := range starts {
-		first = append(first, s[0])
-		for i := 1; i < len(s); i++ {
-			waits = append(waits, s[i].Sub(s[i-1]))
-		}
-	}
-	slices.SortFunc(first, func(a, b time.Time) int { return a.Compare(b) })
-	most := 0
-	for i := range first {
-		n := 0
-		for j := i; j < len(first) && first[j].Sub(first[i]) < time.Millisecond; j++ {
-			n++
-		}
-		most = max(most, n)
-	}
-	span := first[len(first)-1].Sub(first[0])
-	t.Logf("%d first polls over %s, at most %d within a millisecond", topics, span, most)
-	if most > 2 || span < (topics-1)*time.Millisecond*9/10 {
-		t.Errorf("%d first polls over %s, %d within one millisecond: not spread", topics, span, most)
-	}
-	slices.Sort(waits)
-	lo, hi := waits[len(waits)/10], waits[len(waits)*9/10]
-	t.Logf("waits between polls of a topic at a 100ms interval: 10th percentile %s, 90th %s", lo, hi)
-	if lo < 89*time.Millisecond || hi-lo < 5*time.Millisecond {
-		t.Errorf("waits between polls from %s to %s: want jitter within 90-110ms", lo, hi)
 	}
 }
 
@@ -302,9 +278,9 @@ func TestStrongLastModified(t *testing.T) {
 
 // A fileExchange is one request to a file server and its answer.
 type fileExchange struct {
-	path, ifModifiedSince string
-	status                int
-	date, lastModified    string
+	ifModifiedSince    string
+	status             int
+	date, lastModified string
 }
 
 // TestChangeInTheSecondOfLastModifiedIsDelivered: Go's http.FileServer
@@ -316,32 +292,24 @@ type fileExchange struct {
 func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 	dir := t.TempDir()
 	files := http.FileServer(http.Dir(dir))
-	var mu sync.Mutex
-	var exchanges []fileExchange
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The Date that net/http would set, set here so that it can be
-		// recorded.
+	upstream := newFakeAPI(t, "")
+	upstream.handle(func(w http.ResponseWriter, r *http.Request) bool {
+		// The Date that net/http would set, set here so that it is in
+		// the exchange log.
 		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		files.ServeHTTP(rec, r)
-		mu.Lock()
-		defer mu.Unlock()
-		exchanges = append(exchanges, fileExchange{
-			path:            r.URL.Path,
-			ifModifiedSince: r.Header.Get("If-Modified-Since"),
-			status:          rec.status,
-			date:            w.Header().Get("Date"),
-			lastModified:    w.Header().Get("Last-Modified"),
-		})
-	}))
-	t.Cleanup(upstream.Close)
+		files.ServeHTTP(w, r)
+		return true
+	})
 	exchangesOf := func(path string) []fileExchange {
-		mu.Lock()
-		defer mu.Unlock()
 		var out []fileExchange
-		for _, e := range exchanges {
-			if e.path == path {
-				out = append(out, e)
+		for _, e := range upstream.exchangeLog() {
+			if e.req.URL.Path == path {
+				out = append(out, fileExchange{
+					ifModifiedSince: e.req.Header.Get("If-Modified-Since"),
+					status:          e.status,
+					date:            e.header.Get("Date"),
+					lastModified:    e.header.Get("Last-Modified"),
+				})
 			}
 		}
 		return out
@@ -359,7 +327,8 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 		if attempt == 3 {
 			t.Fatal("the first poll never came in the second that the file was written")
 		}
-		// Start just after a second begins.
+		// Start just after a second begins: the file's modification time
+		// and the answers' Date are the real clock's, in whole seconds.
 		now := time.Now()
 		time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
 		name := fmt.Sprintf("doc%d.json", attempt)
@@ -432,94 +401,158 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 	}
 }
 
-// A statusRecorder records the status of a response.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
+func TestAtMostOneRequestInFlight(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	// Each answer takes longer than the interval.
+	api.setDelay(250 * time.Millisecond)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`, api.URL))+"]")
+	for range 20 {
+		sc := openStream(t, http.DefaultClient, base+"/events", "")
+		defer sc.close()
+	}
+	waitFor(t, 5*time.Second, "5 polls", func() bool { return api.count.Load() >= 5 })
+	if m := api.maxInFlight.Load(); m != 1 {
+		t.Errorf("%d upstream requests in flight at once, want 1", m)
+	}
 }
 
-func (r *statusRecorder) WriteHeader(status int) {
-	r.status = status
-	r.ResponseWriter.WriteHeader(status)
-}
-
-// TestTopicIDsTellTopicsApart: the topics of two users of one upstream URL
-// log lines that differ in their topic field, which never holds their
-// credentials, and each user's status events carry the id of the log lines
-// of that user's topic.
-func TestTopicIDsTellTopicsApart(t *testing.T) {
-	api := newUsersAPI(t)
-	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"100ms","max_backoff":"100ms","forward_headers":["Authorization"]`, api.URL+"/account")), "")
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
+func TestIdleTopicStops(t *testing.T) {
+	const interval, idle = 100 * time.Millisecond, 300 * time.Millisecond
+	api := newFakeAPI(t, `{"a":1}`)
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":%q,"idle_timeout":%q`, api.URL, interval, idle))+"]")
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	first := sc.next(5 * time.Second)
+	left := time.Now() // before the server can see the subscriber leave
+	sc.close()
+	// Polling goes on for the idle timeout, then stops: the topic's
+	// poller returns, and no poll comes after.
+	waitFor(t, 5*time.Second, "the topic to stop", func() bool {
+		return logs.count("topic stopped") == 1 && !slices.ContainsFunc(goroutineStacks(), func(g string) bool {
+			return strings.Contains(g, "caddy-pollsse.(*poller).run(")
+		})
 	})
-	users := []string{"alice", "bob"}
-	streams := map[string]*streamClient{}
-	for _, user := range users {
-		sc := openStreamWith(t, base+"/events", bearer(user+"-token"), "")
-		if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
-			t.Fatalf("%s got %+v", user, ev)
-		}
-		streams[user] = sc
-	}
-	// Alice's credential is revoked, bob's document breaks: each topic
-	// fails in its own way, then recovers.
-	api.setDoc("alice-token", "")
-	api.setDoc("bob-token", "not JSON")
-	ids := map[string]string{}
-	for _, user := range users {
-		sd := decodeStatus(t, streams[user].next(5*time.Second))
-		if sd.Upstream != "down" || len(sd.Topic) != 12 || strings.Trim(sd.Topic, "0123456789abcdef") != "" {
-			t.Errorf("%s got %+v, want down with a topic of 12 hex digits", user, sd)
-		}
-		ids[user] = sd.Topic
-	}
-	if ids["alice"] == ids["bob"] {
-		t.Errorf("both users' status events name the topic %q", ids["alice"])
-	}
-	api.setDoc("alice-token", `{"user":"alice","balance":1}`)
-	api.setDoc("bob-token", `{"user":"bob","balance":1}`)
-	for _, user := range users {
-		if sd := decodeStatus(t, streams[user].next(5*time.Second)); sd.Upstream != "up" || sd.Topic != ids[user] {
-			t.Errorf("%s got %+v, want up with topic %q", user, sd, ids[user])
+	stopped := api.count.Load()
+	for _, l := range logs.lines() {
+		// (A log line's time is rounded to a microsecond or so.)
+		if at := l.time(); l.Msg == "topic stopped" && at.Before(left.Add(idle-time.Millisecond)) {
+			t.Errorf("the topic stopped %s after the last subscriber left, before the idle timeout", at.Sub(left))
 		}
 	}
+	// The last poll started at most an interval and its jitter before the
+	// idle timeout ended.
+	polls := api.arrivals("")
+	if last := polls[len(polls)-1].Sub(left); last < idle-interval*11/10 {
+		t.Errorf("the last poll came %s after the last subscriber left, want polls until the idle timeout, %s", last, idle)
+	}
+	// A new subscriber starts the topic again, with ids of a new epoch, so
+	// the old id is unknown.
+	sc = openStream(t, http.DefaultClient, base+"/events", first.id)
+	ev := sc.next(5 * time.Second)
+	if ev.name != "snapshot" || ev.id == first.id {
+		t.Errorf("after the idle stop got %+v, want a snapshot with a new id", ev)
+	}
+	if api.count.Load() <= stopped {
+		t.Error("the new subscriber did not start polling again")
+	}
+}
 
-	// The log lines of each topic, by message.
-	lines := map[string][]string{} // topic id + " " + message -> errors
-	for _, l := range readLogLines(t, logFile) {
-		for _, secret := range []string{"alice-token", "bob-token"} {
-			if strings.Contains(l.raw, secret) {
-				t.Errorf("a log line holds %q: %s", secret, l.raw)
+// TestRefusedTopicPollsOnItsBackoff: a topic whose upstream refuses its
+// forwarded credentials polls on the backoff of its failures (interval×2ⁿ
+// up to max_backoff), whatever its visitors do, who get the 401 at once:
+// visitors neither hasten its polls nor keep it from polling, so that it
+// recovers when the upstream accepts the credential again while refused
+// browsers keep coming, and a made-up credential costs the upstream the
+// requests of that schedule until idle_timeout after its last visitor.
+func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
+	const (
+		interval    = 100 * time.Millisecond
+		maxBackoff  = 800 * time.Millisecond
+		idleTimeout = 2 * time.Second
+		// slack is what the upstream's clock may add to or take from a
+		// wait between two polls.
+		slack = 50 * time.Millisecond
+	)
+	// The upstream refuses every credential until it is given an answer
+	// for it.
+	upstream := newFakeAPI(t, "")
+	upstream.setFor("", http.StatusUnauthorized, "")
+	requests := func(auth string) []time.Time {
+		var out []time.Time
+		for _, ex := range upstream.exchangeLog() {
+			if ex.req.Header.Get("Authorization") == auth {
+				out = append(out, ex.at)
 			}
 		}
-		if l.Logger != "http.handlers.poll_sse" || l.Upstream == "" {
-			continue
-		}
-		var fields struct {
-			Topic string `json:"topic"`
-			Error string `json:"error"`
-		}
-		if err := json.Unmarshal([]byte(l.raw), &fields); err != nil {
-			t.Fatal(err)
-		}
-		if fields.Topic != ids["alice"] && fields.Topic != ids["bob"] {
-			t.Errorf("a line of a topic names the topic %q, not one that its subscribers were told: %s", fields.Topic, l.raw)
-		}
-		key := fields.Topic + " " + l.Msg
-		lines[key] = append(lines[key], fields.Error)
+		return out
 	}
-	for user, failure := range map[string]string{"alice": "401", "bob": "not valid JSON"} {
-		id := ids[user]
-		for _, msg := range []string{"topic started", "upstream recovered"} {
-			if n := len(lines[id+" "+msg]); n != 1 {
-				t.Errorf("%s's topic %s: %d lines %q, want 1", user, id, n, msg)
+	// The most polls that a topic can make in a time: those of the
+	// schedule at its shortest waits.
+	fastest := schedule{interval: interval, maxBackoff: maxBackoff, rnd: rndHigh}
+	most := func(d time.Duration) int { return outagePolls(fastest, d+slack) }
+	handler := func(idle time.Duration) string {
+		return fmt.Sprintf(`"upstream":%q,"interval":%q,"max_backoff":%q,"idle_timeout":%q,"forward_headers":["Authorization"]`,
+			upstream.URL, interval, maxBackoff, idle)
+	}
+	base, logs := startCaddyAtDebug(t, "["+
+		pollSSERoute("/events", handler(time.Minute))+","+
+		pollSSERoute("/made-up", handler(idleTimeout))+"]")
+
+	t.Run("a refused topic recovers while refused visitors keep coming", func(t *testing.T) {
+		const token = "rotated"
+		// Visitors every interval, as browsers come on the clock, for
+		// long enough that the backoff reaches max_backoff.
+		for start := time.Now(); time.Since(start) < 3*maxBackoff; time.Sleep(interval) {
+			if status, _ := eventSourceStatus(t, base+"/events", bearer(token)); status != http.StatusUnauthorized {
+				t.Fatalf("a refused visitor got %d, want 401", status)
 			}
 		}
-		if errs := lines[id+" upstream failing"]; len(errs) != 1 || !strings.Contains(errs[0], failure) {
-			t.Errorf("%s's topic %s: lines \"upstream failing\" with errors %q, want one with %q", user, id, errs, failure)
+		polls := requests("Bearer " + token)
+		span := time.Since(polls[0])
+		t.Logf("%d upstream requests in %s of refused visitors every %s", len(polls), span.Round(time.Millisecond), interval)
+		if len(polls) < 3 || len(polls) > most(span) {
+			t.Errorf("%d upstream requests in %s, want 3 to %d: the backoff of the failures", len(polls), span, most(span))
 		}
-	}
+
+		upstream.setFor("Bearer "+token, http.StatusOK, `{"a":1}`)
+		for start := time.Now(); ; time.Sleep(interval) {
+			sc := openStreamWith(t, base+"/events", bearer(token), "")
+			if sc.resp.StatusCode == http.StatusOK {
+				if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"a":1}` {
+					t.Fatalf("got %+v, want the snapshot", ev)
+				}
+				t.Logf("accepted %s after the upstream was", time.Since(start).Round(time.Millisecond))
+				break
+			}
+			sc.close()
+			if sc.resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("a visitor got %d, want 401 or a stream", sc.resp.StatusCode)
+			}
+			if wait := time.Since(start); wait > maxBackoff+2*time.Second {
+				t.Fatalf("still 401 %s after the upstream accepts the credential, with a max_backoff of %s", wait, maxBackoff)
+			}
+		}
+	})
+
+	t.Run("a made-up credential costs the requests of the schedule until its topic idles out", func(t *testing.T) {
+		const tokens = 5
+		left := map[string]time.Time{}
+		for i := range tokens {
+			token := fmt.Sprintf("made-up-%d", i)
+			if status, _ := eventSourceStatus(t, base+"/made-up", bearer(token)); status != http.StatusUnauthorized {
+				t.Errorf("%s: status %d, want 401", token, status)
+			}
+			left[token] = time.Now()
+		}
+		waitFor(t, 10*time.Second, "the topics of the made-up credentials to stop", func() bool {
+			return logs.count("topic stopped") == tokens
+		})
+		for token, at := range left {
+			polls := requests("Bearer " + token)
+			life := at.Add(idleTimeout).Sub(polls[0])
+			t.Logf("%s: %d upstream requests in its topic's %s", token, len(polls), life.Round(time.Millisecond))
+			if len(polls) < 3 || len(polls) > most(life) {
+				t.Errorf("%s: %d upstream requests in its topic's %s, want 3 to %d: the backoff of the failures", token, len(polls), life, most(life))
+			}
+		}
+	})
 }

@@ -1,17 +1,19 @@
 package pollsse
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"go.uber.org/zap"
 )
 
 // The request side, fuzzed: what a client puts in Last-Event-ID and
@@ -95,12 +97,12 @@ func FuzzLastEventID(f *testing.F) {
 // is unknown, and an id is resumed from its own position.
 func FuzzResume(f *testing.F) {
 	l := newMemoryLog(4)
-	doc := &document{data: []byte(`{}`)}
+	ctx := context.Background()
 	for i := range 7 {
 		if i%3 == 2 {
-			l.appendStatus([]byte(`{"upstream":"down"}`), true)
+			l.setStatus(ctx, []byte(`{"upstream":"down"}`), true)
 		} else {
-			l.appendDocument(doc, eventPatch, []byte(`[]`))
+			l.appendEvent(ctx, []byte(`{}`), eventPatch, []byte(`[]`))
 		}
 	}
 	for p := uint64(0); p <= 9; p++ {
@@ -109,20 +111,21 @@ func FuzzResume(f *testing.F) {
 	f.Add(l.epoch + "-05")
 	f.Add(l.epoch + "-+5")
 	f.Fuzz(func(t *testing.T, id string) {
-		pos := l.resume(id)
-		if pos == 0 {
+		c := l.resume(id)
+		if c == 0 {
 			return
 		}
+		pos := uint64(c)
 		if l.id(pos) != id || pos > l.head || pos+1 < l.oldest() {
 			t.Fatalf("resume(%q) = %d (head %d, oldest %d)", id, pos, l.head, l.oldest())
 		}
 	})
 }
 
-// echoAPI is an upstream that answers every request with what it received
+// echoAPI is a fakeAPI that answers every request with what it received
 // of it: the path, the query parameter q and the header X-Token (in hex).
 type echoAPI struct {
-	*httptest.Server
+	*fakeAPI
 	mu sync.Mutex
 	// odd holds the requests whose target breaks what the handler
 	// promises of placeholder values.
@@ -130,8 +133,8 @@ type echoAPI struct {
 }
 
 func newEchoAPI(t testing.TB) *echoAPI {
-	api := &echoAPI{}
-	api.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	api := &echoAPI{fakeAPI: newFakeAPI(t, `{}`)}
+	api.handle(func(w http.ResponseWriter, r *http.Request) bool {
 		if reason := unsafeTarget(r.URL); reason != "" {
 			api.mu.Lock()
 			api.odd = append(api.odd, reason+": "+r.URL.String())
@@ -145,8 +148,8 @@ func newEchoAPI(t testing.TB) *echoAPI {
 		body, _ := json.Marshal(map[string]any{"path": r.URL.Path, "q": r.URL.Query()["q"], "token": tokens})
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(body)
-	}))
-	t.Cleanup(api.Close)
+		return true
+	})
 	return api
 }
 
@@ -300,7 +303,9 @@ func FuzzForwardedHeaders(f *testing.F) {
 // FuzzTopicKey holds the topic key to the forwarded values: two sets of
 // values share a key exactly when they are equal, however they are split.
 func FuzzTopicKey(f *testing.F) {
-	h := newHub(topicConfig{interval: time.Second, forwardHeaders: []string{"Authorization", "Cookie"}}, nil)
+	hs, _ := MemoryStore{}.attach(zap.NewNop())
+	h := newHub(topicSettings{Interval: time.Second, ForwardHeaders: []string{"Authorization", "Cookie"}}, zap.NewNop(), hs)
+	f.Cleanup(func() { h.Destruct() })
 	f.Add("a", "b", "a", "b")
 	f.Add("ab", "", "a", "b")
 	f.Add("", "", "", "")

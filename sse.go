@@ -2,11 +2,7 @@ package pollsse
 
 import (
 	"bytes"
-	"context"
-	"errors"
-	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 )
 
@@ -18,8 +14,59 @@ const (
 	eventStatus   = "status"
 )
 
+// An eventKind is the type of an event, or a heartbeat, as subscribers
+// receive it. Each frame carries its kind from where it is encoded, and the
+// sent metrics count frames by kind, with counters for every kind.
+type eventKind uint8
+
+const (
+	kindSnapshot eventKind = iota
+	kindPatch
+	kindMerge
+	kindStatus
+	kindHeartbeat
+	// numEventKinds is the number of kinds.
+	numEventKinds
+)
+
+// eventKindNames are the event names of the kinds (and of a heartbeat,
+// which has none), as the sent metrics' type label says them.
+var eventKindNames = [numEventKinds]string{
+	kindSnapshot:  eventSnapshot,
+	kindPatch:     eventPatch,
+	kindMerge:     eventMerge,
+	kindStatus:    eventStatus,
+	kindHeartbeat: "heartbeat",
+}
+
+func (k eventKind) String() string { return eventKindNames[k] }
+
+// kindOf returns the kind of the events named event. The name must be one
+// of the event names of this package, and kindOf panics if it is not: only
+// a name added without its kind can be another.
+func kindOf(event string) eventKind {
+	for k := range kindHeartbeat {
+		if eventKindNames[k] == event {
+			return k
+		}
+	}
+	panic("pollsse: an event name without a kind: " + strconv.Quote(event))
+}
+
+// A frame is one event, or a heartbeat, as written to subscribers: encoded
+// once and shared by all of them, and never changed.
+type frame struct {
+	bytes []byte
+	kind  eventKind
+}
+
+// newFrame returns one event of kind as a new frame.
+func newFrame(kind eventKind, id string, data []byte) frame {
+	return frame{encodeEvent(kind.String(), id, data), kind}
+}
+
 // heartbeatFrame is the comment a stream sends after a quiet period.
-var heartbeatFrame = []byte(":\n\n")
+var heartbeatFrame = frame{[]byte(":\n\n"), kindHeartbeat}
 
 // appendEvent appends one Server-Sent Event to dst: the event and id fields
 // (either may be empty) and data split into one data field per line, so that
@@ -74,104 +121,4 @@ func mustBeFieldValue(s string) {
 			panic("pollsse: CR, LF or NUL in an SSE field value: " + strconv.Quote(s))
 		}
 	}
-}
-
-// An eventWriter writes frames to one response and flushes after each, so
-// that no proxy or compressing writer between here and the browser holds an
-// event back.
-type eventWriter struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	timeout time.Duration
-	// last is when the last frame was written: heartbeats fill silences.
-	last time.Time
-}
-
-func newEventWriter(w http.ResponseWriter, timeout time.Duration) *eventWriter {
-	return &eventWriter{w: w, rc: http.NewResponseController(w), timeout: timeout}
-}
-
-// maxWritePiece is the most of a frame that an eventWriter writes and
-// flushes with one deadline. A write through net/http that reaches its
-// deadline breaks the response (an HTTP/2 stream is reset), so a large
-// frame is written in pieces, each of which the client has the write
-// timeout to take: one that takes less than this in the write timeout is
-// dropped, one that takes more gets a frame of any size.
-const maxWritePiece = 32 << 10
-
-// write writes one frame and flushes it, in pieces of at most
-// maxWritePiece. A client that does not take a piece within the write
-// timeout gets an error, and its stream ends.
-func (ew *eventWriter) write(frame []byte) error {
-	for len(frame) > 0 {
-		n := min(len(frame), maxWritePiece)
-		if err := ew.writePiece(frame[:n]); err != nil {
-			return err
-		}
-		frame = frame[n:]
-	}
-	// On HTTP/2 a deadline is a timer that resets the stream when it
-	// fires, with or without a write: it must not outlive the write.
-	if ew.timeout > 0 {
-		if err := ew.rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
-	ew.last = time.Now()
-	return nil
-}
-
-// writePiece writes and flushes piece within the write timeout.
-func (ew *eventWriter) writePiece(piece []byte) error {
-	if ew.timeout > 0 {
-		err := ew.rc.SetWriteDeadline(time.Now().Add(ew.timeout))
-		if err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
-	if _, err := ew.w.Write(piece); err != nil {
-		return err
-	}
-	return ew.rc.Flush()
-}
-
-func (ew *eventWriter) lastWrite() time.Time { return ew.last }
-
-// A heartbeatTicker wakes every stream of a handler a few times per
-// heartbeat period, so that each can send a heartbeat when it has been
-// silent long enough, without a timer per stream. One channel is closed and
-// replaced per tick.
-type heartbeatTicker struct {
-	// ch is read by every stream at every wake-up: an atomic load, not a
-	// lock that thousands of streams woken together would queue on.
-	ch atomic.Pointer[chan struct{}]
-}
-
-// heartbeatTicks is how many ticks a heartbeat period has: a heartbeat goes
-// out between one and 1+1/heartbeatTicks periods after the last write.
-const heartbeatTicks = 4
-
-func newHeartbeatTicker(ctx context.Context, heartbeat time.Duration) *heartbeatTicker {
-	t := new(heartbeatTicker)
-	ch := make(chan struct{})
-	t.ch.Store(&ch)
-	go func() {
-		ticker := time.NewTicker(max(heartbeat/heartbeatTicks, time.Millisecond))
-		defer ticker.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C:
-				ch := make(chan struct{})
-				close(*t.ch.Swap(&ch))
-			}
-		}
-	}()
-	return t
-}
-
-// tick returns a channel that is closed at the next tick.
-func (t *heartbeatTicker) tick() <-chan struct{} {
-	return *t.ch.Load()
 }

@@ -97,3 +97,32 @@ func FuzzEventFraming(f *testing.F) {
 		}
 	})
 }
+
+// TestEventKinds: every kind has a name of its own, the type label of the
+// sent metrics; each event's kind is found by its name, and a frame of
+// kind begins with the event field of that name.
+func TestEventKinds(t *testing.T) {
+	seen := map[string]bool{}
+	for k := range numEventKinds {
+		name := k.String()
+		if name == "" || seen[name] {
+			t.Errorf("kind %d is named %q", k, name)
+		}
+		seen[name] = true
+		if k == kindHeartbeat {
+			continue
+		}
+		if got := kindOf(name); got != k {
+			t.Errorf("kindOf(%q) = %v, want %v", name, got, k)
+		}
+		if f := newFrame(k, "e-1", []byte("{}")); f.kind != k || !strings.HasPrefix(string(f.bytes), "event: "+name+"\n") {
+			t.Errorf("a frame of kind %v: %v, %q", k, f.kind, f.bytes)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("kindOf of a name without a kind did not panic")
+		}
+	}()
+	kindOf("heartbeat")
+}

@@ -1,288 +1,100 @@
 package pollsse
 
 import (
-	"strconv"
-	"strings"
-	"sync"
+	"context"
+	"net/http"
 	"sync/atomic"
 	"time"
 )
 
-// An eventLog is the shared state that the subscribers of one topic read: the
-// current document, the recent events as encoded frames, the ids, and the
-// wake-up of subscribers when something is appended. The poller appends; each
-// subscriber keeps only a cursor into the log and reads what lies after it.
-//
-// This is the seam between producing events and delivering them: the log in
-// this file lives in one process's memory; a log shared through a store by
-// several Caddy instances implements the same methods.
-type eventLog interface {
-	// appendDocument records a new current document. event and data make the
-	// event that turns the previous document into doc; an empty event means
-	// there is none (the first document). A subscriber that reaches such a
-	// document, or a snapshot event (whose data is doc's), reads the
-	// snapshot of the current document.
-	appendDocument(doc *document, event string, data []byte)
-	// appendStatus records a change of the upstream's state. data is the
-	// status event's data; down tells whether the upstream is now failing,
-	// which subscribers that start from a snapshot are told after it, and
-	// those that wait for the first document are told at once.
-	appendStatus(data []byte, down bool)
-	// resume returns the cursor for a subscriber that last saw the event with
-	// the given id, or 0 when the id is unknown, malformed or too old, in
-	// which case the subscriber starts with a snapshot.
-	resume(lastEventID string) uint64
-	// read appends to buf the frames that a subscriber at cursor has not yet
-	// received, at most cap(buf), and returns them, the subscriber's new
-	// cursor and a channel that is closed when the log next changes. Cursor
-	// 0 reads a snapshot of the current document, then the status event of
-	// a failing upstream; while there is no document yet, it reads that
-	// status event alone, and the cursor after it, from which the first
-	// document is read as a snapshot after the status events before it. A
-	// cursor that has fallen out of the history reads a snapshot, then the
-	// latest status event if it comes after the cursor; the snapshot is
-	// left out when the cursor is past the current document (only status
-	// events came since), as it would repeat an id. A subscriber reads
-	// every status event, or the latest, in their order among the events:
-	// its idea of the upstream's state is always the current one.
-	read(cursor uint64, buf [][]byte) (frames [][]byte, next uint64, wake <-chan struct{})
-	// changed returns a channel that is closed when the log next changes.
-	changed() <-chan struct{}
+// A topic is one upstream URL with one set of forwarded header values,
+// polled for all of its subscribers together.
+type topic struct {
+	// key is url, followed by a keyed hash of header when headers are
+	// forwarded; it is never logged.
+	key string
+	// id names the topic in log lines and status events: a keyed hash of
+	// key (topicID), which tells topics of one URL apart without saying
+	// anything of their credentials.
+	id     string
+	url    string
+	header http.Header
+	log    eventLog
+	cancel context.CancelFunc
+	// upstreamState is what the topic's poller tells its streams besides
+	// the log.
+	upstreamState
+
+	// subscribers and lastLeave are guarded by hub.mu.
+	subscribers int
+	lastLeave   time.Time
 }
 
-// An entry is one event in a memoryLog.
-type entry struct {
-	// frame is the event as written to subscribers, shared by all of them;
-	// nil for a document that has no patch from the one before, or whose
-	// change is a whole snapshot: a subscriber that reaches it reads the
-	// snapshot of the current document, which says at least as much.
-	frame []byte
-	// status is set for a status event.
-	status bool
+// An upstreamState is what the poller of a topic tells the topic's streams
+// besides the log: whether the upstream refuses the topic's credentials,
+// and whether the topic's first document is in the log.
+type upstreamState struct {
+	// denied is 401 or 403 while the upstream's latest answer is that
+	// status, else 0.
+	denied atomic.Int32
+	// refused is closed and replaced whenever denied becomes non-zero, so
+	// that the streams still waiting for their first snapshot end.
+	refused atomic.Pointer[chan struct{}]
+	// documented is set once the poller has put the topic's first document
+	// in its log.
+	documented atomic.Bool
 }
 
-// A snapshotFrame is the snapshot event of one version of the document,
-// encoded the first time a subscriber needs it and then shared.
-type snapshotFrame struct {
-	once  sync.Once
-	doc   *document
-	id    string
-	pos   uint64
-	frame []byte
+// newTopic returns the topic of key, which polls url with the forwarded
+// header values header into log until cancel is called.
+func newTopic(key, id, url string, header http.Header, log eventLog, cancel context.CancelFunc) *topic {
+	t := &topic{key: key, id: id, url: url, header: header, log: log, cancel: cancel}
+	refused := make(chan struct{})
+	t.refused.Store(&refused)
+	return t
 }
 
-func (s *snapshotFrame) get() []byte {
-	s.once.Do(func() { s.frame = encodeEvent(eventSnapshot, s.id, s.doc.data) })
-	return s.frame
-}
-
-// epochs makes every memoryLog's epoch distinct within the process even when
-// two are created within one tick of the clock.
-var epochs atomic.Uint64
-
-// memoryLog is an eventLog held in this process's memory. Its ids are
-// "<epoch>-<position>": the epoch is taken from the clock when the log is
-// created, so that an id issued before a restart of Caddy (or before the
-// topic was stopped for being idle) is never taken for a newer event.
-type memoryLog struct {
-	epoch string
-
-	mu sync.RWMutex
-	// ring holds the last history entries; the entry at position p is
-	// ring[(p-1)%history]. Positions start at 1. It grows as entries come,
-	// so that a large history costs only the events it holds.
-	ring    []entry
-	history uint64
-	// head is the position of the newest entry, 0 while there is none.
-	head uint64
-	// snap is the snapshot of the current document, nil while there is none.
-	snap *snapshotFrame
-	// down is the status event of a failing upstream, sent after a snapshot.
-	down []byte
-	// status is the latest status event, at position statusPos (0 while
-	// there is none).
-	status    []byte
-	statusPos uint64
-	wake      chan struct{}
-}
-
-func newMemoryLog(history int) *memoryLog {
-	now := uint64(time.Now().UnixNano()) + epochs.Add(1)
-	return &memoryLog{
-		epoch:   strconv.FormatUint(now, 36),
-		history: uint64(max(history, 1)),
-		wake:    make(chan struct{}),
+// setDenied records whether the upstream's answer to the latest poll
+// refuses the topic's credentials: status is the upstream's HTTP status when the
+// poll failed for one, else 0. A refusal closes the channel of
+// refusedChan, which ends the streams still waiting for their first
+// snapshot.
+func (s *upstreamState) setDenied(status int) {
+	if !refusal(status) {
+		s.denied.Store(0)
+		return
+	}
+	if s.denied.Swap(int32(status)) == 0 {
+		ch := make(chan struct{})
+		close(*s.refused.Swap(&ch))
 	}
 }
 
-func (l *memoryLog) id(pos uint64) string {
-	return l.epoch + "-" + strconv.FormatUint(pos, 10)
+// refusal tells whether an upstream's HTTP status refuses the credentials
+// of the request.
+func refusal(status int) bool {
+	return status == http.StatusUnauthorized || status == http.StatusForbidden
 }
 
-// push appends one entry and wakes the subscribers. l.mu must be held.
-func (l *memoryLog) push(e entry) uint64 {
-	l.head++
-	if uint64(len(l.ring)) < l.history {
-		l.ring = append(l.ring, e)
-	} else {
-		l.ring[(l.head-1)%l.history] = e
-	}
-	close(l.wake)
-	l.wake = make(chan struct{})
-	return l.head
+// deniedStatus returns 401 or 403 while the upstream's latest answer
+// refused the topic's credentials, and 0 otherwise.
+func (s *upstreamState) deniedStatus() int { return int(s.denied.Load()) }
+
+// refusedChan returns a channel that is closed when the upstream next
+// refuses the topic's credentials.
+func (s *upstreamState) refusedChan() <-chan struct{} { return *s.refused.Load() }
+
+// setDocumented records that the topic's first document is in its log.
+func (s *upstreamState) setDocumented() { s.documented.Store(true) }
+
+// refusedBeforeSnapshot tells whether a stream whose last read of the log
+// came back empty should end: the upstream refuses the topic's credentials,
+// and the topic has no document, so that the stream has had no snapshot
+// (it may have had the status event of an earlier failure). Its browser
+// reconnects, and the new request gets the 401 or 403 as its response, so
+// that EventSource stops.
+func (s *upstreamState) refusedBeforeSnapshot() bool {
+	// denied first: a topic refused after its first document was
+	// documented before.
+	return s.denied.Load() != 0 && !s.documented.Load()
 }
-
-func (l *memoryLog) appendDocument(doc *document, event string, data []byte) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	pos := l.head + 1
-	l.snap = &snapshotFrame{doc: doc, id: l.id(pos), pos: pos}
-	// A change sent as a whole snapshot is not kept in the history: the
-	// subscribers that reach its entry read the current snapshot, which is
-	// its frame while it is current, encoded once when first read.
-	var frame []byte
-	if event != "" && event != eventSnapshot {
-		frame = encodeEvent(event, l.id(pos), data)
-	}
-	l.push(entry{frame: frame})
-}
-
-func (l *memoryLog) appendStatus(data []byte, down bool) {
-	frame := encodeEvent(eventStatus, "", data)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.down = nil
-	if down {
-		l.down = frame
-	}
-	l.status, l.statusPos = frame, l.push(entry{frame: frame, status: true})
-}
-
-func (l *memoryLog) changed() <-chan struct{} {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.wake
-}
-
-// entry returns the entry at position p, which must be held. l.mu must be
-// held.
-func (l *memoryLog) entry(p uint64) entry { return l.ring[(p-1)%l.history] }
-
-// oldest is the position of the oldest entry still held. l.mu must be held.
-func (l *memoryLog) oldest() uint64 {
-	if l.head > l.history {
-		return l.head - l.history + 1
-	}
-	return 1
-}
-
-// maxIDLength bounds the Last-Event-ID values worth parsing; longer ones are
-// never ours.
-const maxIDLength = 64
-
-func (l *memoryLog) resume(lastEventID string) uint64 {
-	if len(lastEventID) > maxIDLength {
-		return 0
-	}
-	epoch, p, ok := strings.Cut(lastEventID, "-")
-	if !ok || epoch != l.epoch {
-		return 0
-	}
-	pos, err := strconv.ParseUint(p, 10, 64)
-	if err != nil || pos == 0 || strconv.FormatUint(pos, 10) != p {
-		return 0
-	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	// Every entry after pos must still be held, and none of them may be a
-	// document without a patch, or the subscriber needs a snapshot.
-	if pos > l.head || pos+1 < l.oldest() {
-		return 0
-	}
-	for q := pos + 1; q <= l.head; q++ {
-		if l.entry(q).frame == nil {
-			return 0
-		}
-	}
-	return pos
-}
-
-func (l *memoryLog) read(cursor uint64, buf [][]byte) ([][]byte, uint64, <-chan struct{}) {
-	l.mu.RLock()
-	wake := l.wake
-	if cursor == l.head {
-		l.mu.RUnlock()
-		return buf, cursor, wake
-	}
-	from, start := cursor, len(buf)
-	// after is the status event that follows the snapshot of a subscriber
-	// that starts from one.
-	var after []byte
-	behind := false
-	switch {
-	case cursor == 0:
-		// A new subscriber: the upstream's state if it is failing.
-		after = l.down
-	case cursor+1 < l.oldest():
-		// A subscriber that fell behind the history: the latest status
-		// event, unless it has read it, for those that it missed.
-		behind = true
-		if l.statusPos > cursor {
-			after = l.status
-		}
-	default:
-		restart := false
-		for cursor < l.head && len(buf) < cap(buf) {
-			e := l.entry(cursor + 1)
-			if e.frame == nil {
-				// A document without a patch: the snapshot of the
-				// current document says it and everything after it,
-				// followed by the upstream's state if it is failing.
-				// Of the events before it, the status events are
-				// kept, which the snapshot does not say.
-				buf = buf[:start]
-				for p := from + 1; p <= cursor; p++ {
-					if e := l.entry(p); e.status {
-						buf = append(buf, e.frame)
-					}
-				}
-				after, restart = l.down, true
-				break
-			}
-			buf = append(buf, e.frame)
-			cursor++
-		}
-		if !restart {
-			l.mu.RUnlock()
-			return buf, cursor, wake
-		}
-	}
-	snap, head := l.snap, l.head
-	l.mu.RUnlock()
-	if snap == nil {
-		// No document yet: the upstream's state alone, while it is
-		// failing, and the subscriber reads the first document from
-		// there.
-		if after == nil {
-			return buf, from, wake
-		}
-		return append(buf, after), head, wake
-	}
-	if behind && snap.pos <= cursor {
-		// Only status events came after the subscriber's document, more
-		// than the history holds: it has the snapshot already, and the
-		// latest status says the rest. Sending it again would repeat its
-		// id in the stream.
-		if after != nil {
-			buf = append(buf, after)
-		}
-		return buf, head, wake
-	}
-	buf = append(buf, snap.get())
-	if after != nil {
-		buf = append(buf, after)
-	}
-	return buf, head, wake
-}
-
-var _ eventLog = (*memoryLog)(nil)

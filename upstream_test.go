@@ -1,8 +1,12 @@
 package pollsse
 
 import (
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -92,5 +96,131 @@ func TestUpstreamExpand(t *testing.T) {
 				t.Fatalf("expand = %q, %v; want %q", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestHostilePlaceholderValues sends values that try to take the upstream
+// request elsewhere through every kind of placeholder: each gets 400, and
+// neither the upstream nor a canary server named in the values receives a
+// request.
+func TestHostilePlaceholderValues(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	canary := newCanary(t)
+	canaryHost := strings.TrimPrefix(canary.URL, "http://")
+	routes := strings.Join([]string{
+		pollSSERoute("/segment", fmt.Sprintf(`"upstream":%q`, api.URL+"/items/{http.request.uri.query.id}")),
+		pollSSERoute("/query", fmt.Sprintf(`"upstream":%q`, api.URL+"/items?id={http.request.uri.query.id}")),
+		// Every other path, unmatched: Caddy's path matcher would clean
+		// some of the paths below into ones that do not match.
+		fmt.Sprintf(`{"handle":[{"handler":"poll_sse","upstream":%q}]}`, api.URL+"/v1{http.request.uri.path}"),
+	}, ",")
+	base := startCaddy(t, "["+routes+"]")
+
+	// Values as they are written in the request's query string (and so
+	// arrive decoded once), and paths as they are sent.
+	values := []struct{ name, value string }{
+		{"a dot dot segment", "../admin"},
+		{"dot dot segments with escaped slashes", "..%2F..%2Fadmin"},
+		{"an escaped dot dot", "%2e%2e"},
+		{"a doubly escaped dot dot segment", "%252e%252e%252fadmin"},
+		{"a backslash dot dot", `..%5Cadmin`},
+		{"another host after @", "@other-host/x"},
+		{"the canary after @", "@" + canaryHost + "/x"},
+		{"the canary after an escaped @", "%2540" + canaryHost},
+		{"a header after CR LF", "x%0d%0aHost:%20evil"},
+		{"a header after a doubly escaped CR LF", "x%250d%250aHost:%2520" + canaryHost},
+		{"a fragment", "x%23frag"},
+		{"a 10 KB value", strings.Repeat("a", 10<<10)},
+		{"invalid UTF-8", "%ff%fe"},
+		{"a NUL", "a%00b"},
+		{"a dot dot with a parameter", "..%3B/admin"},
+		{"a dot dot with an escaped parameter", "..%253B/admin"},
+	}
+	for _, route := range []string{"/segment", "/query"} {
+		values := values
+		if route == "/segment" {
+			// In a query value, a "/" is no separator.
+			values = append(values, struct{ name, value string }{"an empty segment before a host", "%2F" + canaryHost + "/x"})
+		}
+		for _, v := range values {
+			t.Run(route+" "+v.name, func(t *testing.T) {
+				if status, _ := getStatus(t, base+route+"?id="+v.value, nil); status != http.StatusBadRequest {
+					t.Errorf("status %d, want 400", status)
+				}
+			})
+		}
+	}
+	for _, p := range []struct{ name, path string }{
+		{"a dot dot segment with escaped slashes", "/path/..%2F..%2Fadmin"},
+		{"an escaped dot dot", "/path/x/%2e%2e/%2e%2e/admin"},
+		{"a dot dot segment", "/path/x/../../admin"},
+		{"CR LF", "/path/x%0d%0aHost:%20evil"},
+		{"the canary after @", "/path/%40" + canaryHost + "/x"},
+		{"a fragment", "/path/x%23frag"},
+		{"invalid UTF-8", "/path/%ff%fe"},
+		{"a dot dot with a parameter", "/path/x/..;/admin"},
+		{"an empty segment before a host", "//" + canaryHost + "/x"},
+	} {
+		t.Run("the whole path, "+p.name, func(t *testing.T) {
+			if status, _ := getStatus(t, base+p.path, nil); status != http.StatusBadRequest {
+				t.Errorf("status %d, want 400", status)
+			}
+		})
+	}
+	// A refused request leaves nothing to wait for: this is the time for
+	// a poll that it would have started to reach the upstream.
+	time.Sleep(50 * time.Millisecond)
+	if n := api.count.Load(); n != 0 {
+		for _, r := range api.requestLog() {
+			t.Logf("upstream received %s", r.URL)
+		}
+		t.Errorf("the upstream received %d requests", n)
+	}
+	if n := canary.count.Load(); n != 0 {
+		t.Errorf("the canary received %d requests", n)
+	}
+
+	// The same routes with ordinary values reach the upstream.
+	for _, u := range []string{"/segment?id=bob@example.com", "/query?id=a%20b/c", "/path/a/b"} {
+		sc := openStream(t, http.DefaultClient, base+u, "")
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
+			t.Errorf("%s: got %+v", u, ev)
+		}
+		sc.close()
+	}
+	var got []string
+	for _, r := range api.requestLog() {
+		got = append(got, r.URL.RequestURI())
+	}
+	for _, want := range []string{"/items/bob@example.com", "/items?id=a+b%2Fc", "/v1/path/a/b"} {
+		found := false
+		for _, g := range got {
+			found = found || g == want
+		}
+		if !found {
+			t.Errorf("the upstream did not receive %s; it received %v", want, got)
+		}
+	}
+}
+
+func TestRefusedPlaceholderValues(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q`, api.URL+"/items/{http.request.uri.query.id}"))+"]")
+	for _, id := range []string{"..", "%2e%2e", "../admin", "x%0d%0aHost:%20evil", "%ff%fe"} {
+		resp, err := http.Get(base + "/events?id=" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("id=%s: status %d %q, want 400", id, resp.StatusCode, body)
+		}
+	}
+	// A refused request leaves nothing to wait for: this is the time for
+	// a poll that it would have started to reach the upstream.
+	time.Sleep(100 * time.Millisecond)
+	if n := api.count.Load(); n != 0 {
+		t.Errorf("the upstream received %d requests", n)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -110,11 +109,7 @@ func (c *client) run(s *swarm, host string, sem chan struct{}) {
 	defer release()
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if c.slow && s.slowRcvBuf > 0 {
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) {
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, s.slowRcvBuf)
-			})
-		}
+		d.Control = rcvBufControl(s.slowRcvBuf)
 	}
 	nc, err := d.Dial("tcp", host)
 	if err != nil {

@@ -19,6 +19,10 @@
 // as a hub that is published to with -publish (BENCHMARKS.md measures
 // nginx + Nchan so). Every wait is bounded, and the whole run ends after
 // -timeout.
+//
+// It runs on Linux only: it reads the CPU, memory and open files of the
+// server and of itself from /proc. On other systems it builds, and says so
+// when it is run.
 package main
 
 import (
@@ -66,6 +70,8 @@ type options struct {
 	pprof        string
 	pause        bool
 	accessLog    bool
+	instances    int
+	redis        string
 }
 
 func main() {
@@ -95,6 +101,8 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "end the whole run after this long")
 	flag.StringVar(&o.pprof, "pprof", "", "enable Caddy's admin endpoint on this address, for /debug/pprof")
 	flag.BoolVar(&o.pause, "pause", false, "after holding the idle streams, wait for Enter before the events (to profile)")
+	flag.IntVar(&o.instances, "instances", 1, "Caddy instances on one Redis (the redis store), -n subscribers of each topic on each; more than 1 reports what Redis adds per change")
+	flag.StringVar(&o.redis, "redis", "", "with -instances: the Redis URL to use; empty: start a redis-server on a free loopback port")
 	flag.BoolVar(&o.accessLog, "access-log", false, "turn the server's access logs on (Caddy then wraps the connections, and streams stay on their goroutines)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -106,8 +114,11 @@ func main() {
 func run(o options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
+	if err := checkSystem(); err != nil {
+		return err
+	}
 	nofile := raiseOpenFiles()
-	if total := o.n * o.topics; uint64(total)+64 > nofile {
+	if total := o.n * o.topics * max(o.instances, 1); uint64(total)+64 > nofile {
 		return fmt.Errorf("%d clients need more open files than this process's limit of %d", total, nofile)
 	}
 	if o.target == "" && o.caddy == "" {
@@ -123,6 +134,9 @@ func run(o options) error {
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("building caddy: %w", err)
 		}
+	}
+	if o.instances > 1 {
+		return runInstances(ctx, o)
 	}
 	fmt.Printf("pollsse-bench: %d topic(s) × %d subscribers, %d events, interval %s, slow %.0f%%, %d trial(s)\n",
 		o.topics, o.n, o.events, o.interval, o.slow*100, o.trials)

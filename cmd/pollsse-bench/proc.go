@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -9,87 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
-
-// clockTicks is USER_HZ, the unit of utime and stime in /proc: 100 on Linux.
-const clockTicks = 100
-
-// cpuSeconds returns the user+system CPU time of process pid ("self" for
-// this one), from /proc/PID/stat.
-func cpuSeconds(pid string) float64 {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name is in parentheses and may hold spaces: fields
-	// count from after its closing parenthesis, where field 3 (state) is.
-	i := bytes.LastIndexByte(b, ')')
-	f := strings.Fields(string(b[i+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64) // field 14
-	stime, _ := strconv.ParseFloat(f[12], 64) // field 15
-	return (utime + stime) / clockTicks
-}
-
-// machineBusy returns the seconds all CPUs of the machine were not idle,
-// from /proc/stat: what the server and this tool used, and everyone else.
-func machineBusy() float64 {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	var total, idle float64
-	for i, f := range strings.Fields(line)[1:] {
-		v, _ := strconv.ParseFloat(f, 64)
-		if i < 8 { // user nice system idle iowait irq softirq steal
-			total += v
-		}
-		if i == 3 || i == 4 {
-			idle += v
-		}
-	}
-	return (total - idle) / clockTicks
-}
-
-// rssKB returns the resident set size of process pid in KB (VmRSS).
-func rssKB(pid string) int64 {
-	b, err := os.ReadFile("/proc/" + pid + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-// openFiles returns how many file descriptors process pid holds.
-func openFiles(pid string) int {
-	ents, err := os.ReadDir("/proc/" + pid + "/fd")
-	if err != nil {
-		return -1
-	}
-	return len(ents)
-}
-
-// raiseOpenFiles raises this process's soft RLIMIT_NOFILE to its hard limit
-// and returns the new soft limit.
-func raiseOpenFiles() uint64 {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0
-	}
-	lim.Cur = lim.Max
-	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
-	return lim.Cur
-}
 
 // A caddyProcess is a Caddy started by the tool for one trial.
 type caddyProcess struct {
@@ -108,6 +29,8 @@ type serverConfig struct {
 	pprof        string // admin listen address for /debug/pprof, "" for none
 	// accessLog turns the server's access logs on, written to a file.
 	accessLog bool
+	// store is the handler's store module, nil for its default.
+	store map[string]any
 }
 
 // caddyJSON returns the config: one server on port, /sse/<topic> streaming
@@ -123,6 +46,9 @@ func caddyJSON(port int, dir string, sc serverConfig) []byte {
 	}
 	if sc.heartbeat > 0 {
 		handler["heartbeat"] = sc.heartbeat.String()
+	}
+	if sc.store != nil {
+		handler["store"] = sc.store
 	}
 	admin := map[string]any{"disabled": true}
 	if sc.pprof != "" {

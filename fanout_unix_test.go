@@ -1,0 +1,113 @@
+//go:build unix
+
+// The tests of the streams that the handler takes over from net/http,
+// which it does on the systems that can write a socket without blocking
+// (canDetach).
+
+package pollsse
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// limitSocket sets the receive buffer of the socket of rc to rcvbuf bytes,
+// and its largest segment to mss bytes unless mss is 0, for a net.Dialer's
+// Control.
+func limitSocket(rc syscall.RawConn, rcvbuf, mss int) error {
+	return rc.Control(func(fd uintptr) {
+		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+		if mss > 0 {
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, mss)
+		}
+	})
+}
+
+func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
+	streams := openStreams(t, base+"/events", 20)
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	if n := strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream("); n != 0 {
+		t.Errorf("%d goroutines run a stream loop for 20 HTTP/1.1 clients, want 0", n)
+	}
+	if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
+		t.Errorf("%d group goroutines for one topic, want 1", n)
+	}
+	api.set(`{"a":2}`)
+	for i, sc := range streams {
+		if ev := sc.next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/a","value":2}]`) {
+			t.Fatalf("client %d got %+v, want the patch", i, ev)
+		}
+	}
+}
+
+// TestClientThatSendsDataOnItsStreamIsEnded: a browser sends nothing after
+// its request on a stream. A client that sends more than a few bytes,
+// with its request or later, has its stream ended, on both paths whose
+// connections Caddy takes over, and the other subscribers carry on.
+func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
+	api := newFakeAPI(t, `{"n":0}`)
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
+		`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))
+	junk := bytes.Repeat([]byte("junk\r\n"), 1<<20)
+	n := 0
+	for _, p := range paths {
+		if !p.takenOver {
+			continue
+		}
+		for _, when := range []string{"after its snapshot", "with its request"} {
+			t.Run(p.name+", "+when, func(t *testing.T) {
+				other := openStream(t, http.DefaultClient, p.url, "")
+				if ev := other.next(5 * time.Second); ev.name != "snapshot" {
+					t.Fatalf("the other stream began with %+v", ev)
+				}
+				u, _ := url.Parse(p.url)
+				conn, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				request := fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", u.Path, u.Host)
+				if when == "with its request" {
+					request = append(request, junk[:4<<10]...)
+				}
+				conn.Write(request)
+				conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("got %v, %v; want a stream", resp, err)
+				}
+				if when == "after its snapshot" {
+					br := bufio.NewReader(resp.Body)
+					if ev := nextNamed(t, br); ev.name != "snapshot" {
+						t.Fatalf("the stream began with %+v", ev)
+					}
+					// The write fails once the server has closed the
+					// connection.
+					go conn.Write(junk)
+					resp.Body = io.NopCloser(br)
+				}
+				if _, err := io.Copy(io.Discard, resp.Body); isTimeout(err) {
+					t.Fatal("the stream of the client that sent data did not end")
+				}
+				n++
+				api.set(fmt.Sprintf(`{"n":%d}`, n))
+				if ev := other.next(5 * time.Second); ev.name != "patch" {
+					t.Fatalf("the other stream got %+v, want the patch", ev)
+				}
+			})
+		}
+	}
+}
