@@ -249,7 +249,9 @@ var (
 // churner creates templated topics by the hundred, reads each briefly and
 // abandons it; the handler stops them after their idle timeout, and at
 // max_topics (12 on that route) evicts idle ones or refuses new ones with
-// 503. Now and then it asks for a value that must be refused with 400.
+// 503; beyond max_new_topics, the new ones are refused with 429 and a
+// Retry-After. Now and then it asks for a value that must be refused with
+// 400.
 func (s *soak) churner(ctx context.Context, rng *rand.Rand) {
 	for ctx.Err() == nil {
 		in := pick(rng, s.insts)
@@ -312,6 +314,14 @@ func (s *soak) churner(ctx context.Context, rng *rand.Rand) {
 					s.fail("a client of %s: %v", t.name, res.err)
 				case res.status == 503:
 					s.stats.tmplCapped.Add(1)
+				case res.status == 429:
+					// max_new_topics: the client address creates
+					// topics faster than the route allows, and is
+					// told when it may create another.
+					if n, err := strconv.Atoi(res.retryAfter); err != nil || n < 1 || n > tmplNewTopicsPer {
+						s.fail("a client of %s refused by max_new_topics got Retry-After %q, want 1 to %d seconds", t.name, res.retryAfter, tmplNewTopicsPer)
+					}
+					s.stats.tmplLimited.Add(1)
 				case res.status == 0 || res.status == 200 || s.refusalAllowed(res):
 				default:
 					s.fail("a client of %s: %v", t.name, unexpected(b, res))

@@ -33,6 +33,9 @@ type handlerConfig struct {
 	retry     time.Duration
 	// logLevel is Caddy's log level.
 	logLevel string
+	// redisURL, when set, puts every route's topics in the redis store
+	// at that URL, shared by all the instances.
+	redisURL string
 }
 
 // The handlers' settings, the same for every run: short enough that a
@@ -48,15 +51,38 @@ const (
 	maxBackoff    = 2 * time.Second
 	maxBody       = 2 << 20
 	tmplMaxTopics = 12
+	// tmplNewTopics per tmplNewTopicsPer seconds is the max_new_topics
+	// of the templated route, which all the soak's clients (one address)
+	// exceed now and then; the other routes allow many more, so that
+	// their topics are recreated after every restart.
+	tmplNewTopics    = 40
+	tmplNewTopicsPer = 10
+	otherNewTopics   = 10000
 	// stillHistory is the history of the flapping topic, short so that a
 	// stalled reader falls out of it.
 	stillHistory = 4
 	readHeader   = 5 * time.Second
+	// redisLease is the lease of a topic on the redis store: how long the
+	// topics of an instance killed at once go unpolled at most.
+	redisLease = time.Second
 )
 
 // caddyfile returns the configuration of one instance.
 func caddyfile(in *instance, hc handlerConfig) string {
 	route := func(route string, history int, maxBody int64) string {
+		// Each instance names itself to the upstream in a header, unless
+		// they share a store: the values of header_up make a topic's
+		// identity, and the upstream asks the system instead.
+		instanceHeader := "\t\t\theader_up X-Soak-Instance {env.SOAK_INSTANCE}\n"
+		store := ""
+		if hc.redisURL != "" {
+			instanceHeader = ""
+			store = fmt.Sprintf("\t\t\tstore redis {\n\t\t\t\turl %s\n\t\t\t\tlease %s\n\t\t\t}\n", hc.redisURL, redisLease)
+		}
+		newTopics := fmt.Sprintf("%d 1m", otherNewTopics)
+		if route == "t" {
+			newTopics = fmt.Sprintf("%d %ds", tmplNewTopics, tmplNewTopicsPer)
+		}
 		return fmt.Sprintf(`			interval %s
 			history %d
 			timeout %s
@@ -66,8 +92,8 @@ func caddyfile(in *instance, hc handlerConfig) string {
 			max_backoff %s
 			max_body %d
 			header_up X-Soak-Gen %s%d
-			header_up X-Soak-Instance {env.SOAK_INSTANCE}
-`, pollInterval, history, upTimeout, writeTimeout, hc.heartbeat, hc.retry, maxBackoff, maxBody, route, hc.gens[route])
+%s			max_new_topics %s
+%s`, pollInterval, history, upTimeout, writeTimeout, hc.heartbeat, hc.retry, maxBackoff, maxBody, route, hc.gens[route], instanceHeader, newTopics, store)
 	}
 	common := func(r string) string { return route(r, history, maxBody) }
 	return fmt.Sprintf(`{
@@ -335,6 +361,25 @@ func (in *instance) stop() error {
 	return err
 }
 
+// kill9 kills the process with SIGKILL, as a crash or the OOM killer
+// would: it closes nothing and gives up no lease.
+func (in *instance) kill9() error {
+	in.mu.Lock()
+	cmd, exited := in.cmd, in.exited
+	in.cmd = nil
+	in.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	cmd.Process.Kill()
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(20 * time.Second):
+		return errors.New("the process did not end within 20s of SIGKILL")
+	}
+}
+
 // kill ends the process at once, at the end of a failed run.
 func (in *instance) kill() {
 	in.mu.Lock()
@@ -480,6 +525,33 @@ func (in *instance) sample(gc bool) (sample, error) {
 		}
 	}
 	return s, nil
+}
+
+// storeMetrics reads the process's count of failed calls to the shared
+// store and its number of topics whose store is down (/metrics).
+func (in *instance) storeMetrics() (errs, down float64, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.admin()+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, m := range metricLine.FindAllStringSubmatch(string(b), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		switch m[1] {
+		case "caddy_http_poll_sse_store_errors_total":
+			errs += v
+		case "caddy_http_poll_sse_store_topics_down":
+			down += v
+		}
+	}
+	return errs, down, nil
 }
 
 // certPool returns the roots of the instance's CA.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,7 +19,8 @@ import (
 //     (patch.go);
 //   - a patch takes it to a newer version, a snapshot never to an older
 //     one, and its document is never another user's;
-//   - within a stream, ids are "<epoch>-<position>" of one epoch and each
+//   - within a stream, ids are "<epoch>-<position>" of one epoch (with a
+//     "-<check>" after them on the redis store) and each
 //     patch is at the position right after the last id plus the status
 //     events between (which take a position each and have no id): no
 //     duplicate, no gap; a snapshot restarts the stream at a later
@@ -26,17 +28,29 @@ import (
 //   - a stream that resumes from an id of its topic continues right after
 //     it, or starts with a snapshot when the id is too old (checked once
 //     the positions in between are known, see ledger); one that resumes
-//     from an expired, malformed or foreign id starts with a snapshot.
+//     from an expired, malformed or foreign id starts with a snapshot;
+//   - an id carries the same event, byte for byte, on every stream and
+//     every instance.
 
-// An eventID is an id of the handler: "<epoch>-<position>".
+// An eventID is an id of the handler: "<epoch>-<position>" on the memory
+// store; "<epoch>-<position>-<check>" of Redis's log on the redis store,
+// whose instances issue "L<epoch>-<position>" of their own while Redis is
+// out of reach.
 type eventID struct {
 	epoch string
 	pos   uint64
+	check string
 }
 
-func (id eventID) String() string { return id.epoch + "-" + strconv.FormatUint(id.pos, 10) }
+func (id eventID) String() string {
+	s := id.epoch + "-" + strconv.FormatUint(id.pos, 10)
+	if id.check != "" {
+		s += "-" + id.check
+	}
+	return s
+}
 
-var idPattern = regexp.MustCompile(`^([0-9a-z]+)-([1-9][0-9]*)$`)
+var idPattern = regexp.MustCompile(`^([0-9a-z]+|L[0-9a-f]+)-([1-9][0-9]*)(?:-([0-9a-f]+))?$`)
 
 // parseID parses an id of the handler.
 func parseID(s string) (eventID, bool) {
@@ -48,7 +62,7 @@ func parseID(s string) (eventID, bool) {
 	if err != nil {
 		return eventID{}, false
 	}
-	return eventID{m[1], pos}, true
+	return eventID{m[1], pos, m[3]}, true
 }
 
 // An sseEvent is what an EventSource makes of one block of the stream.
@@ -142,8 +156,9 @@ type streamCheck struct {
 	lastSnapshot, statusFirst bool
 	lastIDEvent               int
 	// changed is set when the event made the document move to a new
-	// version.
-	changed bool
+	// version, and switched when it moved the stream to another epoch of
+	// a shared store (whose document may be older).
+	changed, switched bool
 }
 
 func newStreamCheck(b *browser, r resume, l *ledger, retryMS string) *streamCheck {
@@ -164,7 +179,7 @@ func isBroken(err error) bool {
 
 // event checks one event received at at.
 func (c *streamCheck) event(ev sseEvent, at time.Time) error {
-	c.changed = false
+	c.changed, c.switched = false, false
 	if ev.retry != "" && ev.name == "" && ev.data == "" && !ev.hasID {
 		if c.retry != "" && ev.retry != c.retry {
 			return broken("retry field %q, want %q", ev.retry, c.retry)
@@ -181,6 +196,7 @@ func (c *streamCheck) event(ev sseEvent, at time.Time) error {
 			return broken("status event with an id %q", ev.id)
 		}
 		var st struct {
+			Store    string `json:"store"`
 			Upstream string `json:"upstream"`
 			Topic    string `json:"topic"`
 			Status   int    `json:"status"`
@@ -189,6 +205,14 @@ func (c *streamCheck) event(ev sseEvent, at time.Time) error {
 		}
 		if err := json.Unmarshal([]byte(ev.data), &st); err != nil {
 			return broken("status event whose data is not JSON: %q", ev.data)
+		}
+		if st.Store == "down" || st.Store == "up" {
+			// The redis store's own state, told by the instance
+			// alone: it takes no position in Redis's log.
+			if !c.l.shared || ev.data != `{"store":"`+st.Store+`"}` {
+				return broken("status event %s", ev.data)
+			}
+			return nil
 		}
 		if st.Upstream != "up" && st.Upstream != "down" || len(st.Topic) != 12 || st.Upstream == "down" && (st.Error == "" || st.Retry <= 0) {
 			return broken("status event %s", ev.data)
@@ -211,6 +235,9 @@ func (c *streamCheck) event(ev sseEvent, at time.Time) error {
 	}
 	if ev.name != "snapshot" && ev.name != map[string]string{"json_patch": "patch", "merge_patch": "merge"}[c.b.topic.mode] {
 		return broken("%s event on a %s topic", ev.name, c.b.topic.mode)
+	}
+	if err := c.l.sameData(c.r.instance, c.b.topic.name, ev.name, id, ev.data, at); err != nil {
+		return err
 	}
 	if err := c.position(ev.name, id, at); err != nil {
 		return err
@@ -252,7 +279,7 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 			if !c.r.own || c.r.id.epoch != id.epoch {
 				return broken("the stream began with %s %s, which continues nothing it sent (resumed from %q)", name, id, c.r.sent)
 			}
-			if want := c.r.id.pos + 1 + uint64(k); id.pos != want {
+			if want := c.r.id.pos + 1 + c.statusPositions(id.epoch, k); id.pos != want {
 				return broken("resumed from %s and got %s %s after %d status events: want position %d (a gap or a duplicate)", c.r.id, name, id, k, want)
 			}
 			c.replayed = true
@@ -265,7 +292,16 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 		return nil
 	}
 	if id.epoch != c.epoch {
-		return broken("%s %s after %s-%d in the same stream: the epoch changed", name, id, c.epoch, c.lastPos)
+		// On a shared store, an instance that finds the store out of
+		// reach numbers the events it polls alone in an epoch of its
+		// own, which its streams go on with, and goes back to Redis's
+		// log with a snapshot; Redis's log starts a new epoch, with a
+		// snapshot, when its keys were lost.
+		if !c.l.shared || name != "snapshot" && !localEpoch(id.epoch) {
+			return broken("%s %s after %s-%d in the same stream: the epoch changed", name, id, c.epoch, c.lastPos)
+		}
+		c.resumedAt, c.switched = 0, true
+		return nil
 	}
 	if c.resumedAt != 0 {
 		// The log's head when the stream resumed was at most where this
@@ -274,8 +310,8 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 		c.l.deferResume(c.r.instance, id.epoch, c.b.topic.name, c.r.id.pos, c.resumedAt, id.pos-uint64(k), at)
 		c.resumedAt = 0
 	}
-	fresh := uint64(k)
-	if oldFirst {
+	fresh := c.statusPositions(id.epoch, k)
+	if oldFirst && fresh > 0 {
 		fresh--
 	}
 	want := c.lastPos + 1 + fresh
@@ -300,6 +336,20 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 	return nil
 }
 
+// localEpoch tells whether epoch is one that an instance of a shared store
+// numbers its events in while the store is out of reach.
+func localEpoch(epoch string) bool { return strings.HasPrefix(epoch, "L") }
+
+// statusPositions is how many positions k status events take in a log of
+// epoch: one each, but none in an instance's own epoch of a shared store,
+// whose positions count its documents.
+func (c *streamCheck) statusPositions(epoch string, k int) uint64 {
+	if c.l.shared && localEpoch(epoch) {
+		return 0
+	}
+	return uint64(k)
+}
+
 // apply applies an event to the browser's document and checks the result
 // against the upstream's version.
 func (c *streamCheck) apply(ev sseEvent) error {
@@ -316,7 +366,7 @@ func (c *streamCheck) apply(ev sseEvent) error {
 	switch {
 	case ev.name != "snapshot" && res.version <= b.version:
 		return broken("%s %s took the document of %s from version %d to %d: a change must move it forward", ev.name, ev.id, b.topic.name, b.version, res.version)
-	case res.version < b.version && c.instance() == b.instance:
+	case res.version < b.version && c.instance() == b.instance && !c.switched:
 		return broken("snapshot %s took the document of %s back from version %d to %d", ev.id, b.topic.name, b.version, res.version)
 	}
 	b.tree, b.doc, b.hash, b.version, b.instance = res.tree, res.canon, res.hash, res.version, c.instance()
@@ -404,6 +454,10 @@ const (
 type ledger struct {
 	history int
 	v       violations
+	// shared is set when the instances share a store: the positions of
+	// Redis's epochs are the same on every instance, and so is their
+	// ledger.
+	shared bool
 
 	mu      sync.Mutex
 	logs    map[string]*logLedger
@@ -413,14 +467,39 @@ type ledger struct {
 }
 
 // A logLedger is what is known of one topic log, of one epoch on one
-// instance.
+// instance (or on all, for an epoch of a shared store).
 type logLedger struct {
 	topic    string
 	instance string
 	kinds    map[uint64]entryKind
-	max      uint64
-	first    time.Time
+	// ids are the ids read at the positions that have one, and sent the
+	// hash of the data that each event with an id carried.
+	ids   map[uint64]string
+	sent  map[sentKey]sentEvent
+	max   uint64
+	first time.Time
 }
+
+// A sentKey is an event with an id: its name, since a position is sent as a
+// patch to some and as a snapshot to others, and its id.
+type sentKey struct {
+	name, id string
+}
+
+// A sentEvent is the data that an event carried the first time a stream
+// read it.
+type sentEvent struct {
+	pos      uint64
+	hash     uint64
+	instance string
+}
+
+// maxSent bounds the events a logLedger keeps the data of: beyond it, it
+// forgets those well before the newest.
+const maxSent = 4096
+
+// dataSeed hashes events' data.
+var dataSeed = maphash.MakeSeed()
 
 type pendingResume struct {
 	key   string
@@ -435,14 +514,60 @@ func newLedger(history int, v violations) *ledger {
 	return &ledger{history: history, v: v, logs: map[string]*logLedger{}}
 }
 
+// key returns the key of the ledger of a log of epoch read on instance: on
+// a shared store, an epoch of Redis's log is the same log on every
+// instance.
+func (l *ledger) key(instance, epoch string) string {
+	if l.shared && !localEpoch(epoch) {
+		return epoch
+	}
+	return instance + " " + epoch
+}
+
 func (l *ledger) log(instance, epoch, topic string, at time.Time) *logLedger {
-	key := instance + " " + epoch
+	key := l.key(instance, epoch)
 	ll := l.logs[key]
 	if ll == nil {
-		ll = &logLedger{topic: topic, instance: instance, kinds: map[uint64]entryKind{}, first: at}
+		ll = &logLedger{topic: topic, instance: instance, kinds: map[uint64]entryKind{}, ids: map[uint64]string{}, sent: map[sentKey]sentEvent{}, first: at}
 		l.logs[key] = ll
 	}
 	return ll
+}
+
+// sameData checks that the event name with id, read on instance, carries
+// the data that every other stream read with that id: on every instance,
+// when the store is shared.
+func (l *ledger) sameData(instance, topic, name string, id eventID, data string, at time.Time) error {
+	h := maphash.String(dataSeed, data)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ll := l.log(instance, id.epoch, topic, at)
+	k := sentKey{name, id.String()}
+	if old, ok := ll.sent[k]; ok {
+		if old.hash != h {
+			return broken("%s %s of %s read on %s carries other data than it did on %s", name, id, topic, instance, old.instance)
+		}
+		return nil
+	}
+	if len(ll.sent) >= maxSent {
+		newest := uint64(0)
+		for _, e := range ll.sent {
+			newest = max(newest, e.pos)
+		}
+		for k, e := range ll.sent {
+			if e.pos+maxSent/2 < newest {
+				delete(ll.sent, k)
+			}
+		}
+		for p := range ll.ids {
+			if p+maxSent/2 < newest {
+				delete(ll.ids, p)
+			}
+		}
+	}
+	ll.sent[k] = sentEvent{id.pos, h, instance}
+	ll.ids[id.pos] = id.String()
+	return nil
 }
 
 // record notes that the positions after from up to upto hold status events
@@ -487,7 +612,7 @@ func (l *ledger) deferResume(instance, epoch, topic string, from, to, head uint6
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.log(instance, epoch, topic, at)
-	l.pending = append(l.pending, pendingResume{key: instance + " " + epoch, topic: topic, from: from, to: to, head: head, checkAt: at.Add(3 * time.Second)})
+	l.pending = append(l.pending, pendingResume{key: l.key(instance, epoch), topic: topic, from: from, to: to, head: head, checkAt: at.Add(3 * time.Second)})
 }
 
 // checkResumes checks the resumes noted before now.
@@ -542,18 +667,17 @@ func (l *ledger) expiredID(instance, topic string) (string, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var best *logLedger
-	var bestEpoch string
-	for key, ll := range l.logs {
-		if ll.topic == topic && ll.instance == instance && (best == nil || ll.first.After(best.first)) {
-			best, bestEpoch = ll, strings.TrimPrefix(key, instance+" ")
+	for _, ll := range l.logs {
+		if ll.topic == topic && (ll.instance == instance || l.shared) && (best == nil || ll.first.After(best.first)) {
+			best = ll
 		}
 	}
 	if best == nil || best.max < uint64(l.history)+16 {
 		return "", false
 	}
 	for p := uint64(1); p+uint64(l.history)+12 <= best.max; p++ {
-		if best.kinds[p] == entryPatch || best.kinds[p] == entryDocument {
-			return eventID{bestEpoch, p}.String(), true
+		if id, ok := best.ids[p]; ok {
+			return id, true
 		}
 	}
 	return "", false
@@ -565,16 +689,15 @@ func (l *ledger) foreignID(instance, topic string, pick func(n int) int) (string
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var ids []string
-	for key, ll := range l.logs {
-		if ll.topic == topic && ll.instance == instance || ll.max == 0 {
+	for _, ll := range l.logs {
+		// On a shared store, the topic's log is the same on every
+		// instance.
+		if ll.topic == topic && (ll.instance == instance || l.shared) || ll.max == 0 {
 			continue
 		}
-		_, epoch, _ := strings.Cut(key, " ")
-		for p, k := range ll.kinds {
-			if k == entryPatch || k == entryDocument {
-				ids = append(ids, eventID{epoch, p}.String())
-				break
-			}
+		for _, id := range ll.ids {
+			ids = append(ids, id)
+			break
 		}
 		if len(ids) > 64 {
 			break

@@ -96,9 +96,9 @@ func TestStreamChecksPassWhatTheHandlerSends(t *testing.T) {
 			snap("e-3", fakeDocs[3]), status(down), patchEv("e-4", toV4)}},
 		{"a snapshot whose status events the stream skipped", resume{}, []sseEvent{
 			snap("e-3", fakeDocs[3]), patchEv("e-9", toV4)}},
-		{"a resume replayed from right after its id", resume{sent: "e-2", id: eventID{"e", 2}, own: true}, []sseEvent{
+		{"a resume replayed from right after its id", resume{sent: "e-2", id: eventID{epoch: "e", pos: 2}, own: true}, []sseEvent{
 			status(down), patchEv("e-4", toV3), patchEv("e-5", toV4)}},
-		{"a resume answered by a snapshot", resume{sent: "e-2", id: eventID{"e", 2}, own: true}, []sseEvent{
+		{"a resume answered by a snapshot", resume{sent: "e-2", id: eventID{epoch: "e", pos: 2}, own: true}, []sseEvent{
 			snap("e-9", fakeDocs[3]), patchEv("e-10", toV4)}},
 		{"an expired id answered by a snapshot", resume{sent: "e-1", mustSnapshot: true, why: "expired"}, []sseEvent{
 			snap("f-7", fakeDocs[4]), patchEv("f-8", toV5)}},
@@ -135,13 +135,14 @@ func TestStreamChecksCatchWhatABrokenHandlerWouldSend(t *testing.T) {
 		{"a snapshot that goes back", "", "", resume{}, []sseEvent{v1, v2, snap("e-3", fakeDocs[1])}, "back from version 2 to 1"},
 		{"a snapshot that goes back on the same instance", "", "", resume{instance: "i1r1"}, []sseEvent{v1, v2, snap("e-3", fakeDocs[1])}, "back from version 2 to 1"},
 		{"a patch that does not apply", "", "", resume{}, []sseEvent{v1, patchEv("e-2", `[{"op":"remove","path":"/nope"}]`)}, "does not apply"},
-		{"a patch before any snapshot", "", "", resume{sent: "e-1", id: eventID{"e", 1}, own: true}, []sseEvent{patchEv("x-2", toV2)}, "continues nothing"},
+		{"a patch before any snapshot", "", "", resume{sent: "e-1", id: eventID{epoch: "e", pos: 1}, own: true}, []sseEvent{patchEv("x-2", toV2)}, "continues nothing"},
 		{"a gap", "", "", resume{}, []sseEvent{v1, v2, patchEv("e-4", toV3)}, "a gap"},
-		{"a duplicate", "", "", resume{}, []sseEvent{v1, v2, patchEv("e-2", toV3)}, "a duplicate"},
+		{"a duplicate", "", "", resume{}, []sseEvent{v1, v2, v2}, "a duplicate"},
+		{"an id with other data", "", "", resume{}, []sseEvent{v1, v2, patchEv("e-2", toV3)}, "carries other data"},
 		{"a snapshot before the position it must be at", "", "", resume{}, []sseEvent{v1, v2, status(down), snap("e-3", fakeDocs[3])}, "before position 4"},
 		{"another epoch within a stream", "", "", resume{}, []sseEvent{v1, patchEv("f-2", toV2)}, "the epoch changed"},
-		{"a resume that skips an event", "", "", resume{sent: "e-1", id: eventID{"e", 1}, own: true}, []sseEvent{patchEv("e-3", toV3)}, "want position 2"},
-		{"a resume that repeats its last event", "", "", resume{sent: "e-2", id: eventID{"e", 2}, own: true}, []sseEvent{patchEv("e-2", toV3)}, "want position 3"},
+		{"a resume that skips an event", "", "", resume{sent: "e-1", id: eventID{epoch: "e", pos: 1}, own: true}, []sseEvent{patchEv("e-3", toV3)}, "want position 2"},
+		{"a resume that repeats its last event", "", "", resume{sent: "e-2", id: eventID{epoch: "e", pos: 2}, own: true}, []sseEvent{patchEv("e-2", toV3)}, "want position 3"},
 		{"a replay for an id that cannot be resumed from", "", "", resume{sent: "e-1x", mustSnapshot: true, why: "malformed"}, []sseEvent{patchEv("e-2", toV2)}, "not a snapshot"},
 		{"another user's document", "", "alice", resume{}, []sseEvent{snap("e-1", fakeDocs[7])}, `sees the document of user "bob"`},
 		{"a status event with an id", "", "", resume{}, []sseEvent{v1, {name: "status", id: "e-2", hasID: true, data: up}}, "status event with an id"},
@@ -220,7 +221,7 @@ func TestLedgerCatchesAResumeAnsweredByASnapshotThatThePositionsRuledOut(t *test
 			// A browser at e-1 resumes and is sent a snapshot of position 3.
 			b := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
 			stream(t, b, l, resume{}, now, snap("e-1", fakeDocs[1]))
-			stream(t, b, l, resume{sent: "e-1", id: eventID{"e", 1}, own: true}, now, snap("e-3", fakeDocs[3]), patchEv("e-4", toV4))
+			stream(t, b, l, resume{sent: "e-1", id: eventID{epoch: "e", pos: 1}, own: true}, now, snap("e-3", fakeDocs[3]), patchEv("e-4", toV4))
 			l.checkResumes(now.Add(time.Second))
 			if got := rec.all(); got != "" {
 				t.Fatalf("checked too early: %s", got)
@@ -241,7 +242,7 @@ func TestLedgerCatchesAResumeAnsweredByASnapshotThatThePositionsRuledOut(t *test
 		now := time.Now()
 		b := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
 		stream(t, b, l, resume{}, now, snap("e-1", fakeDocs[1]))
-		stream(t, b, l, resume{sent: "e-1", id: eventID{"e", 1}, own: true}, now, snap("e-3", fakeDocs[3]), patchEv("e-4", toV4))
+		stream(t, b, l, resume{sent: "e-1", id: eventID{epoch: "e", pos: 1}, own: true}, now, snap("e-3", fakeDocs[3]), patchEv("e-4", toV4))
 		l.checkResumes(now.Add(5 * time.Second))
 		if v, n := l.counts(); rec.all() != "" || v != 0 || n != 1 {
 			t.Fatalf("%q, %d verified, %d not decidable; want nothing, 0 and 1", rec.all(), v, n)
@@ -298,15 +299,34 @@ func TestUpstreamChecksPolls(t *testing.T) {
 			rec := &recorder{}
 			u := &upstream{cfg: cfg, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
 			for _, p := range tc.polls {
-				poll := u.arrive("/doc/x gen s1 on i1r1", ms(p[0]), "")
+				poll := u.arrive("/doc/x gen s1 on i1r1", "/doc/x gen s1 on i1r1", ms(p[0]), "")
 				if p[1] >= 0 {
 					u.done(poll, outcome(p[1]), time.Duration(p[2])*time.Millisecond, "")
 				}
 			}
-			time.Sleep(inFlightGrace + 50*time.Millisecond)
+			time.Sleep(max(inFlightGrace, troubleLag) + 50*time.Millisecond)
 			got := rec.all()
 			if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
 				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+			// While an instance finds the shared store out of reach,
+			// it polls on its own: the same polls are excused.
+			if tc.want == "" {
+				return
+			}
+			rec = &recorder{}
+			u = &upstream{cfg: cfg, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
+			trouble := func(from, to time.Time) bool { return !ms(300).Before(from) && !ms(300).After(to) }
+			u.storeTrouble.Store(&trouble)
+			for _, p := range tc.polls {
+				poll := u.arrive("/doc/x gen s1 on every instance", "/doc/x gen s1 on i1r1", ms(p[0]), "")
+				if p[1] >= 0 {
+					u.done(poll, outcome(p[1]), time.Duration(p[2])*time.Millisecond, "")
+				}
+			}
+			time.Sleep(max(inFlightGrace, troubleLag) + 50*time.Millisecond)
+			if got := rec.all(); got != "" || u.excusedPolls() == 0 {
+				t.Fatalf("with the store out of reach: got %q and %d excused polls", got, u.excusedPolls())
 			}
 		})
 	}
@@ -315,8 +335,8 @@ func TestUpstreamChecksPolls(t *testing.T) {
 func TestUpstreamLetsCaddyGiveUpOnAPoll(t *testing.T) {
 	rec := &recorder{}
 	u := &upstream{cfg: timings{interval: 100 * time.Millisecond, timeout: time.Second, maxBackoff: 2 * time.Second}, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
-	hung := u.arrive("/doc/x gen s1 on i1r1", time.Now(), "")
-	next := u.arrive("/doc/x gen s1 on i1r1", time.Now(), "")
+	hung := u.arrive("/doc/x gen s1 on i1r1", "/doc/x gen s1 on i1r1", time.Now(), "")
+	next := u.arrive("/doc/x gen s1 on i1r1", "/doc/x gen s1 on i1r1", time.Now(), "")
 	// The connection of the hung poll closes a moment after the next
 	// arrived.
 	time.Sleep(50 * time.Millisecond)
@@ -574,7 +594,7 @@ func TestVerifyCacheSharesOnlyWhatIsTheSame(t *testing.T) {
 	}
 	// The same id with other data is checked on its own, and caught.
 	c := &browser{topic: topic}
-	ch := newStreamCheck(c, resume{}, l, "")
+	ch := newStreamCheck(c, resume{}, newLedger(32, &recorder{}), "")
 	ch.event(snap("e-1", fakeDocs[1]), time.Now())
 	if err := ch.event(patchEv("e-2", `[{"op":"replace","path":"/v","value":2},{"op":"replace","path":"/a","value":7}]`), time.Now()); err == nil || !strings.Contains(err.Error(), "differs from version 2") {
 		t.Fatalf("a patch with the id of another: %v", err)
@@ -589,6 +609,29 @@ func TestVerifyCacheSharesOnlyWhatIsTheSame(t *testing.T) {
 	}
 	if a.tree == nil || fmt.Sprint(a.tree) != fmt.Sprint(b.tree) {
 		t.Errorf("the browsers hold %v and %v", a.tree, b.tree)
+	}
+}
+
+// TestSameIDSameDataOnEveryInstance: on a shared store, an id read on two
+// instances must carry the same data; on the memory store, each instance's
+// epochs are its own.
+func TestSameIDSameDataOnEveryInstance(t *testing.T) {
+	const v3 = `[{"op":"replace","path":"/v","value":3}]`
+	for _, shared := range []bool{false, true} {
+		l := newLedger(32, &recorder{})
+		l.shared = shared
+		a := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
+		stream(t, a, l, resume{instance: "i1r1"}, time.Now(), snap("e-1-ab", fakeDocs[1]), patchEv("e-2-cd", toV2))
+		b := &browser{topic: a.topic}
+		c := newStreamCheck(b, resume{instance: "i2r1"}, l, "")
+		c.event(snap("e-1-ab", fakeDocs[1]), time.Now())
+		err := c.event(patchEv("e-2-cd", v3), time.Now())
+		if shared && (err == nil || !strings.Contains(err.Error(), "e-2-cd of /s/fake read on i2r1 carries other data than it did on i1r1")) {
+			t.Errorf("shared store: %v", err)
+		}
+		if !shared && err != nil && strings.Contains(err.Error(), "carries other data") {
+			t.Errorf("memory store, two instances: %v", err)
+		}
 	}
 }
 

@@ -159,7 +159,9 @@ type sessionResult struct {
 	// status is the response's status, 0 when there was none.
 	status int
 	body   string
-	check  *streamCheck
+	// retryAfter is the Retry-After of a refusal.
+	retryAfter string
+	check      *streamCheck
 	// serverEnded tells whether the server ended the stream (or the
 	// connection failed), rather than the client.
 	serverEnded bool
@@ -223,7 +225,7 @@ func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) (res sess
 	}()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		return sessionResult{status: resp.StatusCode, body: string(body)}
+		return sessionResult{status: resp.StatusCode, body: string(body), retryAfter: resp.Header.Get("Retry-After")}
 	}
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" || resp.Header.Get("Cache-Control") != "no-cache" {
 		return sessionResult{status: resp.StatusCode, err: broken("stream of %s answered with Content-Type %q and Cache-Control %q", b.topic.name, ct, resp.Header.Get("Cache-Control"))}

@@ -43,8 +43,17 @@
 // minute and a report at the end, and exits 1 at the first broken
 // invariant, saying what broke and the seed that reproduces the run.
 //
+// With -store redis, the instances share their topics through a redis-server
+// that the soak starts: one instance polls each topic, every instance
+// streams the same ids, and the checks span the instances: an id carries
+// the same data on every instance, a browser that hops resumes on another
+// without a gap or a duplicate, the upstream gets at most one request per
+// topic per interval from all of them together, and an instance killed with
+// SIGKILL mid-run (then started again) breaks none of it.
+//
 //	go run ./cmd/pollsse-soak -duration 60s -seed 1        # what make test runs
 //	go run ./cmd/pollsse-soak -duration 1h -race=false     # a long run
+//	go run ./cmd/pollsse-soak -duration 1h -race=false -instances 3 -store redis
 //
 // The files:
 //
@@ -85,6 +94,7 @@ type options struct {
 	caddy     string
 	race      bool
 	instances int
+	store     string
 	phase     time.Duration
 	scale     float64
 	storm     int
@@ -101,6 +111,9 @@ func (o options) command() string {
 	args := []string{"pollsse-soak", "-duration", o.duration.String(), "-seed", strconv.FormatUint(o.seed, 10), "-race=" + strconv.FormatBool(o.race)}
 	if o.instances != 1 {
 		args = append(args, "-instances", strconv.Itoa(o.instances))
+	}
+	if o.store != "memory" {
+		args = append(args, "-store", o.store)
 	}
 	if o.scale != 1 {
 		args = append(args, "-scale", strconv.FormatFloat(o.scale, 'g', -1, 64))
@@ -122,6 +135,7 @@ func main() {
 	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary built from ./cmd/caddy; empty: build one from the current directory")
 	flag.BoolVar(&o.race, "race", true, "build Caddy with the race detector (when -caddy is empty)")
 	flag.IntVar(&o.instances, "instances", 1, "Caddy instances, each with ports of its own; clients hop between them")
+	flag.StringVar(&o.store, "store", "memory", "the handlers' store: memory (each instance its own) or redis (all instances on one redis-server that the soak starts; kills one with SIGKILL now and then)")
 	flag.DurationVar(&o.phase, "phase", 0, "length of a phase, after which the clients leave and resources are checked (0: from -duration)")
 	flag.Float64Var(&o.scale, "scale", 1, "factor on the number of clients")
 	flag.IntVar(&o.storm, "storm", 1000, "clients of a reconnect storm")
@@ -134,6 +148,10 @@ func main() {
 	flag.Parse()
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano()) % 1_000_000_000
+	}
+	if o.store != "memory" && o.store != "redis" {
+		fmt.Fprintf(os.Stderr, "pollsse-soak: -store %s: want memory or redis\n", o.store)
+		os.Exit(2)
 	}
 	os.Exit(run(o))
 }
@@ -197,13 +215,16 @@ func run(o options) int {
 		buf := make([]byte, 8<<20)
 		fmt.Fprintf(os.Stderr, "pollsse-soak: still running 30s after the end:\n%s\n", buf[:runtime.Stack(buf, true)])
 	}()
-	s.logf("pollsse-soak: seed %d, %s, %d instance(s), phases of %s, Caddy %s", o.seed, o.duration, o.instances, o.phase, o.caddy)
+	s.logf("pollsse-soak: seed %d, %s, %d instance(s) on the %s store, phases of %s, Caddy %s", o.seed, o.duration, o.instances, o.store, o.phase, o.caddy)
 	code := s.run(dir)
 	elapsed := time.Since(start)
 	report := s.report(elapsed, o.race)
 	fmt.Print(report)
 	if o.report != "" {
 		os.WriteFile(o.report, []byte(report), 0o644)
+	}
+	if s.stacks != nil {
+		os.WriteFile(filepath.Join(dir, "soak-goroutines.txt"), s.stacks, 0o644)
 	}
 	if code != 0 || o.keep {
 		fmt.Printf("pollsse-soak: Caddy's files, logs and output are in %s\n", dir)
@@ -215,14 +236,32 @@ func run(o options) int {
 
 // run runs the soak in dir and returns the exit code.
 func (s *soak) run(dir string) int {
-	up, err := newUpstream(timings{interval: pollInterval, timeout: upTimeout, maxBackoff: maxBackoff, maxBody: maxBody}, s)
+	shared := s.o.store == "redis"
+	up, err := newUpstream(timings{interval: pollInterval, timeout: upTimeout, maxBackoff: maxBackoff, maxBody: maxBody, shared: shared}, s)
 	if err != nil {
 		s.logf("starting the upstream: %v", err)
 		return 2
 	}
 	defer up.close()
 	s.up = up
+	identify := s.pollerOf
+	up.identify.Store(&identify)
+	s.ledger.shared = shared
 	s.hc = handlerConfig{upstream: up.url, gens: map[string]int{"s": 1, "m": 1, "f": 1, "u": 1, "t": 1}, heartbeat: 2 * time.Second, retry: 250 * time.Millisecond, logLevel: s.o.logLevel}
+	if shared {
+		r, err := startRedis(filepath.Join(dir, "redis"))
+		if err != nil {
+			s.logf("starting Redis: %v", err)
+			return 2
+		}
+		defer r.stop()
+		s.redis = r
+		s.store = &storeWatch{errors: map[*instance]float64{}}
+		trouble := s.store.trouble
+		up.storeTrouble.Store(&trouble)
+		s.hc.redisURL = r.url()
+		s.logf("redis-server on %s; every instance's topics in it", r.url())
+	}
 	for i := range s.o.instances {
 		in, err := newInstance(i+1, s.o.caddy, filepath.Join(dir, fmt.Sprintf("i%d", i+1)))
 		if err == nil {
@@ -256,6 +295,10 @@ func (s *soak) run(dir string) int {
 	go func() { defer bg.Done(); s.watchReaders(bgCtx) }()
 	go func() { defer bg.Done(); s.summaries(bgCtx, s.o.every) }()
 	go func() { defer bg.Done(); s.watchProcesses(bgCtx) }()
+	if s.redis != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); s.watchStore(bgCtx, s.store) }()
+	}
 	var keepers sync.WaitGroup
 	keeperCtx, stopKeepers := context.WithCancel(s.ctx)
 	s.startKeepers(keeperCtx, &keepers)
@@ -322,6 +365,10 @@ func (s *soak) watchProcesses(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if s.redis != nil && s.redis.exitedEarly() {
+				s.fail("redis-server exited by itself; see %s", filepath.Join(s.redis.dir, "redis.log"))
+				return
+			}
 			for _, in := range s.insts {
 				if in.exitedEarly() {
 					s.fail("%s exited by itself:\n%s", in.name(), in.troubleInOutput())

@@ -16,9 +16,9 @@ func (s *soak) summaryLine() string {
 	for _, c := range faults {
 		n += c
 	}
-	return fmt.Sprintf("summary: %d events checked in %d streams, %d storm clients, %d templated topics, %d faults in %d polls, %d+%d reloads, %d restarts, worst keeper latency %s",
+	return fmt.Sprintf("summary: %d events checked in %d streams, %d storm clients, %d templated topics, %d faults in %d polls, %d+%d reloads, %d restarts, %d kills, worst keeper latency %s",
 		st.events.Load(), st.sessions.Load(), st.stormClients.Load(), st.tmplCreated.Load(), n, polls,
-		st.reloadsSame.Load(), st.reloadsChanged.Load(), st.restarts.Load(), s.worstKeeper().Round(time.Millisecond))
+		st.reloadsSame.Load(), st.reloadsChanged.Load(), st.restarts.Load(), st.kills.Load(), s.worstKeeper().Round(time.Millisecond))
 }
 
 // summaries prints the summary line every period until ctx ends.
@@ -56,7 +56,7 @@ func (s *soak) report(elapsed time.Duration, race bool) string {
 	}
 	line("pollsse-soak report")
 	line("  command:    %s", s.o.command())
-	line("  ran:        %s of %s, %d Caddy instance(s) built %s", elapsed.Round(time.Second), s.o.duration, len(s.insts), raceNote)
+	line("  ran:        %s of %s, %d Caddy instance(s) on the %s store, built %s", elapsed.Round(time.Second), s.o.duration, len(s.insts), s.o.store, raceNote)
 	if f := s.failed(); f != "" {
 		line("  result:     BROKEN INVARIANT (reproduce with -seed %d): %s", s.o.seed, f)
 	} else {
@@ -76,8 +76,8 @@ func (s *soak) report(elapsed time.Duration, race bool) string {
 		bad = append(bad, fmt.Sprintf("%s %d", k, st.badIDs[k].Load()))
 	}
 	line("              ids that must get a snapshot: %s", strings.Join(bad, ", "))
-	line("              %d templated topics created in %d streams (%d refused at max_topics), %d hostile placeholder values refused with 400",
-		st.tmplCreated.Load(), st.tmplSessions.Load(), st.tmplCapped.Load(), st.tmplRefused.Load())
+	line("              %d templated topics created in %d streams (%d refused at max_topics, %d by max_new_topics), %d hostile placeholder values refused with 400",
+		st.tmplCreated.Load(), st.tmplSessions.Load(), st.tmplCapped.Load(), st.tmplLimited.Load(), st.tmplRefused.Load())
 	line("              %d per-user streams; mallory (refused credentials) got 401 %d times and never a document",
 		st.userHops.Load(), st.malloryRefused.Load())
 	line("              %d slowloris and %d silent connections, %d of them closed by Caddy within its read_header timeout",
@@ -94,8 +94,12 @@ func (s *soak) report(elapsed time.Duration, race bool) string {
 	}
 	slices.Sort(kinds)
 	line("  faults:     %d of %d polls: %s", n, polls, strings.Join(kinds, ", "))
-	line("  operations: %d reloads with unchanged topics, %d with changed topics, %d stops and starts",
-		st.reloadsSame.Load(), st.reloadsChanged.Load(), st.restarts.Load())
+	line("  operations: %d reloads with unchanged topics, %d with changed topics, %d stops and starts, %d kills (SIGKILL) and starts",
+		st.reloadsSame.Load(), st.reloadsChanged.Load(), st.restarts.Load(), st.kills.Load())
+	if s.store != nil {
+		line("  store:      redis, shared by the %d instances; %d samples found one with its store out of reach (it polls alone meanwhile), which excused %d polls beyond the limits",
+			len(s.insts), s.store.moments(), s.up.excusedPolls())
+	}
 	if race {
 		line("  races:      none in the handler; %d in Caddy's own code (see caddy.out)", st.caddyRaces.Load())
 	}

@@ -24,6 +24,10 @@ type soak struct {
 	ledger *ledger
 	stats  *stats
 	start  time.Time
+	// redis is the redis-server of a run on the redis store, else nil,
+	// and store what the instances told of it.
+	redis *redisServer
+	store *storeWatch
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -47,6 +51,9 @@ type soak struct {
 
 	failMu  sync.Mutex
 	failure string
+	// stacks are the soak's goroutines when the invariant broke, for
+	// soak-goroutines.txt in the working directory.
+	stacks []byte
 	// failHook, when set, receives the broken invariants instead, and
 	// settle shortens settleTime (tests).
 	failHook func(format string, args ...any)
@@ -81,6 +88,8 @@ func (s *soak) fail(format string, args ...any) {
 	first := s.failure == ""
 	if first {
 		s.failure = msg
+		buf := make([]byte, 16<<20)
+		s.stacks = buf[:runtime.Stack(buf, true)]
 	}
 	s.failMu.Unlock()
 	if first {
@@ -218,6 +227,9 @@ type reader struct {
 	who   string
 	topic *topicSpec
 	inst  *instance
+	// shared is set when the instances share a store: a version served
+	// to any of them is due on every instance.
+	shared bool
 
 	mu sync.Mutex
 	// since is when the current stream had its first event, zero while
@@ -242,7 +254,7 @@ func (r *reader) changed(s *soak, v int, at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	calm, _ := s.calm()
-	if m, ok := r.topic.up.firstServedAfter(r.inst.runID(), r.version, later(r.since, calm)); ok && m.v <= v {
+	if m, ok := r.topic.up.firstServedAfter(r.marks(), r.version, later(r.since, calm)); ok && m.v <= v {
 		d := at.Sub(m.at)
 		r.worst = max(r.worst, d)
 		if d > s.o.budget {
@@ -251,6 +263,11 @@ func (r *reader) changed(s *soak, v int, at time.Time) {
 		}
 	}
 	r.version = v
+}
+
+// marks is the key of the versions served to the reader's instance.
+func (r *reader) marks() string {
+	return timings{shared: r.shared}.marksKey(r.inst.runID())
 }
 
 func (r *reader) closed() {
@@ -270,7 +287,7 @@ func (r *reader) late(now, calm time.Time, budget time.Duration) string {
 	if since.IsZero() {
 		return ""
 	}
-	m, ok := r.topic.up.firstServedAfter(r.inst.runID(), v, later(since, calm))
+	m, ok := r.topic.up.firstServedAfter(r.marks(), v, later(since, calm))
 	if !ok {
 		return ""
 	}
@@ -294,7 +311,7 @@ func (s *soak) newReader(who string, t *topicSpec, in *instance) *reader {
 	if t.up == nil {
 		return nil
 	}
-	return &reader{who: who, topic: t, inst: in}
+	return &reader{who: who, topic: t, inst: in, shared: s.redis != nil}
 }
 
 func (s *soak) doneReader(r *reader) {
@@ -401,7 +418,7 @@ func (s *soak) startKeepers(ctx context.Context, wg *sync.WaitGroup) {
 		in := s.insts[i%len(s.insts)]
 		i++
 		s.keepers = append(s.keepers, &keeper{b: &browser{topic: t}, proto: p, inst: in,
-			r: &reader{who: fmt.Sprintf("the keeper of %s over %s on %s", t.name, p, in.name()), topic: t, inst: in}})
+			r: &reader{who: fmt.Sprintf("the keeper of %s over %s on %s", t.name, p, in.name()), topic: t, inst: in, shared: s.redis != nil}})
 	}
 	for _, t := range append(append([]*topicSpec(nil), s.main...), s.still) {
 		for _, p := range protos {
@@ -524,9 +541,13 @@ func (s *soak) runPhase(phase int, w weather, d time.Duration, rng *rand.Rand) {
 		defer wg.Done()
 		r := rand.New(rand.NewPCG(seed, 0x0b5))
 		kinds := make([]opKind, w.ops)
+		last := opRestart
+		if s.redis != nil {
+			last = opKill
+		}
 		for i := range kinds {
-			kinds[i] = opKind(r.IntN(int(opRestart) + 1))
-			if phase < 2 && kinds[i] == opRestart {
+			kinds[i] = opKind(r.IntN(int(last) + 1))
+			if phase < 2 && kinds[i] >= opRestart {
 				kinds[i] = opReloadSame
 			}
 		}
@@ -535,6 +556,9 @@ func (s *soak) runPhase(phase int, w weather, d time.Duration, rng *rand.Rand) {
 			kinds = append([]opKind{opReloadSame, opReloadChanged}, kinds...)[:max(2, len(kinds))]
 		case 2:
 			kinds[0] = opRestart
+			if s.redis != nil {
+				kinds = append([]opKind{opKill}, kinds...)
+			}
 		}
 		for _, k := range kinds {
 			if !sleep(ctx, time.Duration(r.Int64N(int64(d/time.Duration(len(kinds)+1))))) {
@@ -675,6 +699,10 @@ const (
 	opReloadChanged
 	// opRestart stops Caddy and starts it again.
 	opRestart
+	// opKill kills Caddy with SIGKILL, in the middle of its streams and
+	// polls, and starts it again: on a shared store the other instances
+	// take its topics over within the lease. Only with -store redis.
+	opKill
 )
 
 // operate runs one operation on an instance picked at random.
@@ -713,13 +741,22 @@ func (s *soak) operate(ctx context.Context, rng *rand.Rand, kind opKind) {
 		s.logf("reload of %s, topic configuration of routes %v changed", in.name(), changed)
 		s.stats.reloadsChanged.Add(1)
 		s.reload(in)
-	case opRestart:
-		s.logf("stop and start of %s", in.name())
-		s.stats.restarts.Add(1)
+	case opRestart, opKill:
 		ids := s.lastIDs(in)
-		if err := in.stop(); err != nil {
-			s.fail("%s: %v", in.name(), err)
-			return
+		if kind == opKill {
+			s.logf("kill -9 and start of %s", in.name())
+			s.stats.kills.Add(1)
+			if err := in.kill9(); err != nil {
+				s.fail("%s: %v", in.name(), err)
+				return
+			}
+		} else {
+			s.logf("stop and start of %s", in.name())
+			s.stats.restarts.Add(1)
+			if err := in.stop(); err != nil {
+				s.fail("%s: %v", in.name(), err)
+				return
+			}
 		}
 		sleep(ctx, time.Duration(200+rng.IntN(1500))*time.Millisecond)
 		if err := in.writeConfig(s.config()); err != nil {
@@ -730,12 +767,15 @@ func (s *soak) operate(ctx context.Context, rng *rand.Rand, kind opKind) {
 			s.fail("%s: %v", in.name(), err)
 			return
 		}
-		// Only now are they ids of a process that is gone.
-		s.idsMu.Lock()
-		for topic, id := range ids {
-			s.oldIDs[topic] = append(s.oldIDs[topic], id)
+		// Only now are they ids of a process that is gone; on a shared
+		// store they are Redis's, which outlive every instance.
+		if s.redis == nil {
+			s.idsMu.Lock()
+			for topic, id := range ids {
+				s.oldIDs[topic] = append(s.oldIDs[topic], id)
+			}
+			s.idsMu.Unlock()
 		}
-		s.idsMu.Unlock()
 		s.baseMu.Lock()
 		delete(s.baselines, in)
 		s.baseMu.Unlock()
@@ -791,12 +831,13 @@ type stats struct {
 	slow, slowDropped                atomic.Int64
 	stalled, stalledDropped          atomic.Int64
 	tmplSessions, tmplRefused        atomic.Int64
+	tmplLimited                      atomic.Int64
 	tmplCapped                       atomic.Int64
 	userHops                         atomic.Int64
 	malloryRefused                   atomic.Int64
 	slowloris, halfOpen, abuseClosed atomic.Int64
 	reloadsSame, reloadsChanged      atomic.Int64
-	restarts                         atomic.Int64
+	restarts, kills                  atomic.Int64
 	tmplNames                        sync.Map
 	tmplCreated                      atomic.Int64
 	replays, resumeSnapshots         atomic.Int64

@@ -40,6 +40,17 @@ type upstream struct {
 
 	// faultPerMille is the share of polls that fail, set per phase.
 	faultPerMille atomic.Int32
+	// identify, when set, names the Caddy process that opened a
+	// connection, for the polls that come without X-Soak-Instance.
+	identify atomic.Pointer[func(net.Conn) string]
+	// storeTrouble, when set, tells whether an instance found its shared
+	// store out of reach between two times: each such instance polls its
+	// topics alone meanwhile, as the redis store does, and the polls of
+	// a topic over all instances are more than one per interval then.
+	storeTrouble atomic.Pointer[func(from, to time.Time) bool]
+	// excused counts the polls beyond the limits that a store's outage
+	// explained.
+	excused int
 
 	mu     sync.Mutex
 	topics map[string]*upTopic
@@ -55,6 +66,10 @@ type timings struct {
 	timeout    time.Duration
 	maxBackoff time.Duration
 	maxBody    int64
+	// shared is set when the instances share a store (redis): every
+	// instance streams the versions that one of them polled, and the
+	// polls of a topic are counted over all of them.
+	shared bool
 }
 
 // violations receives the broken invariants of every part of the soak.
@@ -92,6 +107,19 @@ type upTopic struct {
 	marks  map[string][]servedMark
 }
 
+// sharedMarks is the key of the versions served to any instance, when the
+// instances share a store.
+const sharedMarks = "cluster"
+
+// marksKey is the key of the versions served to the Caddy process of
+// runID: its own, or the one of all processes when they share a store.
+func (c timings) marksKey(runID string) string {
+	if c.shared {
+		return sharedMarks
+	}
+	return runID
+}
+
 // A version is one state of a topic's document.
 type version struct {
 	hash    docHash
@@ -124,7 +152,13 @@ func newUpstream(cfg timings, v violations) (*upstream, error) {
 	u.url = "http://" + ln.Addr().String()
 	// Idle connections close soon, so that those that Caddy opened in a
 	// burst do not count against its baseline of open files.
-	u.srv = &http.Server{Handler: http.HandlerFunc(u.serve), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Second}
+	u.srv = &http.Server{Handler: http.HandlerFunc(u.serve), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if id := u.identify.Load(); id != nil {
+				ctx = context.WithValue(ctx, pollerKey{}, (*id)(c))
+			}
+			return ctx
+		}}
 	go u.srv.Serve(ln)
 	cln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -322,9 +356,23 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	instance := r.Header.Get("X-Soak-Instance")
+	if instance == "" {
+		instance, _ = r.Context().Value(pollerKey{}).(string)
+	}
 	var p *poll
 	if !redirected {
-		p = u.arrive(key+" gen "+r.Header.Get("X-Soak-Gen")+" on "+instance, time.Now(), r.RemoteAddr+" "+r.URL.RequestURI())
+		topicKey := key + " gen " + r.Header.Get("X-Soak-Gen")
+		// Polls are counted per topic and poller: per instance, or over
+		// all instances when they share a store, which polls each topic
+		// on one instance at a time. The backoff after failures is that
+		// of one instance's poller, which starts anew when another one
+		// takes the topic over.
+		runKey := topicKey + " on " + instance
+		seriesKey := runKey
+		if u.cfg.shared {
+			seriesKey = topicKey + " on every instance"
+		}
+		p = u.arrive(seriesKey, runKey, time.Now(), r.RemoteAddr+" "+r.URL.RequestURI())
 		// A poll that Caddy gave up on is over, whatever the handler
 		// still does.
 		stop := context.AfterFunc(r.Context(), func() { u.release(p) })
@@ -350,6 +398,10 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		u.done(p, outcome, retryAfter, fault)
 	}
 }
+
+// pollerKey is the key of the context value of a connection that names the
+// Caddy process that opened it (upstream.identify).
+type pollerKey struct{}
 
 // Outcomes of a poll, as Caddy sees them.
 type outcome int
@@ -555,14 +607,14 @@ func (u *upstream) answer(w http.ResponseWriter, r *http.Request, t *upTopic, fa
 	}
 	finished()
 	t.mu.Lock()
-	if m := t.served[instance]; m.v < v {
+	if key := u.cfg.marksKey(instance); t.served[key].v < v {
 		mark := servedMark{v, time.Now()}
-		t.served[instance] = mark
-		marks := append(t.marks[instance], mark)
+		t.served[key] = mark
+		marks := append(t.marks[key], mark)
 		if len(marks) > maxMarks {
 			marks = append(marks[:0], marks[len(marks)-maxMarks/2:]...)
 		}
-		t.marks[instance] = marks
+		t.marks[key] = marks
 	}
 	t.mu.Unlock()
 	return outcomeOK, 0
@@ -629,15 +681,12 @@ const (
 // window; and fewer under backoff, over the span of a run of failures,
 // whose waits (from the start of each poll) add up to at least what the
 // schedule allows.
-func (u *upstream) arrive(key string, at time.Time, from string) *poll {
+func (u *upstream) arrive(key, runKey string, at time.Time, from string) *poll {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.polls++
-	s := u.series[key]
-	if s == nil {
-		s = &pollSeries{key: key}
-		u.series[key] = s
-	}
+	s := u.seriesOf(key)
+	rs := u.seriesOf(runKey)
 	p := &poll{s: s, at: at, from: from}
 	if prev := s.last; prev != nil && !prev.released {
 		// Caddy sends a poll only once it has the answer to the one before
@@ -647,21 +696,24 @@ func (u *upstream) arrive(key string, at time.Time, from string) *poll {
 		time.AfterFunc(inFlightGrace, func() {
 			u.mu.Lock()
 			defer u.mu.Unlock()
+			if !prev.released && u.excuse(prev.at, at) {
+				return
+			}
 			if !prev.released {
 				u.v.fail("upstream: a poll of %s arrived %s after the one before, which was still in flight %s later (%s): more than one request per topic at a time; from %s, then %s",
 					key, at.Sub(prev.at).Round(time.Millisecond), inFlightGrace, prev.fault, prev.from, from)
 			}
 		})
 	}
-	if prev := s.last; prev != nil && prev.done && prev.outcome == outcomeFailed {
-		s.run = append(s.run, prev)
-		if len(s.run) > failureRun {
-			s.run = append(s.run[:0], s.run[len(s.run)-failureRun:]...)
+	if prev := rs.last; prev != nil && prev.done && prev.outcome == outcomeFailed {
+		rs.run = append(rs.run, prev)
+		if len(rs.run) > failureRun {
+			rs.run = append(rs.run[:0], rs.run[len(rs.run)-failureRun:]...)
 		}
-		if len(s.run) == failureRun {
-			first := s.run[len(s.run)-failureRun]
+		if len(rs.run) == failureRun {
+			first := rs.run[len(rs.run)-failureRun]
 			var least time.Duration
-			for _, f := range s.run[len(s.run)-failureRun:] {
+			for _, f := range rs.run[len(rs.run)-failureRun:] {
 				// The poller may count one failure fewer than the
 				// upstream (a poll it timed out on that the upstream
 				// answered in time is one more), never more.
@@ -669,16 +721,25 @@ func (u *upstream) arrive(key string, at time.Time, from string) *poll {
 			}
 			if span := at.Sub(first.at); span < least-arrivalSlack {
 				var faults []string
-				for _, f := range s.run[len(s.run)-failureRun:] {
+				for _, f := range rs.run[len(rs.run)-failureRun:] {
 					faults = append(faults, fmt.Sprintf("%s +%s", f.fault, f.at.Sub(first.at).Round(time.Millisecond)))
 				}
-				u.v.fail("upstream: %d failed polls of %s and the next came within %s, sooner than the backoff allows (%s): %s, then %s",
-					failureRun, key, span.Round(time.Millisecond), least, strings.Join(faults, ", "), from)
+				// An instance that finds its store out of reach
+				// polls anew on its own.
+				begin := first.at
+				time.AfterFunc(troubleLag, func() {
+					u.mu.Lock()
+					defer u.mu.Unlock()
+					if !u.excuse(begin, at) {
+						u.v.fail("upstream: %d failed polls of %s and the next came within %s, sooner than the backoff allows (%s): %s, then %s",
+							failureRun, runKey, span.Round(time.Millisecond), least, strings.Join(faults, ", "), from)
+					}
+				})
 			}
 		}
 		p.failures = prev.failures
 	} else {
-		s.run = s.run[:0]
+		rs.run = rs.run[:0]
 	}
 	cut := at.Add(-windowIntervals * u.cfg.interval)
 	i := 0
@@ -686,11 +747,53 @@ func (u *upstream) arrive(key string, at time.Time, from string) *poll {
 		i++
 	}
 	s.recent = append(s.recent[i:], p)
-	if len(s.recent) > maxPollsPerWindow {
-		u.v.fail("upstream: %d polls of %s within %s: more than one per interval (%s)", len(s.recent), key, windowIntervals*u.cfg.interval, u.cfg.interval)
+	if n := len(s.recent); n > maxPollsPerWindow {
+		from := s.recent[0].at
+		// A store's outage is seen a moment later.
+		time.AfterFunc(troubleLag, func() {
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			if !u.excuse(from, at) {
+				u.v.fail("upstream: %d polls of %s within %s: more than one per interval (%s)", n, key, windowIntervals*u.cfg.interval, u.cfg.interval)
+			}
+		})
 	}
-	s.last = p
+	s.last, rs.last = p, p
 	return p
+}
+
+// troubleLag is how long after a moment the soak may take to learn that an
+// instance found its store out of reach then.
+const troubleLag = 1500 * time.Millisecond
+
+// excuse tells whether an instance found the shared store out of reach
+// between from and to (give or take a second), which explains polls beyond
+// the limits, and counts them. u.mu must be held.
+func (u *upstream) excuse(from, to time.Time) bool {
+	trouble := u.storeTrouble.Load()
+	if trouble == nil || !(*trouble)(from.Add(-time.Second), to.Add(time.Second)) {
+		return false
+	}
+	u.excused++
+	return true
+}
+
+// excusedPolls returns how many polls beyond the limits a store's outage
+// explained.
+func (u *upstream) excusedPolls() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.excused
+}
+
+// seriesOf returns the series of key, made on first use. u.mu must be held.
+func (u *upstream) seriesOf(key string) *pollSeries {
+	s := u.series[key]
+	if s == nil {
+		s = &pollSeries{key: key}
+		u.series[key] = s
+	}
+	return s
 }
 
 // release counts a poll as no longer in flight, once.
