@@ -55,6 +55,10 @@
 //	go run ./cmd/pollsse-soak -duration 1h -race=false     # a long run
 //	go run ./cmd/pollsse-soak -duration 1h -race=false -instances 3 -store redis
 //
+// -waves runs, instead, a loop of one shape of load (waves.go):
+//
+//	go run ./cmd/pollsse-soak -race=false -waves 10000 -runs 23
+//
 // The files:
 //
 //	main.go        flags, the run and its phases' schedule
@@ -104,6 +108,8 @@ type options struct {
 	report    string
 	keep      bool
 	logLevel  string
+	// waves, when its n is set, runs the waves loop instead (waves.go).
+	waves waveOptions
 }
 
 // command is the command line that runs o again.
@@ -145,6 +151,11 @@ func main() {
 	flag.StringVar(&o.report, "report", "", "also write the final report to this file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory")
 	flag.StringVar(&o.logLevel, "log", "INFO", "Caddy's log level (its log is caddy.log in the working directory)")
+	flag.IntVar(&o.waves.n, "waves", 0, "instead of the soak, loop over runs of two waves of this many raw HTTP/1.1 streams on one topic, then changes that must reach them all (see waves.go)")
+	flag.IntVar(&o.waves.runs, "runs", 23, "with -waves: runs")
+	flag.DurationVar(&o.waves.hold, "hold", 10*time.Second, "with -waves: how long the first wave is held")
+	flag.IntVar(&o.waves.changes, "changes", 5, "with -waves: changes, a second apart")
+	flag.BoolVar(&o.waves.overlap, "overlap", false, "with -waves: close the first wave while the second one opens")
 	flag.Parse()
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano()) % 1_000_000_000
@@ -182,6 +193,15 @@ func run(o options) int {
 		}
 	} else {
 		o.race = strings.Contains(buildInfo(o.caddy), "-race=true")
+	}
+	if o.waves.n > 0 {
+		code := runWaves(o, dir)
+		if code != 0 || o.keep {
+			fmt.Printf("pollsse-soak: Caddy's files, logs and output are in %s\n", dir)
+		} else if o.dir == "" {
+			os.RemoveAll(dir)
+		}
+		return code
 	}
 	if o.budget == 0 {
 		o.budget = 2 * time.Second
