@@ -184,6 +184,8 @@ type instance struct {
 	roots  *x509.CertPool
 	// plain is set for an instance that serves plain HTTP alone.
 	plain bool
+	// redisPort is the port of the shared store's Redis, 0 for none.
+	redisPort int
 }
 
 func newInstance(index int, bin, dir string) (*instance, error) {
@@ -527,6 +529,11 @@ func (in *instance) sample(gc bool) (sample, error) {
 		ents, err := os.ReadDir("/proc/" + pid + "/fd")
 		if err == nil {
 			s.fds = len(ents)
+		}
+		// The redis store's pool of connections grows with the load,
+		// up to its size, and keeps them: they are not counted.
+		if in.redisPort != 0 {
+			s.fds -= countSocketsTo(pid, in.redisPort)
 		}
 	}
 	return s, nil

@@ -243,7 +243,7 @@ func (c *streamCheck) event(ev sseEvent, at time.Time) error {
 		return err
 	}
 	before := c.b.version
-	if err := c.apply(ev); err != nil {
+	if err := c.apply(ev, id); err != nil {
 		return err
 	}
 	c.b.last, c.b.lastID, c.b.hasLast = ev.id, id, true
@@ -336,6 +336,13 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 	return nil
 }
 
+// otherLog tells whether id is of another log than the browser's last id on
+// a shared store: one of a topic of another configuration, which another
+// instance polls, and whose document may be older.
+func (c *streamCheck) otherLog(id eventID) bool {
+	return c.l.shared && c.b.hasLast && c.b.lastID.epoch != id.epoch
+}
+
 // localEpoch tells whether epoch is one that an instance of a shared store
 // numbers its events in while the store is out of reach.
 func localEpoch(epoch string) bool { return strings.HasPrefix(epoch, "L") }
@@ -352,7 +359,7 @@ func (c *streamCheck) statusPositions(epoch string, k int) uint64 {
 
 // apply applies an event to the browser's document and checks the result
 // against the upstream's version.
-func (c *streamCheck) apply(ev sseEvent) error {
+func (c *streamCheck) apply(ev sseEvent, id eventID) error {
 	b := c.b
 	if ev.name == "snapshot" {
 		c.snapshots++
@@ -366,7 +373,7 @@ func (c *streamCheck) apply(ev sseEvent) error {
 	switch {
 	case ev.name != "snapshot" && res.version <= b.version:
 		return broken("%s %s took the document of %s from version %d to %d: a change must move it forward", ev.name, ev.id, b.topic.name, b.version, res.version)
-	case res.version < b.version && c.instance() == b.instance && !c.switched:
+	case res.version < b.version && c.instance() == b.instance && !c.switched && !c.otherLog(id):
 		return broken("snapshot %s took the document of %s back from version %d to %d", ev.id, b.topic.name, b.version, res.version)
 	}
 	b.tree, b.doc, b.hash, b.version, b.instance = res.tree, res.canon, res.hash, res.version, c.instance()

@@ -284,6 +284,9 @@ func (s *soak) run(dir string) int {
 	}
 	for i := range s.o.instances {
 		in, err := newInstance(i+1, s.o.caddy, filepath.Join(dir, fmt.Sprintf("i%d", i+1)))
+		if err == nil && s.redis != nil {
+			in.redisPort = s.redis.port
+		}
 		if err == nil {
 			err = in.writeConfig(s.config())
 		}

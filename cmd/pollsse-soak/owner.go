@@ -37,6 +37,34 @@ func socketOwner(local, remote *net.TCPAddr, pids []string) string {
 	return ""
 }
 
+// countSocketsTo returns how many of the open files of the process pid are
+// TCP sockets to port on the loopback address.
+func countSocketsTo(pid string, port int) int {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return 0
+	}
+	remote := procAddr(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	inodes := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 9 && f[2] == remote {
+			inodes["socket:["+f[9]+"]"] = true
+		}
+	}
+	dir := "/proc/" + pid + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		if link, err := os.Readlink(dir + "/" + e.Name()); err == nil && inodes[link] {
+			n++
+		}
+	}
+	return n
+}
+
 // socketInode returns the inode of the TCP socket from local to remote, ""
 // when there is none.
 func socketInode(local, remote *net.TCPAddr) string {
