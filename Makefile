@@ -1,7 +1,8 @@
 # make test: install what the tests need when it is missing, then vet,
 # cross-compile for every supported system, build Caddy with xcaddy as a user
 # does, and run every test (Go with the race detector, headless Chromium and
-# nginx included, and the browser client's tests under Node).
+# nginx included, and the browser client's tests under Node), then a minute
+# of the soak on each store.
 
 GO ?= go
 # apt-get needs root; use sudo when not root.
@@ -97,6 +98,13 @@ demo:
 	$(GO) run ./cmd/caddy run --config examples/Caddyfile
 
 # soak-short: a minute of everything at once against a race-enabled Caddy
-# (cmd/pollsse-soak, README "Soak test"), with a fixed seed.
+# (cmd/pollsse-soak, README "Soak test"), with a fixed seed, on the memory
+# store, then a minute of three instances on one redis-server.
 soak-short:
-	$(GO) run ./cmd/pollsse-soak -duration 60s -seed 1
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	echo "soak-short: go build -race -o $$tmp/caddy ./cmd/caddy" && \
+	$(GO) build -race -o "$$tmp/caddy" ./cmd/caddy && \
+	echo "soak-short: go run ./cmd/pollsse-soak -duration 60s -seed 1" && \
+	$(GO) run ./cmd/pollsse-soak -caddy "$$tmp/caddy" -duration 60s -seed 1 && \
+	echo "soak-short: go run ./cmd/pollsse-soak -duration 60s -seed 1 -instances 3 -store redis" && \
+	$(GO) run ./cmd/pollsse-soak -caddy "$$tmp/caddy" -duration 60s -seed 1 -instances 3 -store redis
