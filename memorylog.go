@@ -198,6 +198,14 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 		restart := false
 		for cursor < l.head && len(buf) < cap(buf) {
 			e := l.entry(cursor + 1)
+			if e.frame.bytes == nil && l.snap == nil {
+				// A document that is gone (the redis store's
+				// mirror, once Redis lost the topic): what came
+				// before it is read, and the subscriber waits
+				// there for the next document, which it reads
+				// as a snapshot.
+				break
+			}
 			if e.frame.bytes == nil {
 				// A document without a patch: the snapshot of the
 				// current document says it and everything after it,

@@ -64,3 +64,48 @@ func TestSubscriberBehindOnlyStatusEventsGetsNoSecondSnapshot(t *testing.T) {
 		})
 	}
 }
+
+// TestLogThatLostItsDocumentSendsUnreadEventsOnce: when a log's document is
+// gone behind a subscriber that has events left to read (the redis store's
+// mirror, once Redis has lost the topic's keys), the subscriber reads them
+// once and then waits for the next document; it never reads them again.
+func TestLogThatLostItsDocumentSendsUnreadEventsOnce(t *testing.T) {
+	l := newLocalLog(8)
+	l.mu.Lock()
+	l.pushDocument("e-1", []byte(`{"v":1}`), "", nil)
+	l.mu.Unlock()
+	_, at, _ := l.read(0, make([]frame, 0, maxFramesPerRead))
+	l.mu.Lock()
+	l.pushDocument("e-2", []byte(`{"v":2}`), eventPatch, []byte(`[{"op":"replace","path":"/v","value":2}]`))
+	l.pushStatus([]byte(`{"upstream":"down"}`), true)
+	l.pushStatus([]byte(`{"upstream":"up"}`), false)
+	// What the mirror does when Redis holds no document of the topic.
+	l.push(entry{})
+	l.snap = nil
+	l.mu.Unlock()
+	var got []string
+	for range 10 {
+		frames, next, _ := l.read(at, make([]frame, 0, maxFramesPerRead))
+		if len(frames) == 0 {
+			break
+		}
+		for _, f := range frames {
+			for _, ev := range parseFrames(t, f.bytes) {
+				got = append(got, ev.name+" "+ev.data)
+			}
+		}
+		at = next
+	}
+	want := []string{`patch [{"op":"replace","path":"/v","value":2}]`, `status {"upstream":"down"}`, `status {"upstream":"up"}`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the subscriber read\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// Then the next document, as a snapshot.
+	l.mu.Lock()
+	l.pushDocument("f-1", []byte(`{"v":3}`), "", nil)
+	l.mu.Unlock()
+	frames, _, _ := l.read(at, make([]frame, 0, maxFramesPerRead))
+	if len(frames) != 1 || frames[0].kind != kindSnapshot {
+		t.Fatalf("after the next document the subscriber read %d frames, want its snapshot", len(frames))
+	}
+}
