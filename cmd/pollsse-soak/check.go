@@ -463,8 +463,11 @@ type ledger struct {
 	v       violations
 	// shared is set when the instances share a store: the positions of
 	// Redis's epochs are the same on every instance, and so is their
-	// ledger.
-	shared bool
+	// ledger. trouble, then, tells whether an instance found the store
+	// out of reach between two times: the instance goes back to Redis's
+	// log with a snapshot afterwards, which a resume may meet.
+	shared  bool
+	trouble func(from, to time.Time) bool
 
 	mu      sync.Mutex
 	logs    map[string]*logLedger
@@ -499,6 +502,8 @@ type sentEvent struct {
 	pos      uint64
 	hash     uint64
 	instance string
+	// head is the start of the data, to show.
+	head string
 }
 
 // maxSent bounds the events a logLedger keeps the data of: beyond it, it
@@ -552,7 +557,8 @@ func (l *ledger) sameData(instance, topic, name string, id eventID, data string,
 	k := sentKey{name, id.String()}
 	if old, ok := ll.sent[k]; ok {
 		if old.hash != h {
-			return broken("%s %s of %s read on %s carries other data than it did on %s", name, id, topic, instance, old.instance)
+			return broken("%s %s of %s read on %s carries other data than it did on %s:\n  %s: %s\n  %s: %s",
+				name, id, topic, instance, old.instance, instance, clip([]byte(data)), old.instance, old.head)
 		}
 		return nil
 	}
@@ -572,7 +578,7 @@ func (l *ledger) sameData(instance, topic, name string, id eventID, data string,
 			}
 		}
 	}
-	ll.sent[k] = sentEvent{id.pos, h, instance}
+	ll.sent[k] = sentEvent{id.pos, h, instance, clip([]byte(data[:min(len(data), 2000)]))}
 	ll.ids[id.pos] = id.String()
 	return nil
 }
@@ -612,6 +618,10 @@ func kindName(k entryKind) string {
 	return [...]string{"unknown", "a patch", "a status event", "a document without a patch"}[k]
 }
 
+// resumeCheckDelay is how long after a resume the ledger judges it, once
+// the other streams have told what lies in between.
+const resumeCheckDelay = 3 * time.Second
+
 // deferResume notes that a resume from position from got a snapshot at
 // position to while the log's head was at most head, to be checked once
 // other streams have told what lies in between.
@@ -619,7 +629,7 @@ func (l *ledger) deferResume(instance, epoch, topic string, from, to, head uint6
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.log(instance, epoch, topic, at)
-	l.pending = append(l.pending, pendingResume{key: l.key(instance, epoch), topic: topic, from: from, to: to, head: head, checkAt: at.Add(3 * time.Second)})
+	l.pending = append(l.pending, pendingResume{key: l.key(instance, epoch), topic: topic, from: from, to: to, head: head, checkAt: at.Add(resumeCheckDelay)})
 }
 
 // checkResumes checks the resumes noted before now.
@@ -632,10 +642,12 @@ func (l *ledger) checkResumes(now time.Time) {
 			rest = append(rest, p)
 			continue
 		}
-		switch verdict := l.logs[p.key].resumable(p.from, p.to, p.head, l.history); verdict {
-		case "":
+		switch verdict := l.logs[p.key].resumable(p.from, p.to, p.head, l.history); {
+		case verdict == "":
 			l.verified++
-		case "unknown":
+		case verdict == "unknown":
+			l.inconclusive++
+		case l.trouble != nil && l.trouble(p.checkAt.Add(-resumeCheckDelay-troubleLag), now):
 			l.inconclusive++
 		default:
 			l.verified++

@@ -279,6 +279,7 @@ func (s *soak) run(dir string) int {
 		s.store = &storeWatch{errors: map[*instance]float64{}}
 		trouble := s.store.trouble
 		up.storeTrouble.Store(&trouble)
+		s.ledger.trouble = trouble
 		s.hc.redisURL = r.url()
 		s.logf("redis-server on %s; every instance's topics in it", r.url())
 	}

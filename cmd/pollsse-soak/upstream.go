@@ -154,8 +154,10 @@ func newUpstream(cfg timings, v violations) (*upstream, error) {
 	// burst do not count against its baseline of open files.
 	u.srv = &http.Server{Handler: http.HandlerFunc(u.serve), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			// Not here, on the goroutine that accepts every
+			// connection: on the connection's first request.
 			if id := u.identify.Load(); id != nil {
-				ctx = context.WithValue(ctx, pollerKey{}, (*id)(c))
+				ctx = context.WithValue(ctx, pollerKey{}, sync.OnceValue(func() string { return (*id)(c) }))
 			}
 			return ctx
 		}}
@@ -356,8 +358,8 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	instance := r.Header.Get("X-Soak-Instance")
-	if instance == "" {
-		instance, _ = r.Context().Value(pollerKey{}).(string)
+	if poller, ok := r.Context().Value(pollerKey{}).(func() string); ok && instance == "" {
+		instance = poller()
 	}
 	var p *poll
 	if !redirected {
