@@ -137,6 +137,16 @@ func (w *storeWatch) trouble(from, to time.Time) bool {
 	return i < len(w.troubled) && !w.troubled[i].After(to)
 }
 
+// last returns the latest moment of trouble, the zero time if none.
+func (w *storeWatch) last() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.troubled) == 0 {
+		return time.Time{}
+	}
+	return w.troubled[len(w.troubled)-1]
+}
+
 // moments returns how many moments of trouble were seen.
 func (w *storeWatch) moments() int {
 	w.mu.Lock()

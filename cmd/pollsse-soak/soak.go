@@ -134,14 +134,20 @@ func (s *soak) opDone() {
 }
 
 // calm returns since when no operation has run (the future while one
-// does), and whether one is under way.
+// does), and whether one is under way. On a shared store, an instance that
+// found the store out of reach counts as one: the topics it polls reach the
+// others only once it is back.
 func (s *soak) calm() (time.Time, bool) {
 	s.opsMu.Lock()
 	defer s.opsMu.Unlock()
 	if s.opsActive > 0 {
 		return time.Now().Add(time.Hour), true
 	}
-	return s.opsEnd.Add(opGrace), false
+	calm := s.opsEnd.Add(opGrace)
+	if s.store != nil {
+		calm = later(calm, s.store.last().Add(opGrace+troubleLag))
+	}
+	return calm, false
 }
 
 // opGrace is how long after an operation the latency budget starts again.
