@@ -6,151 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
-
-// A topic's keys in Redis, all under one hash tag so that a Redis Cluster
-// keeps them in one slot, where one script can write them together:
-//
-//	<prefix>{<topic id>}:m  hash: epoch, head (the last position), hc (the
-//	                        check of the entry at head), doc and docid (the
-//	                        current document's snapshot data and id), down
-//	                        (the upstream's down status, "" while it is up)
-//	<prefix>{<topic id>}:s  stream of the last `history` entries, entry id
-//	                        "<position>-1", fields k (kind), i (event id),
-//	                        c (check) and d (data)
-//	<prefix>{<topic id>}:l  the lease: the token of the instance that polls
-//	<prefix>{<topic id>}:n  the channel on which each new position is
-//	                        published
-//
-// The topic id is the keyed hash of the topic's key (hub.topicID): neither
-// the upstream URL nor a forwarded header's value is in Redis.
-type redisKeys struct {
-	meta, stream, lease, channel string
-}
-
-func newRedisKeys(prefix, id string) redisKeys {
-	tag := prefix + "{" + id + "}:"
-	return redisKeys{meta: tag + "m", stream: tag + "s", lease: tag + "l", channel: tag + "n"}
-}
-
-// redisTopicTTL is how long a topic's keys outlive the last write or lease
-// renewal of any instance: a browser that comes back within it resumes by
-// id, and an abandoned topic leaves nothing behind after it.
-const redisTopicTTL = 10 * time.Minute
-
-// Kinds of stream entries.
-const (
-	entryDocument = "d" // a document without a patch: read as a snapshot
-	entrySnapshot = "s" // a change sent as a snapshot
-	entryPatch    = "p"
-	entryMerge    = "m"
-	entryUp       = "t" // a status event, the upstream not failing
-	entryDown     = "T" // a status event of a failing upstream
-)
-
-// appendScript appends one entry to a topic, fenced by the lease: an
-// instance whose lease is no longer current (it was paused past it, and
-// another took over) writes nothing. A topic whose keys are gone starts a
-// new epoch. A document whose writer diffed it against another document
-// than the current one is recorded without its patch, so that subscribers
-// read its snapshot.
-//
-// KEYS: meta, stream, lease. ARGV: token, new epoch, kind, data, snapshot
-// (documents) or down data (status), base document id, check, max length,
-// TTL in ms, channel. It returns {0} when fenced off, else {1, epoch,
-// position, event id, kind}.
-var appendScript = redis.NewScript(`
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {0} end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
-end
-local pos = redis.call('HINCRBY', KEYS[1], 'head', 1)
-local kind, data, id = ARGV[3], ARGV[4], ''
-if kind == 't' or kind == 'T' then
-  redis.call('HSET', KEYS[1], 'down', ARGV[5])
-else
-  id = epoch .. '-' .. pos .. '-' .. ARGV[7]
-  if (redis.call('HGET', KEYS[1], 'docid') or '') ~= ARGV[6] then kind = 'd' end
-  redis.call('HSET', KEYS[1], 'doc', ARGV[5], 'docid', id)
-  if kind == 'd' or kind == 's' then data = '' end
-end
-redis.call('HSET', KEYS[1], 'hc', ARGV[7])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], pos .. '-1', 'k', kind, 'i', id, 'c', ARGV[7], 'd', data)
-redis.call('PEXPIRE', KEYS[1], ARGV[9])
-redis.call('PEXPIRE', KEYS[2], ARGV[9])
-redis.call('PUBLISH', ARGV[10], pos)
-return {1, epoch, pos, id, kind}
-`)
-
-// readScript reads a topic at once: its state, and its entries from the
-// reader's position on, the entry at that position included without its
-// data; all of them, and the document, when the reader has none (position
-// 0) or another epoch. The document, which may be large, is read only when
-// there is an entry after the position. KEYS: meta, stream. ARGV: the
-// reader's position and epoch. It returns {false} for a topic without
-// keys, else {epoch, head, hc, docid, doc, down, entries}.
-var readScript = redis.NewScript(`
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down')
-if not m[1] then return {false} end
-local head, from = m[2] or '0', '-'
-if tonumber(ARGV[1]) > 0 and m[1] == ARGV[2] then from = ARGV[1] .. '-1' end
-local entries = redis.call('XRANGE', KEYS[2], from, '+')
-if from ~= '-' and #entries > 0 and entries[1][1] == from then
-  -- The entry that the reader has: only its check is wanted.
-  local f, keep = entries[1][2], {}
-  for i = 1, #f, 2 do
-    if f[i] ~= 'd' then keep[#keep + 1] = f[i]; keep[#keep + 1] = f[i + 1] end
-  end
-  entries[1][2] = keep
-end
-local doc = ''
-if from == '-' or #entries ~= 1 or head ~= ARGV[1] then
-  doc = redis.call('HGET', KEYS[1], 'doc') or ''
-end
-return {m[1], head, m[3] or '', m[4] or '', doc, m[5] or '', entries}
-`)
-
-// acquireScript takes a topic's lease that no instance holds (SET NX PX
-// with the caller's token), or renews one that is still the caller's, as
-// after a failed renewal. KEYS: lease. ARGV: token, lease in ms. It
-// returns 1 when the caller holds the lease.
-var acquireScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if v then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-return 1
-`)
-
-// renewScript renews a lease that is still the caller's, and the TTL of
-// the topic's keys. KEYS: lease, meta, stream. ARGV: token, lease in ms,
-// TTL in ms.
-var renewScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return 1
-`)
-
-// releaseScript gives up a lease that is still the caller's. KEYS: lease.
-// ARGV: token.
-var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`)
 
 // Status events of the store, sent once per outage to each open stream.
 var (
@@ -340,78 +201,6 @@ func (l *redisLog) pushNotice(data []byte) {
 	}
 }
 
-func (l *redisLog) lead(ctx context.Context) (uint64, time.Duration) {
-	l.leaseMu.Lock()
-	defer l.leaseMu.Unlock()
-	if l.holding {
-		return l.term, 0
-	}
-	ctx, cancel := l.call(ctx)
-	defer cancel()
-	n, err := acquireScript.Run(ctx, l.conn.client, []string{l.keys.lease}, l.token, l.lease.Milliseconds()).Int()
-	if err != nil && ctx.Err() == context.Canceled {
-		// The topic stops.
-		return 0, l.lease / 5
-	}
-	if unreachable(err) {
-		l.leaseMu.Unlock()
-		l.storeFailed(err)
-		l.leaseMu.Lock()
-		return l.term, 0
-	}
-	wasLocal := l.local
-	l.local = false
-	if wasLocal {
-		l.kick()
-	}
-	if n != 1 {
-		return 0, l.lease / 5
-	}
-	l.holding = true
-	l.term++
-	storeMetrics.held.Inc()
-	storeMetrics.taken.Inc()
-	l.conn.keepSecret(ctx)
-	l.logger.Info("lease taken: this instance polls the topic", zap.Duration("lease", l.lease))
-	return l.term, 0
-}
-
-// lost gives up a lease that is no longer this instance's, and logs why.
-// l.leaseMu must be held.
-func (l *redisLog) lost(why string) {
-	if l.holding {
-		l.holding = false
-		storeMetrics.held.Dec()
-		storeMetrics.lost.Inc()
-		l.logger.Info("lease lost: another instance polls the topic", zap.String("reason", why))
-	}
-}
-
-// renew renews the lease while this instance holds it; one that is no
-// longer its own is given up, and a Redis that does not answer makes the
-// instance poll on alone.
-func (l *redisLog) renew() {
-	l.leaseMu.Lock()
-	holding := l.holding
-	l.leaseMu.Unlock()
-	if !holding {
-		return
-	}
-	ctx, cancel := l.call(context.Background())
-	defer cancel()
-	n, err := renewScript.Run(ctx, l.conn.client, []string{l.keys.lease, l.keys.meta, l.keys.stream},
-		l.token, l.lease.Milliseconds(), redisTopicTTL.Milliseconds()).Int()
-	if unreachable(err) {
-		l.storeFailed(err)
-		return
-	}
-	if n != 1 {
-		l.leaseMu.Lock()
-		l.lost("the lease was not renewed in time")
-		l.leaseMu.Unlock()
-	}
-}
-
 func (l *redisLog) current(ctx context.Context) ([]byte, bool, error) {
 	l.leaseMu.Lock()
 	local := l.local
@@ -442,31 +231,6 @@ func (l *redisLog) current(ctx context.Context) ([]byte, bool, error) {
 		return nil, down != "", nil
 	}
 	return []byte(doc), down != "", nil
-}
-
-// entryKind returns the kind of the stream entry of an event.
-func entryKind(event string) string {
-	switch event {
-	case "":
-		return entryDocument
-	case eventSnapshot:
-		return entrySnapshot
-	case eventMerge:
-		return entryMerge
-	}
-	return entryPatch
-}
-
-// entryEvent returns the event of a stream entry's kind, "" for a document
-// read as a snapshot.
-func entryEvent(kind string) string {
-	switch kind {
-	case entryPatch:
-		return eventPatch
-	case entryMerge:
-		return eventMerge
-	}
-	return ""
 }
 
 func (l *redisLog) appendEvent(ctx context.Context, snapshot []byte, event string, data []byte) error {
@@ -565,48 +329,6 @@ func (l *redisLog) writeLocal(kind string, data, extra []byte) {
 		l.localN++
 		l.pushDocument(l.localEpoch+"-"+strconv.FormatUint(l.localN, 10), extra, entryEvent(kind), data)
 	}
-}
-
-// A streamEntry is one entry of a topic's stream, as readScript returns it.
-// An entry without data (hasData unset) is the one at the reader's
-// position, which readScript strips.
-type streamEntry struct {
-	hasData         bool
-	pos             uint64
-	kind, id, check string
-	data            []byte
-}
-
-func parseEntries(v any) []streamEntry {
-	list, _ := v.([]any)
-	entries := make([]streamEntry, 0, len(list))
-	for _, item := range list {
-		pair, _ := item.([]any)
-		if len(pair) != 2 {
-			continue
-		}
-		sid, _ := pair[0].(string)
-		p, _, _ := strings.Cut(sid, "-")
-		pos, _ := strconv.ParseUint(p, 10, 64)
-		e := streamEntry{pos: pos}
-		fields, _ := pair[1].([]any)
-		for i := 0; i+1 < len(fields); i += 2 {
-			name, _ := fields[i].(string)
-			value, _ := fields[i+1].(string)
-			switch name {
-			case "k":
-				e.kind = value
-			case "i":
-				e.id = value
-			case "c":
-				e.check = value
-			case "d":
-				e.data, e.hasData = []byte(value), true
-			}
-		}
-		entries = append(entries, e)
-	}
-	return entries
 }
 
 // sync reads what Redis holds of the topic after the mirror's position and
@@ -766,21 +488,6 @@ func (l *redisLog) resume(lastEventID string) cursor {
 			return 0
 		}
 	}
-}
-
-// parseRedisID returns the epoch and position of an id of Redis's log,
-// "<epoch>-<position>-<check>".
-func parseRedisID(id string) (epoch string, pos uint64, ok bool) {
-	epoch, rest, ok := strings.Cut(id, "-")
-	if !ok {
-		return "", 0, false
-	}
-	p, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return "", 0, false
-	}
-	pos, err := strconv.ParseUint(p, 10, 64)
-	return epoch, pos, err == nil
 }
 
 // Close stops the mirror, unsubscribes from the topic's channel, and gives
