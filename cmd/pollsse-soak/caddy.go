@@ -540,7 +540,8 @@ func (in *instance) sample(gc bool) (sample, error) {
 }
 
 // storeMetrics reads the process's count of failed calls to the shared
-// store and its number of topics whose store is down (/metrics).
+// store and of leases it lost (it stalled past them, or a write was
+// refused), and its number of topics whose store is down (/metrics).
 func (in *instance) storeMetrics() (errs, down float64, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -559,6 +560,10 @@ func (in *instance) storeMetrics() (errs, down float64, err error) {
 		switch m[1] {
 		case "caddy_http_poll_sse_store_errors_total":
 			errs += v
+		case "caddy_http_poll_sse_store_lease_changes_total":
+			if strings.Contains(m[0], `change="lost"`) {
+				errs += v
+			}
 		case "caddy_http_poll_sse_store_topics_down":
 			down += v
 		}

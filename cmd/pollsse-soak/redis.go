@@ -113,14 +113,17 @@ func (r *redisServer) stop() {
 }
 
 // A storeWatch records when the instances found the shared store out of
-// reach, from their metrics: each instance then polls its topics on its
-// own and numbers its events in an epoch of its own, as the redis store
-// does, and the checks of the polls over all instances excuse those
-// moments.
+// reach, or lost a lease, from their metrics: an instance that finds the
+// store out of reach polls its topics on its own and numbers its events in
+// an epoch of its own, as the redis store does; one that stalls past its
+// lease (a loaded machine, the race detector) finds, once it runs again,
+// that another polls its topic, whose poll may have started while its own
+// was in flight. The checks over all instances excuse those moments.
 type storeWatch struct {
 	mu sync.Mutex
 	// troubled are the moments at which an instance's count of store
-	// errors had grown, or some of its topics were down, oldest first.
+	// errors or lost leases had grown, or some of its topics were down,
+	// oldest first.
 	troubled []time.Time
 	errors   map[*instance]float64
 }
