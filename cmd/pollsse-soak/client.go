@@ -48,9 +48,7 @@ func newTransports(roots *x509.CertPool) *transports {
 		d := &net.Dialer{Timeout: 5 * time.Second}
 		if rcvbuf > 0 {
 			d.Control = func(_, _ string, rc syscall.RawConn) error {
-				return rc.Control(func(fd uintptr) {
-					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
-				})
+				return rc.Control(func(fd uintptr) { setReceiveBuffer(fd, rcvbuf) })
 			}
 		}
 		return func(ctx context.Context, network, addr string) (net.Conn, error) {

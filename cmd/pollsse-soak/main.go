@@ -168,6 +168,10 @@ func main() {
 }
 
 func run(o options) int {
+	if err := checkSystem(); err != nil {
+		fmt.Fprintln(os.Stderr, "pollsse-soak:", err)
+		return 2
+	}
 	raiseOpenFiles()
 	start := time.Now()
 	dir := o.dir
@@ -408,16 +412,6 @@ func (s *soak) watchProcesses(ctx context.Context) {
 				}
 			}
 		}
-	}
-}
-
-// raiseOpenFiles raises the soft limit of open files to the hard one: a
-// storm opens a thousand connections at once.
-func raiseOpenFiles() {
-	var lim syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
-		lim.Cur = lim.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	}
 }
 
