@@ -74,7 +74,7 @@ func TestLogThatLostItsDocumentSendsUnreadEventsOnce(t *testing.T) {
 	l.mu.Lock()
 	l.pushDocument("e-1", []byte(`{"v":1}`), "", nil)
 	l.mu.Unlock()
-	_, at, _ := l.read(0, make([]frame, 0, maxFramesPerRead))
+	_, at, _ := l.read(0, make([]frame, 0, 64))
 	l.mu.Lock()
 	l.pushDocument("e-2", []byte(`{"v":2}`), eventPatch, []byte(`[{"op":"replace","path":"/v","value":2}]`))
 	l.pushStatus([]byte(`{"upstream":"down"}`), true)
@@ -85,7 +85,7 @@ func TestLogThatLostItsDocumentSendsUnreadEventsOnce(t *testing.T) {
 	l.mu.Unlock()
 	var got []string
 	for range 10 {
-		frames, next, _ := l.read(at, make([]frame, 0, maxFramesPerRead))
+		frames, next, _ := l.read(at, make([]frame, 0, 64))
 		if len(frames) == 0 {
 			break
 		}
@@ -104,7 +104,7 @@ func TestLogThatLostItsDocumentSendsUnreadEventsOnce(t *testing.T) {
 	l.mu.Lock()
 	l.pushDocument("f-1", []byte(`{"v":3}`), "", nil)
 	l.mu.Unlock()
-	frames, _, _ := l.read(at, make([]frame, 0, maxFramesPerRead))
+	frames, _, _ := l.read(at, make([]frame, 0, 64))
 	if len(frames) != 1 || frames[0].kind != kindSnapshot {
 		t.Fatalf("after the next document the subscriber read %d frames, want its snapshot", len(frames))
 	}
