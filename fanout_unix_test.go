@@ -39,7 +39,7 @@ func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 	streams := openStreams(t, base+"/events", 20)
 	buf := make([]byte, 1<<20)
 	stacks := string(buf[:runtime.Stack(buf, true)])
-	if n := strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream("); n != 0 {
+	if n := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow("); n != 0 {
 		t.Errorf("%d goroutines run a stream loop for 20 HTTP/1.1 clients, want 0", n)
 	}
 	if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {

@@ -260,18 +260,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(time.Duration(h.Retry))))
 		return h.writeRefusal(w, http.StatusServiceUnavailable, err)
 	}
-	// A stream that detach takes over unsubscribes when it ends.
-	detached := false
+	// A stream, once it starts, unsubscribes when it ends.
+	streaming := false
 	defer func() {
-		if !detached {
+		if !streaming {
 			h.hub.unsubscribe(t)
 		}
 	}()
 	// While the upstream's latest answer for the topic refuses its
 	// credentials, a subscriber gets that 401 or 403, and EventSource
 	// stops. A stream that is already open when the upstream refuses them
-	// before its first snapshot ends (streamConfig.stream,
-	// connGroup.service), so that its browser's reconnect gets the status.
+	// before its first snapshot ends (subscriber.follow and
+	// subscriber.service), so that its browser's reconnect gets the status.
 	if status := t.deniedStatus(); status != 0 {
 		return h.writeRefusal(w, status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
 	}
@@ -290,14 +290,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
 
-	ew := newEventWriter(w, time.Duration(h.WriteTimeout))
-	if err := ew.write(retryFrame(time.Duration(h.Retry))); err != nil {
+	if err := newResponseSink(w, time.Duration(h.WriteTimeout)).push(nil, nil, retryFrame(time.Duration(h.Retry))); err != nil {
 		return nil
 	}
-	if detached = h.detached.detach(w, r, t, cursor); detached {
-		return nil
-	}
-	h.streaming.stream(r.Context(), ew, t, cursor)
+	streaming = true
+	h.streaming.serve(h.detached, w, r, t, cursor)
 	return nil
 }
 

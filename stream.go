@@ -2,8 +2,8 @@ package pollsse
 
 import (
 	"context"
-	"errors"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,55 +39,64 @@ func (c *streamConfig) ended() bool {
 	}
 }
 
-// A frameWriter writes whole frames to one stream, each in one write that it
-// flushes: an eventWriter, or a hijackedWriter (takeover.go).
-type frameWriter interface {
-	write(frame []byte) error
-	// lastWrite is when the last frame was written.
-	lastWrite() time.Time
+// serve streams t's log from cursor at on to the request r, whose headers and
+// retry field w has written: as a subscriber of t's group, taken over from
+// net/http, where detach can (fanout.go), and else on this goroutine, through
+// w. The subscription to t is the stream's, which gives it back when it
+// ends.
+func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.Request, t *topic, at cursor) {
+	if d.detach(w, r, t, at) {
+		return
+	}
+	s := newSubscriber(c, t, at, newResponseSink(w, c.writeTimeout))
+	s.follow(r.Context())
+	s.close()
 }
 
-// maxFramesPerRead bounds the frames a subscriber takes from the log at once.
-const maxFramesPerRead = 64
+// followSweepers are the scratch state of the subscribers that run on
+// goroutines of their own, taken only while one writes, so that an idle one
+// holds none.
+var followSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
-// stream writes the events of t's log to one subscriber from cursor on, and
-// heartbeats in the silences, until the subscriber or the server goes, or the
-// upstream refuses t's credentials before the subscriber's first snapshot.
-// It is the only goroutine that writes to the response. A subscriber that
-// falls behind only delays itself: when it has missed more than the history
-// holds, its next read is a fresh snapshot; when it takes nothing of a write
-// for the write timeout, the stream ends, and the browser reconnects and
-// resumes by id.
-func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, at cursor) {
-	buf := make([]frame, 0, maxFramesPerRead)
+// follow writes the events of s's log to s, a subscriber on a goroutine of
+// its own, with writes that wait (catchUp), and heartbeats in the silences,
+// until the subscriber or the server goes, a write fails, or the upstream
+// refuses t's credentials before the subscriber's first snapshot. The
+// caller ends the stream then. A subscriber that falls behind only delays
+// itself: when it has missed more than the history holds, its next read is
+// a fresh snapshot; when it takes nothing of a write for the write timeout,
+// the stream ends, and the browser reconnects and resumes by id.
+func (s *subscriber) follow(ctx context.Context) {
+	c := s.cfg
 	for {
-		refused := t.refusedChan()
-		frames, next, wake := t.log.read(at, buf[:0])
-		for _, f := range frames {
-			if err := ew.write(f.bytes); err != nil {
-				metrics.countWriteError(err)
-				return
-			}
-			metrics.countSent(f)
-		}
-		at = next
-		if len(frames) > 0 {
-			continue
-		}
-		if t.refusedBeforeSnapshot() {
+		wake, refused := s.t.log.changed(), s.t.refusedChan()
+		w := followSweepers.Get().(*sweeper)
+		ok := s.catchUp(w, nil, frame{}, nil)
+		followSweepers.Put(w)
+		if !ok || s.t.refusedBeforeSnapshot() {
 			return
 		}
 		select {
 		case <-wake:
 		case <-refused:
 		case <-c.ticker.tick():
-			if time.Since(ew.lastWrite()) >= c.heartbeat {
-				if err := ew.write(heartbeatFrame.bytes); err != nil {
-					metrics.countWriteError(err)
-					return
-				}
-				metrics.countSent(heartbeatFrame)
+			s.mu.Lock()
+			quiet := time.Since(s.last) >= c.heartbeat
+			s.mu.Unlock()
+			if !quiet {
+				continue
 			}
+			w := followSweepers.Get().(*sweeper)
+			err := s.sink.push(w, nil, heartbeatFrame.bytes)
+			followSweepers.Put(w)
+			if err != nil {
+				metrics.countWriteError(err)
+				return
+			}
+			metrics.countSent(heartbeatFrame)
+			s.mu.Lock()
+			s.last = time.Now()
+			s.mu.Unlock()
 		case <-ctx.Done():
 			return
 		case <-c.done:
@@ -95,67 +104,6 @@ func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, at 
 		}
 	}
 }
-
-// An eventWriter writes frames to one response and flushes after each, so
-// that no proxy or compressing writer between here and the browser holds an
-// event back.
-type eventWriter struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	timeout time.Duration
-	// last is when the last frame was written: heartbeats fill silences.
-	last time.Time
-}
-
-func newEventWriter(w http.ResponseWriter, timeout time.Duration) *eventWriter {
-	return &eventWriter{w: w, rc: http.NewResponseController(w), timeout: timeout}
-}
-
-// maxWritePiece is the most of a frame that an eventWriter writes and
-// flushes with one deadline. A write through net/http that reaches its
-// deadline breaks the response (an HTTP/2 stream is reset), so a large
-// frame is written in pieces, each of which the client has the write
-// timeout to take: one that takes less than this in the write timeout is
-// dropped, one that takes more gets a frame of any size.
-const maxWritePiece = 32 << 10
-
-// write writes one frame and flushes it, in pieces of at most
-// maxWritePiece. A client that does not take a piece within the write
-// timeout gets an error, and its stream ends.
-func (ew *eventWriter) write(frame []byte) error {
-	for len(frame) > 0 {
-		n := min(len(frame), maxWritePiece)
-		if err := ew.writePiece(frame[:n]); err != nil {
-			return err
-		}
-		frame = frame[n:]
-	}
-	// On HTTP/2 a deadline is a timer that resets the stream when it
-	// fires, with or without a write: it must not outlive the write.
-	if ew.timeout > 0 {
-		if err := ew.rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
-	ew.last = time.Now()
-	return nil
-}
-
-// writePiece writes and flushes piece within the write timeout.
-func (ew *eventWriter) writePiece(piece []byte) error {
-	if ew.timeout > 0 {
-		err := ew.rc.SetWriteDeadline(time.Now().Add(ew.timeout))
-		if err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
-	if _, err := ew.w.Write(piece); err != nil {
-		return err
-	}
-	return ew.rc.Flush()
-}
-
-func (ew *eventWriter) lastWrite() time.Time { return ew.last }
 
 // A heartbeatTicker wakes every stream of a handler a few times per
 // heartbeat period, so that each can send a heartbeat when it has been

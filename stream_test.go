@@ -50,7 +50,7 @@ func streamGoroutines() int {
 		buf = make([]byte, 2*len(buf))
 	}
 	stacks := string(buf[:runtime.Stack(buf, true)])
-	return strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream(") + strings.Count(stacks, "caddy-pollsse.(*connStream).watch(")
+	return strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(") + strings.Count(stacks, "caddy-pollsse.(*subscriber).watch(")
 }
 
 func TestClientDisconnectEndsItsStream(t *testing.T) {
