@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -256,10 +258,21 @@ func (k *connSink) close()  { k.conn.Close() }
 // systems that cannot write a socket without waiting), on the goroutine of
 // its handler, and flushes after each, so that no proxy or compressing
 // writer between here and the browser holds an event back.
+//
+// A write through net/http waits while the client takes nothing (on
+// HTTP/2, while the stream's flow-control window is shut). Rather than
+// arm a deadline for every write (on HTTP/2 a timer and two messages to
+// the connection's goroutine each), a sink says when its write began, and
+// its handler's writeWatch ends a write that has taken longer than the
+// write timeout with a deadline in the past.
 type responseSink struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
+	// since is when the piece being written began, in Unix nanoseconds,
+	// 0 between writes; expired is set when the writeWatch ended it.
+	since   atomic.Int64
+	expired atomic.Bool
 }
 
 func newResponseSink(w http.ResponseWriter, timeout time.Duration) *responseSink {
@@ -267,9 +280,9 @@ func newResponseSink(w http.ResponseWriter, timeout time.Duration) *responseSink
 }
 
 // maxWritePiece is the most of a frame that a responseSink writes and
-// flushes with one deadline. A write through net/http that reaches its
-// deadline breaks the response (an HTTP/2 stream is reset), so a large
-// frame is written in pieces, each of which the client has the write
+// flushes at once, each piece within the write timeout. Ending a write
+// through net/http breaks the response (an HTTP/2 stream is reset), so a
+// large frame is written in pieces, each of which the client has the write
 // timeout to take: one that takes less than this in the write timeout is
 // dropped, one that takes more gets a frame of any size.
 const maxWritePiece = 32 << 10
@@ -285,31 +298,23 @@ func (k *responseSink) push(w *sweeper, rest, f []byte) error {
 	if rest != nil {
 		f = rest
 	}
+	defer k.since.Store(0)
 	for len(f) > 0 {
 		n := min(len(f), maxWritePiece)
+		k.since.Store(time.Now().UnixNano())
 		if err := k.writePiece(f[:n]); err != nil {
+			if k.expired.Load() {
+				return fmt.Errorf("%w: %w", errNoProgress, err)
+			}
 			return err
 		}
 		f = f[n:]
 	}
-	// On HTTP/2 a deadline is a timer that resets the stream when it
-	// fires, with or without a write: it must not outlive the write.
-	if k.timeout > 0 {
-		if err := k.rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
 	return nil
 }
 
-// writePiece writes and flushes piece within the write timeout.
+// writePiece writes and flushes piece.
 func (k *responseSink) writePiece(piece []byte) error {
-	if k.timeout > 0 {
-		err := k.rc.SetWriteDeadline(time.Now().Add(k.timeout))
-		if err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
 	if _, err := k.w.Write(piece); err != nil {
 		return err
 	}
@@ -318,3 +323,70 @@ func (k *responseSink) writePiece(piece []byte) error {
 
 func (k *responseSink) settle() {}
 func (k *responseSink) close()  {}
+
+// A writeWatch ends the writes of a handler's responseSinks that take
+// longer than the write timeout. It looks a few times per timeout
+// (writeChecks), on a goroutine that runs while any sink is watched.
+type writeWatch struct {
+	mu      sync.Mutex
+	sinks   map[*responseSink]struct{}
+	running bool
+}
+
+// add watches k's writes until remove.
+func (ww *writeWatch) add(c *streamConfig, k *responseSink) {
+	if k.timeout <= 0 {
+		return
+	}
+	ww.mu.Lock()
+	defer ww.mu.Unlock()
+	if ww.sinks == nil {
+		ww.sinks = make(map[*responseSink]struct{})
+	}
+	ww.sinks[k] = struct{}{}
+	if !ww.running {
+		ww.running = true
+		go ww.run(c.done, k.timeout)
+	}
+}
+
+func (ww *writeWatch) remove(k *responseSink) {
+	ww.mu.Lock()
+	delete(ww.sinks, k)
+	ww.mu.Unlock()
+}
+
+func (ww *writeWatch) run(done <-chan struct{}, timeout time.Duration) {
+	ticker := time.NewTicker(max(timeout/writeChecks, time.Millisecond))
+	defer ticker.Stop()
+	var late []*responseSink
+	for {
+		select {
+		case <-done:
+			ww.mu.Lock()
+			ww.running = false
+			ww.mu.Unlock()
+			return
+		case now := <-ticker.C:
+			ww.mu.Lock()
+			if len(ww.sinks) == 0 {
+				ww.running = false
+				ww.mu.Unlock()
+				return
+			}
+			limit := now.Add(-timeout).UnixNano()
+			for k := range ww.sinks {
+				if since := k.since.Load(); since != 0 && since <= limit {
+					late = append(late, k)
+				}
+			}
+			ww.mu.Unlock()
+			for _, k := range late {
+				k.expired.Store(true)
+				k.rc.SetWriteDeadline(time.Unix(1, 0))
+			}
+			clear(late)
+			late = late[:0]
+		}
+	}
+}

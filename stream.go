@@ -27,6 +27,8 @@ type streamConfig struct {
 	// (hub.unsubscribe).
 	unsubscribe func(*topic)
 	logger      *zap.Logger
+	// writes ends the writes through net/http that take too long.
+	writes writeWatch
 }
 
 // ended tells whether done is closed.
@@ -48,7 +50,10 @@ func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.
 	if d.detach(w, r, t, at) {
 		return
 	}
-	s := newSubscriber(c, t, at, newResponseSink(w, c.writeTimeout))
+	k := newResponseSink(w, c.writeTimeout)
+	c.writes.add(c, k)
+	defer c.writes.remove(k)
+	s := newSubscriber(c, t, at, k)
 	s.follow(r.Context())
 	s.close()
 }

@@ -148,6 +148,7 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 	// What net/http read ahead is what the client sent after its
 	// request; nothing of it is a request that the stream answers.
 	sent := brw.Reader.Buffered()
+	releaseConnBuffers(brw)
 	conn, counted := top, false
 	if inner := countedConn(conn); inner != nil {
 		conn, counted = inner, true
@@ -164,6 +165,10 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 		}
 	}
 	timeout := d.cfg.writeTimeout
+	if tlsConn != nil && rc != nil && err == nil && canMeasureRoom {
+		// Its socket is read directly from now on.
+		sent += releaseReadBuffers(tlsConn)
+	}
 	switch {
 	case rc == nil || err != nil || ((counted || tlsConn != nil) && !canMeasureRoom):
 		d.cfg.followHijacked(top, t, at, sent)
