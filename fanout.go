@@ -31,9 +31,11 @@ import (
 // catches up from its cursor and returns to the group once it has; the group
 // meanwhile skips it, so it costs the others nothing.
 //
-// A subscriber whose sink cannot write without waiting runs catchUp on its
-// own goroutine, always (follow, stream.go), and waits there for the next
-// change.
+// A subscriber whose sink cannot write without waiting (a follower) runs
+// catchUp on a goroutine of its own, always (follow, stream.go). It is a
+// member of its topic's group all the same, which nudges it when there is
+// something to write, through a channel of its own: its goroutine waits on
+// nothing that thousands of others wait on too.
 //
 // On every path, a subscriber that takes no byte of a write for
 // write_timeout is disconnected, and resumes by id when its browser
@@ -77,6 +79,9 @@ type subscriber struct {
 	ended chan struct{}
 	// lag is the goroutine that writes to a lagging subscriber of a group.
 	lag sync.WaitGroup
+	// poke is a follower's: the group nudges it through poke when there is
+	// something to write to it, a heartbeat due, or the streams end.
+	poke chan struct{}
 
 	mu     sync.Mutex
 	cursor cursor
@@ -97,9 +102,9 @@ func newSubscriber(cfg *streamConfig, t *topic, at cursor, s sink) *subscriber {
 var joinSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
 // join adds s to the group of its topic, starting the group if it has none,
-// and sends it what the log holds for it. The group's sweeps wait until it
-// has been.
-func (d *detachedStreams) join(s *subscriber) {
+// calls start (if not nil), and sends s what the log holds for it. The
+// group's sweeps, and the end of s, wait until it has been.
+func (d *detachedStreams) join(s *subscriber, start func()) {
 	s.mu.Lock()
 	d.mu.Lock()
 	g := d.groups[s.t]
@@ -114,6 +119,9 @@ func (d *detachedStreams) join(s *subscriber) {
 	g.subs = append(g.subs, s)
 	g.mu.Unlock()
 	d.mu.Unlock()
+	if start != nil {
+		start()
+	}
 	sw := joinSweepers.Get().(*sweeper)
 	s.service(sw)
 	joinSweepers.Put(sw)
@@ -187,7 +195,11 @@ func (g *connGroup) run() {
 		case <-g.cfg.ticker.tick():
 			now := time.Now()
 			g.sweep(subs, func(s *subscriber, w *sweeper) {
-				if !s.lagging && !s.closed && now.Sub(s.last) >= g.cfg.heartbeat {
+				switch {
+				case s.lagging || s.closed || now.Sub(s.last) < g.cfg.heartbeat:
+				case s.poke != nil:
+					s.nudge()
+				default:
 					s.send(w, []frame{heartbeatFrame}, s.cursor)
 				}
 			})
@@ -249,6 +261,10 @@ const maxFramesPerWrite = 64
 // goroutine of its own then finishes), or ends it when the upstream refuses
 // the topic's credentials before its first snapshot. s.mu is held.
 func (s *subscriber) service(w *sweeper) {
+	if s.poke != nil {
+		s.nudge()
+		return
+	}
 	if s.lagging || s.closed {
 		return
 	}
@@ -353,12 +369,26 @@ func (s *subscriber) catchUp(w *sweeper, rest []byte, last frame, frames []frame
 // unloaded: the last chunk, if the stream is between two frames, and then
 // the connection closes.
 func (s *subscriber) end() {
+	if s.poke != nil {
+		// It sees that the streams end, and ends.
+		s.nudge()
+		return
+	}
 	s.mu.Lock()
 	if !s.lagging && !s.closed {
 		s.sink.offer(newSweeper(), lastChunk)
 	}
 	s.mu.Unlock()
 	s.close()
+}
+
+// nudge tells a follower that it has something to do, unless it has been
+// told already.
+func (s *subscriber) nudge() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
 }
 
 // A sweeper is the scratch state of one goroutine that writes to streams,

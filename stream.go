@@ -53,8 +53,17 @@ func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.
 	k := newResponseSink(w, c.writeTimeout)
 	c.writes.add(c, k)
 	defer c.writes.remove(k)
-	s := newSubscriber(c, t, at, k)
-	s.follow(r.Context())
+	d.follow(newSubscriber(c, t, at, k), r.Context())
+}
+
+// follow makes s a follower of its topic's group, streams to it on this
+// goroutine until ctx ends or the stream does, and ends it.
+func (d *detachedStreams) follow(s *subscriber, ctx context.Context) {
+	s.poke = make(chan struct{}, 1)
+	if !s.cfg.ended() {
+		d.join(s, nil)
+		s.follow(ctx)
+	}
 	s.close()
 }
 
@@ -63,18 +72,18 @@ func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.
 // holds none.
 var followSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
-// follow writes the events of s's log to s, a subscriber on a goroutine of
-// its own, with writes that wait (catchUp), and heartbeats in the silences,
-// until the subscriber or the server goes, a write fails, or the upstream
-// refuses t's credentials before the subscriber's first snapshot. The
-// caller ends the stream then. A subscriber that falls behind only delays
-// itself: when it has missed more than the history holds, its next read is
-// a fresh snapshot; when it takes nothing of a write for the write timeout,
-// the stream ends, and the browser reconnects and resumes by id.
+// follow writes the events of s's log to s, a follower of its group, with
+// writes that wait (catchUp), and heartbeats in the silences, each time the
+// group nudges it, until ctx ends or the server's streams do, a write fails,
+// or the upstream refuses t's credentials before the subscriber's first
+// snapshot. The caller ends the stream then. A subscriber that falls
+// behind only delays itself: when it has missed more than the history
+// holds, its next read is a fresh snapshot; when it takes nothing of a
+// write for the write timeout, the stream ends, and the browser reconnects
+// and resumes by id.
 func (s *subscriber) follow(ctx context.Context) {
 	c := s.cfg
 	for {
-		wake, refused := s.t.log.changed(), s.t.refusedChan()
 		w := followSweepers.Get().(*sweeper)
 		ok := s.catchUp(w, nil, frame{}, nil)
 		followSweepers.Put(w)
@@ -82,31 +91,30 @@ func (s *subscriber) follow(ctx context.Context) {
 			return
 		}
 		select {
-		case <-wake:
-		case <-refused:
-		case <-c.ticker.tick():
-			s.mu.Lock()
-			quiet := time.Since(s.last) >= c.heartbeat
-			s.mu.Unlock()
-			if !quiet {
-				continue
-			}
-			w := followSweepers.Get().(*sweeper)
-			err := s.sink.push(w, nil, heartbeatFrame.bytes)
-			followSweepers.Put(w)
-			if err != nil {
-				metrics.countWriteError(err)
-				return
-			}
-			metrics.countSent(heartbeatFrame)
-			s.mu.Lock()
-			s.last = time.Now()
-			s.mu.Unlock()
+		case <-s.poke:
 		case <-ctx.Done():
 			return
-		case <-c.done:
+		}
+		if c.ended() {
 			return
 		}
+		s.mu.Lock()
+		quiet := time.Since(s.last) >= c.heartbeat
+		s.mu.Unlock()
+		if !quiet {
+			continue
+		}
+		w = followSweepers.Get().(*sweeper)
+		err := s.sink.push(w, nil, heartbeatFrame.bytes)
+		followSweepers.Put(w)
+		if err != nil {
+			metrics.countWriteError(err)
+			return
+		}
+		metrics.countSent(heartbeatFrame)
+		s.mu.Lock()
+		s.last = time.Now()
+		s.mu.Unlock()
 	}
 }
 

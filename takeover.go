@@ -171,10 +171,10 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 	}
 	switch {
 	case rc == nil || err != nil || ((counted || tlsConn != nil) && !canMeasureRoom):
-		d.cfg.followHijacked(top, t, at, sent)
+		d.followHijacked(top, t, at, sent)
 	case counted:
 		s := newSubscriber(d.cfg, t, at, newRecordSink(top, conn, rc, timeout))
-		d.join(s)
+		d.join(s, nil)
 		s.watch(conn, sent)
 		s.lag.Wait()
 	default:
@@ -183,8 +183,7 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 			k = newRecordSink(tlsConn, conn, rc, timeout)
 		}
 		s := newSubscriber(d.cfg, t, at, k)
-		d.join(s)
-		go s.watch(conn, sent)
+		d.join(s, func() { go s.watch(conn, sent) })
 	}
 	return true
 }
@@ -224,7 +223,8 @@ func (s *subscriber) watch(conn net.Conn, sent int) {
 // wait. A goroutine reads from the connection to notice the client
 // leaving, or sending more than maxClientBytes after its request, of which
 // it had sent sent.
-func (c *streamConfig) followHijacked(conn net.Conn, t *topic, at cursor, sent int) {
+func (d *detachedStreams) followHijacked(conn net.Conn, t *topic, at cursor, sent int) {
+	c := d.cfg
 	s := newSubscriber(c, t, at, &connSink{conn: conn, timeout: c.writeTimeout})
 	ctx, cancel := context.WithCancel(context.Background())
 	read := make(chan struct{})
@@ -234,8 +234,7 @@ func (c *streamConfig) followHijacked(conn net.Conn, t *topic, at cursor, sent i
 		c.logClientSent(watchClient(conn, buf[:], sent))
 		cancel()
 	}()
-	s.follow(ctx)
-	s.close()
+	d.follow(s, ctx)
 	cancel()
 	// The reads count bytes for Caddy's access log, which it writes once
 	// the handler returns.

@@ -44,6 +44,7 @@ type swarm struct {
 	received  []atomic.Int64
 	connected atomic.Int64 // clients that received a snapshot
 	failed    atomic.Int64 // clients whose connection failed or ended
+	retried   atomic.Int64 // connection attempts made again
 	lastSnap  atomic.Int64 // unix ns of the last first snapshot
 	// slowRcvBuf is the receive buffer slow clients ask for (0: the
 	// system's), so that the server's writes to them block after less
@@ -119,11 +120,24 @@ func (c *client) run(s *swarm, host string, sem chan struct{}) {
 	}
 	var body io.Reader
 	var err error
-	switch s.proto.version {
-	case 2, 3:
-		body, err = s.proto.openStream(c, host, path)
-	default:
-		body, err = c.openHTTP1(s, host, path)
+	// A connection that fails before its response (a handshake lost on a
+	// machine this loaded) is tried again, twice, and counted.
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			s.retried.Add(1)
+			if conn := c.conn.Load(); conn != nil {
+				(*conn).Close()
+			}
+		}
+		switch s.proto.version {
+		case 2, 3:
+			body, err = s.proto.openStream(c, host, path)
+		default:
+			body, err = c.openHTTP1(s, host, path)
+		}
+		if err == nil {
+			break
+		}
 	}
 	if err != nil {
 		s.failed.Add(1)

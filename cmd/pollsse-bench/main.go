@@ -208,6 +208,7 @@ type trial struct {
 	FilesBefore    int // server's open files before and after the events
 	FilesAfter     int
 	Resynced       int // clients that received more than one snapshot
+	Retried        int // connection attempts made again
 }
 
 // pathName says which delivery path a run measures: the protocol, and
@@ -287,6 +288,7 @@ func runTrial(ctx context.Context, o options, proto *protocol) (*trial, error) {
 		return nil, fmt.Errorf("connecting: %w", err)
 	}
 	tr.ConnectS = time.Duration(s.lastSnap.Load() - start.UnixNano()).Seconds()
+	tr.Retried = int(s.retried.Load())
 	if o.hold > 0 {
 		sleep(ctx, o.hold)
 		tr.RSSHeldKB = rssKB(pid)
@@ -501,14 +503,15 @@ func medianTrial(ts []*trial) *trial {
 		FilesBefore:    int(mi(func(t *trial) int64 { return int64(t.FilesBefore) })),
 		FilesAfter:     int(mi(func(t *trial) int64 { return int64(t.FilesAfter) })),
 		Resynced:       int(mi(func(t *trial) int64 { return int64(t.Resynced) })),
+		Retried:        int(mi(func(t *trial) int64 { return int64(t.Retried) })),
 	}
 }
 
 func (t *trial) print(label string) {
-	fmt.Printf("%s [%s]: N=%d connect %.2fs | latency p50 %.1f p99 %.1f max %.1f ms (missing %d) | RSS %d -> %d KB = %.1f KB/sub | CPU server %.2fs tool %.2fs other %.2fs in %.1fs = %.1f µs/sub/event | upstream %d req (%.1f/s, max %d in 10ms, %d in 100ms) | RSS during events max %d KB, end %d KB | files %d -> %d | resynced %d\n",
+	fmt.Printf("%s [%s]: N=%d connect %.2fs | latency p50 %.1f p99 %.1f max %.1f ms (missing %d) | RSS %d -> %d KB = %.1f KB/sub | CPU server %.2fs tool %.2fs other %.2fs in %.1fs = %.1f µs/sub/event | upstream %d req (%.1f/s, max %d in 10ms, %d in 100ms) | RSS during events max %d KB, end %d KB | files %d -> %d | resynced %d | connections retried %d\n",
 		label, t.Path, t.Subscribers, t.ConnectS, t.P50, t.P99, t.Max, t.Missing,
 		t.RSSBeforeKB, t.RSSHeldKB, t.KBPerSub, t.ServerCPU, t.ToolCPU, t.OtherCPU, t.WindowS, t.USPerSubEvent,
-		t.Requests, t.RequestsPerS, t.MaxIn10ms, t.MaxIn100ms, t.RSSEventsMaxKB, t.RSSEndKB, t.FilesBefore, t.FilesAfter, t.Resynced)
+		t.Requests, t.RequestsPerS, t.MaxIn10ms, t.MaxIn100ms, t.RSSEventsMaxKB, t.RSSEndKB, t.FilesBefore, t.FilesAfter, t.Resynced, t.Retried)
 	if len(t.Events) > 0 && len(t.Events) <= 10 {
 		for i, e := range t.Events {
 			fmt.Printf("    event %d: p50 %.1f p99 %.1f max %.1f ms, missing %d\n", i+1, e.P50, e.P99, e.Max, e.Missing)
