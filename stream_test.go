@@ -74,10 +74,10 @@ func TestClientDisconnectEndsItsStream(t *testing.T) {
 	}
 }
 
-// A streamPath is one of the ways a stream reaches its client: detached
-// (plain HTTP/1.1), written on its request's goroutine to a connection that
-// Caddy wraps (HTTP/1.1 on a host with access logs), or through net/http
-// (HTTPS with HTTP/1.1, HTTP/2 and HTTP/3).
+// A streamPath is one of the ways a stream reaches its client: taken over
+// from net/http (plain HTTP/1.1, HTTP/1.1 on a host with access logs, and
+// HTTPS with HTTP/1.1, on the systems that can), or written through
+// net/http (HTTP/2 and HTTP/3).
 type streamPath struct {
 	name string
 	url  string
@@ -95,13 +95,22 @@ type streamPath struct {
 // one, one with access logs and an HTTPS one, and returns the paths of its
 // streams, each with its URL.
 func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
+	paths, _ := startCaddyOnEveryPathReloadable(t, fields)
+	return paths
+}
+
+// startCaddyOnEveryPathReloadable is startCaddyOnEveryPath, and returns as
+// well a function that reloads the configuration with the handler's fields
+// changed to those it is given.
+func startCaddyOnEveryPathReloadable(t *testing.T, fields string) ([]streamPath, func(fields string)) {
 	t.Helper()
-	route := pollSSERoute("/events", fields)
 	cert, key := selfSignedPEM(t)
 	certJSON, _ := json.Marshal(cert)
 	keyJSON, _ := json.Marshal(key)
 	plain, logged, secure := freePort(t), freePort(t), freePort(t)
-	cfg := fmt.Sprintf(`{
+	storage := t.TempDir()
+	config := func(fields string) []byte {
+		return fmt.Appendf(nil, `{
 		"admin": {"disabled": true},
 		"storage": {"module": "file_system", "root": %q},
 		"logging": {"logs": {"default": {"level": "ERROR"}}},
@@ -119,14 +128,28 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 				}
 			}}
 		}
-	}`, t.TempDir(), certJSON, keyJSON, plain, route, logged, secure)
-	if err := caddy.Load([]byte(cfg), true); err != nil {
+	}`, storage, certJSON, keyJSON, plain, pollSSERoute("/events", fields), logged, secure)
+	}
+	if err := caddy.Load(config(fields), true); err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
 	t.Cleanup(func() {
 		stopCaddy(t)
 		assertNoStreamGoroutines(t)
 	})
+	reload := func(fields string) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- caddy.Load(config(fields), false) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("reload: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("reload hung with streams open")
+		}
+	}
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		// Segments as on a network: loopback's of 64 KiB, with a small
 		// receive buffer, stall a connection read slowly until the
@@ -156,7 +179,7 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 	return []streamPath{
 		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), canDetach, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), canDetach, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
-		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
+		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), canDetach && canMeasureRoom, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
 		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP2(true) })},
 		{"HTTP/3", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, func() *http.Client {
 			tr := &http3.Transport{TLSClientConfig: tlsConfig(), QUICConfig: &quic.Config{
@@ -168,7 +191,7 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 			t.Cleanup(func() { tr.Close() })
 			return &http.Client{Transport: tr}
 		}},
-	}
+	}, reload
 }
 
 // smallReceiveBuffer is the socket receive buffer and flow-control window
