@@ -52,10 +52,11 @@ type browser struct {
 }
 
 // newBrowser starts Chromium with the flags this machine needs (no sandbox
-// as root, no GPU, no QUIC, no background traffic to the closed network)
-// and a fresh user data directory. It accepts any certificate, so that
-// Caddy's internal CA need not be trusted. It ends with the test.
-func newBrowser(t *testing.T) *browser {
+// as root, no GPU, no QUIC, no background traffic to the closed network),
+// and the flags given, and a fresh user data directory. It accepts any
+// certificate, so that Caddy's internal CA need not be trusted. It ends with
+// the test.
+func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath(t)),
@@ -71,6 +72,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 800),
 	)
+	opts = append(opts, flags...)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancelAlloc)
 	// chromedp's messages go to the test's log while the test runs.
@@ -424,8 +426,8 @@ for (let i = 0; i < %d; i++) {
 // TestBrowserHoldsTenStreamsOverHTTP2 opens a page with 10 streams, each to
 // a topic of its own, over HTTPS with HTTP/2 (Caddy's tls internal): all 10
 // are live at once, as they can be only when one connection carries them
-// all. Over HTTP/1.1, the browser's 6 connections per host hold 6 of them,
-// and the other 4 wait.
+// all. Over HTTP/1.1, plain or HTTPS, the browser's 6 connections per host
+// hold 6 of them, and the other 4 wait.
 func TestBrowserHoldsTenStreamsOverHTTP2(t *testing.T) {
 	const streams = 10
 	var version atomic.Int64
@@ -522,6 +524,29 @@ http://%s {
 		b.eval(live(2), &n)
 		if n != 6 {
 			t.Errorf("over HTTP/1.1 %d of the 10 streams are live, want the browser's limit of 6", n)
+		}
+		b.run(chromedp.Navigate("about:blank"))
+	})
+
+	// Over HTTPS with HTTP/1.1 (a browser without HTTP/2), the streams that
+	// the browser's connections hold are live, and get each change.
+	t.Run("HTTPS with HTTP/1.1: 6 live, 4 waiting", func(t *testing.T) {
+		b := newBrowser(t, chromedp.Flag("disable-http2", true))
+		version.Store(3)
+		b.run(chromedp.Navigate("https://" + httpsAddr + "/"))
+		// A fetch would wait for a connection that a stream holds.
+		var proto string
+		b.eval(`performance.getEntriesByType("navigation")[0].nextHopProtocol`, &proto)
+		if proto != "http/1.1" {
+			t.Fatalf("the page came over %q, want http/1.1", proto)
+		}
+		b.waitFor(15*time.Second, "6 snapshots", live(3)+" === 6", state)
+		version.Store(4)
+		b.waitFor(15*time.Second, "a change on each of the 6 live streams", live(4)+" === 6", state)
+		var n int
+		b.eval(`window.streams.filter((s) => s.doc).length`, &n)
+		if n != 6 {
+			t.Errorf("over HTTPS with HTTP/1.1 %d of the 10 streams have a document, want the browser's limit of 6", n)
 		}
 		b.run(chromedp.Navigate("about:blank"))
 	})
