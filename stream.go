@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -50,7 +51,7 @@ func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.
 	if d.detach(w, r, t, at) {
 		return
 	}
-	k := newResponseSink(w, c.writeTimeout)
+	k := newResponseSink(beneathIdleTimeout(w), c.writeTimeout)
 	c.writes.add(c, k)
 	defer c.writes.remove(k)
 	d.follow(newSubscriber(c, t, at, k), r.Context())
@@ -65,6 +66,20 @@ func (d *detachedStreams) follow(s *subscriber, ctx context.Context) {
 		s.follow(ctx)
 	}
 	s.close()
+}
+
+// beneathIdleTimeout returns the writer beneath w when w is the one with
+// which Caddy bounds each write by the server's write_idle_timeout: on
+// HTTP/2 each of its writes and flushes sets a deadline, a timer and a
+// message to the connection's goroutine each. A stream's writes are
+// bounded by its write_timeout instead (writeWatch). Any other writer is
+// kept: those that count, compress or rewrite what is written see every
+// frame.
+func beneathIdleTimeout(w http.ResponseWriter) http.ResponseWriter {
+	if iw, ok := w.(*caddyhttp.IdleTimeoutWriter); ok && iw.ResponseWriterWrapper != nil && iw.ResponseWriterWrapper.ResponseWriter != nil {
+		return iw.ResponseWriterWrapper
+	}
+	return w
 }
 
 // followSweepers are the scratch state of the subscribers that run on
