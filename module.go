@@ -290,11 +290,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
 
-	if err := newResponseSink(w, time.Duration(h.WriteTimeout)).push(nil, nil, retryFrame(time.Duration(h.Retry))); err != nil {
-		return nil
-	}
 	streaming = true
-	h.streaming.serve(h.detached, w, r, t, cursor)
+	h.streaming.serve(h.detached, w, r, t, cursor, retryFrame(time.Duration(h.Retry)))
 	return nil
 }
 

@@ -42,18 +42,22 @@ func (c *streamConfig) ended() bool {
 	}
 }
 
-// serve streams t's log from cursor at on to the request r, whose headers and
-// retry field w has written: as a subscriber of t's group, taken over from
-// net/http, where detach can (fanout.go), and else on this goroutine, through
-// w. The subscription to t is the stream's, which gives it back when it
-// ends.
-func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.Request, t *topic, at cursor) {
-	if d.detach(w, r, t, at) {
-		return
-	}
+// serve writes retry, the stream's first frame, to the request r, whose
+// headers w has written, and then streams t's log from cursor at on to it:
+// as a subscriber of t's group, taken over from net/http, where detach can
+// (fanout.go), and else on this goroutine, through w. The subscription to t
+// is the stream's, which gives it back when it ends.
+func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.Request, t *topic, at cursor, retry []byte) {
 	k := newResponseSink(beneathIdleTimeout(w), c.writeTimeout)
 	c.writes.add(c, k)
 	defer c.writes.remove(k)
+	if err := k.push(nil, nil, retry); err != nil {
+		c.unsubscribe(t)
+		return
+	}
+	if d.detach(w, r, t, at) {
+		return
+	}
 	d.follow(newSubscriber(c, t, at, k), r.Context())
 }
 
