@@ -109,3 +109,46 @@ func TestHTTP2StreamThatIsNotReadStallsOnlyItself(t *testing.T) {
 		t.Fatalf("after the other was dropped, the stream that is read got %+v (open: %v)", ev.name, ok)
 	}
 }
+
+// TestSlowSubscriberDelaysNoOtherOnEveryPath: on every path, a client that
+// stops reading while changes of about 256 KB each keep coming (its socket
+// or its flow-control window fills) delays no other client of its topic,
+// and is dropped after write_timeout.
+func TestSlowSubscriberDelaysNoOtherOnEveryPath(t *testing.T) {
+	api := newFakeAPI(t, bigDocument(0))
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
+		`"upstream":%q,"interval":"100ms","heartbeat":"1h","write_timeout":"1s","max_body":%d`, api.URL, 4<<20))
+	n := 0
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			dropped := counterValue(metrics.droppedAsSlow)
+			slow, _ := openPausable(t, p.client(), p.url)
+			if ev := nextNamed(t, slow); ev.name != "snapshot" {
+				t.Fatalf("the slow client's first event is %+v", ev)
+			}
+			fast := openStream(t, p.client(), p.url, "")
+			if ev := fast.next(5 * time.Second); ev.name != "snapshot" {
+				t.Fatalf("the reading client's first event is %+v", ev)
+			}
+			// The slow client reads no more.
+			for range 15 {
+				n++
+				api.set(bigDocument(n))
+				start := time.Now()
+				for {
+					ev := fast.next(5 * time.Second)
+					if strings.Contains(ev.data, fmt.Sprintf("%08d", n)) {
+						break
+					}
+				}
+				if d := time.Since(start); d > time.Second {
+					t.Fatalf("change %d reached the reading client after %s", n, d)
+				}
+			}
+			waitFor(t, 5*time.Second, "the slow client to be dropped", func() bool {
+				return counterValue(metrics.droppedAsSlow)-dropped >= 1
+			})
+			fast.close()
+		})
+	}
+}

@@ -74,9 +74,6 @@ type subscriber struct {
 	// of its own; idx is its position in g.subs, guarded by g.mu.
 	g   *connGroup
 	idx int
-	// ended is closed when the stream has ended: the connection is
-	// closed and the subscription given back.
-	ended chan struct{}
 	// lag is the goroutine that writes to a lagging subscriber of a group.
 	lag sync.WaitGroup
 	// poke is a follower's: the group nudges it through poke when there is
@@ -93,7 +90,7 @@ type subscriber struct {
 }
 
 func newSubscriber(cfg *streamConfig, t *topic, at cursor, s sink) *subscriber {
-	return &subscriber{cfg: cfg, t: t, sink: s, cursor: at, last: time.Now(), ended: make(chan struct{})}
+	return &subscriber{cfg: cfg, t: t, sink: s, cursor: at, last: time.Now()}
 }
 
 // joinSweepers write to subscribers as they join. They are shared so that
@@ -171,7 +168,6 @@ func (s *subscriber) closeConn() {
 		s.g.detached.leave(s)
 	}
 	s.cfg.unsubscribe(s.t)
-	close(s.ended)
 }
 
 // sweepShard is the fewest streams one goroutine of a sweep writes to: from
@@ -376,7 +372,9 @@ func (s *subscriber) end() {
 	}
 	s.mu.Lock()
 	if !s.lagging && !s.closed {
-		s.sink.offer(newSweeper(), lastChunk)
+		w := joinSweepers.Get().(*sweeper)
+		s.sink.offer(w, lastChunk)
+		joinSweepers.Put(w)
 	}
 	s.mu.Unlock()
 	s.close()

@@ -66,10 +66,11 @@ type Handler struct {
 	// A client that takes nothing for this long (it stopped reading, or its
 	// network is gone) is disconnected, and its browser reconnects and
 	// resumes by id; one that reads slowly but steadily gets events of any
-	// size. A plain HTTP/1.1 stream without `encode` is dropped when no
-	// byte has moved for this long; any other (HTTPS, HTTP/2, HTTP/3,
-	// `encode`) writes an event in pieces of 32 KiB and is dropped when a
-	// piece is not taken within this long. Default: 10s.
+	// size. An HTTP/1.1 stream without `encode`, plain (or HTTPS, on
+	// Linux), is dropped when no byte has left its socket for this long;
+	// any other (HTTP/2, HTTP/3, `encode`) writes an event in pieces of 32
+	// KiB and is dropped when a piece is not taken within this long.
+	// Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
