@@ -27,12 +27,14 @@ test: deps vet client-test cross xcaddy-build go-test
 # Node.js and npm run the browser client's tests (npm installs TypeScript for
 # them); Debian's chromium is the browser that the Go tests drive
 # (browser_test.go); nginx-light is the nginx that examples/nginx runs behind
-# (examples_test.go).
+# (examples_test.go); redis-server and redis-cli are the Redis, single and
+# Cluster, that the tests of the redis store start.
 deps:
 	@command -v node >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends nodejs; }
 	@command -v npm >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends npm; }
 	@command -v chromium >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }
 	@test -x /usr/sbin/nginx || command -v nginx >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends nginx-light; }
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends redis-server redis-tools; }
 
 vet:
 	$(GO) vet ./...

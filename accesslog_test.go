@@ -32,7 +32,7 @@ func startCaddyWithAccessLogs(t *testing.T, routes string) (plain, secure, logFi
 	cfg := fmt.Sprintf(`{
 		"admin": {"disabled": true},
 		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": "INFO", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
+		"logging": {"logs": {"default": {"level": "INFO", "writer": {"output": "file", "filename": %q, "roll": false}, "encoder": {"format": "json"}}}},
 		"apps": {
 			"tls": {"certificates": {"load_pem": [{"certificate": %s, "key": %s, "tags": ["test"]}]}},
 			"http": {"servers": {

@@ -402,6 +402,39 @@ func TestBrowserDemoShowsUpstreamDown(t *testing.T) {
 		notice+` === "" && `+shows(`{"orders":[{"id":1,"status":"delivered"}]}`), pageDocument)
 }
 
+// TestBrowserDemoShowsUpstreamDownBeforeItsFirstDocument: a page whose
+// stream has had no document yet (the upstream has failed from its first
+// poll on) says that the upstream is down and why, and shows the document
+// with the notice gone once the upstream answers.
+func TestBrowserDemoShowsUpstreamDownBeforeItsFirstDocument(t *testing.T) {
+	api := newFakeAPI(t, `{"orders":[{"id":1,"status":"packing"}]}`)
+	api.setStatus(http.StatusBadGateway)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startCaddyProcess(t, demoCaddyfile(t,
+		"http://localhost:8080", "http://"+addr,
+		"http://127.0.0.1:8081/api/orders", api.URL,
+		"interval 1s", "interval 100ms\n\t\tmax_backoff 500ms",
+		"http://127.0.0.1:8081", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+	))
+	waitForListener(t, addr)
+	b := newBrowser(t)
+	b.run(chromedp.Navigate("http://" + addr + "/"))
+	const notice = `((n) => n && !n.hidden ? n.textContent : "")(document.getElementById("notice"))`
+	b.waitFor(15*time.Second, `"upstream down: " and the reason before any document`,
+		notice+`.startsWith("upstream down: ") && `+notice+`.includes("502")`, pageDocument)
+	var page demoPage
+	if b.eval(pageDocument, &page); page.Shown != "" && sameJSON(page.Shown, `{"orders":[{"id":1,"status":"packing"}]}`) {
+		t.Errorf("the page shows the document %q before the upstream answered it", page.Shown)
+	}
+	t.Logf("before its first document the page says %q", page.Notice)
+
+	api.setStatus(http.StatusOK)
+	b.waitFor(15*time.Second, "the first document, and no notice", notice+` === "" && (() => {
+	try { return JSON.stringify(JSON.parse(document.getElementById("doc").textContent)) === JSON.stringify({"orders":[{"id":1,"status":"packing"}]}); }
+	catch { return false; }
+})()`, pageDocument)
+}
+
 // streamsPage opens one stream per topic with the browser client and keeps,
 // for each, its document and how many snapshots and changes it had.
 const streamsPage = `<!doctype html>

@@ -3,8 +3,10 @@ package pollsse
 import (
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -39,9 +41,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    forward_headers <name>...      # subscriber headers sent upstream, part of the topic key (repeatable)
 //	    max_topics    <n>              # most topics polled at once, default 1000
 //	    max_subscribers <n>            # most open streams, default 10000
+//	    max_new_topics <n> <duration>  # most new topics per client address per duration, default 30 1m; or off
 //	    mode          <mode>           # json_patch (patch events, default), merge_patch (merge events) or snapshot
 //	    select        <json-pointer>   # stream only this part of each response
 //	    ignore        <json-pointer>...  # parts removed before comparing and sending; token * matches any key or index
+//	    store         memory           # where topics are kept: memory (default) or redis, shared by several Caddy instances
+//	    store         redis <url>      # or a block: store redis { url <url>; prefix <string>; lease <duration> }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -69,6 +74,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if _, err := newDiffer(h.Mode, h.Select, h.Ignore); err != nil {
 		return d.Err(err.Error())
 	}
+	interval := time.Duration(h.Interval)
+	if interval == 0 {
+		interval = defaultInterval
+	}
+	if err := checkStoreInterval(h.storeModule, interval); err != nil {
+		return d.Err(err.Error())
+	}
 	return nil
 }
 
@@ -91,6 +103,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 		return h.unmarshalDuration(d, name)
 	case "history", "max_topics", "max_subscribers":
 		return h.unmarshalCount(d, name)
+	case "max_new_topics":
+		return h.unmarshalMaxNewTopics(d)
 	case "header_up":
 		return h.unmarshalHeaderUp(d)
 	case "max_body":
@@ -138,9 +152,33 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, name string) err
 			}
 		}
 		h.Ignore = append(h.Ignore, args...)
+	case "store":
+		return h.unmarshalStore(d)
 	default:
 		return d.Errf("unrecognized subdirective '%s'", name)
 	}
+	return nil
+}
+
+// unmarshalStore sets the store module of a store subdirective, whose
+// first argument names it, `store redis <url>` or `store redis { ... }`.
+func (h *Handler) unmarshalStore(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Errf("store: want a store module, such as memory or redis")
+	}
+	if h.Store != nil {
+		return d.Errf("store: given twice")
+	}
+	name := d.Val()
+	if _, err := caddy.GetModule(storeNamespace + "." + name); err != nil {
+		return d.Errf("store: unknown store module '%s'", name)
+	}
+	unm, err := caddyfile.UnmarshalModule(d, storeNamespace+"."+name)
+	if err != nil {
+		return err
+	}
+	h.Store = caddyconfig.JSONModuleObject(unm, "module", name, nil)
+	h.storeModule = unm
 	return nil
 }
 
@@ -178,6 +216,35 @@ func (h *Handler) unmarshalCount(d *caddyfile.Dispenser, name string) error {
 		return d.Errf("%s: want a positive %s, not '%s'", name, what, d.Val())
 	}
 	*h.countField(name) = n
+	return nil
+}
+
+// unmarshalMaxNewTopics sets max_new_topics and its period from
+// `max_new_topics <n> <duration>`, or turns it off with `max_new_topics
+// off`.
+func (h *Handler) unmarshalMaxNewTopics(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Err("max_new_topics: want a number of topics and a duration, such as 30 1m, or off")
+	}
+	if d.Val() == "off" {
+		h.MaxNewTopics, h.MaxNewTopicsPer = -1, 0
+		return nil
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n <= 0 {
+		return d.Errf("max_new_topics: want a positive number of topics or off, not '%s'", d.Val())
+	}
+	if !d.NextArg() {
+		return d.Errf("max_new_topics: want a duration after '%s', such as %s 1m", d.Val(), d.Val())
+	}
+	per, err := caddy.ParseDuration(d.Val())
+	if err != nil {
+		return d.Errf("max_new_topics: invalid duration '%s': %v", d.Val(), err)
+	}
+	if per < minNewTopicsPer {
+		return d.Errf("max_new_topics: the duration must be at least %s, not '%s', %s", minNewTopicsPer, d.Val(), minNewTopicsPerReason)
+	}
+	h.MaxNewTopics, h.MaxNewTopicsPer = n, caddy.Duration(per)
 	return nil
 }
 

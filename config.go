@@ -13,18 +13,27 @@ import (
 
 // Defaults of the configuration, each documented on its Handler field.
 const (
-	defaultInterval       = 2 * time.Second
-	defaultRetry          = 3 * time.Second
-	defaultHeartbeat      = 15 * time.Second
-	defaultHistory        = 256
-	defaultIdleTimeout    = 30 * time.Second
-	defaultTimeout        = 10 * time.Second
-	defaultWriteTimeout   = 10 * time.Second
-	defaultMaxBackoff     = time.Minute
-	defaultMaxBody        = 10 << 20
-	defaultMaxTopics      = 1000
-	defaultMaxSubscribers = 10000
-	defaultMode           = modeJSONPatch
+	defaultInterval        = 2 * time.Second
+	defaultRetry           = 3 * time.Second
+	defaultHeartbeat       = 15 * time.Second
+	defaultHistory         = 256
+	defaultIdleTimeout     = 30 * time.Second
+	defaultTimeout         = 10 * time.Second
+	defaultWriteTimeout    = 10 * time.Second
+	defaultMaxBackoff      = time.Minute
+	defaultMaxBody         = 10 << 20
+	defaultMaxTopics       = 1000
+	defaultMaxSubscribers  = 10000
+	defaultMaxNewTopics    = 30
+	defaultMaxNewTopicsPer = time.Minute
+	defaultMode            = modeJSONPatch
+)
+
+// minNewTopicsPer is the shortest period of max_new_topics, and
+// minNewTopicsPerReason why.
+const (
+	minNewTopicsPer       = time.Second
+	minNewTopicsPerReason = "as Retry-After counts whole seconds"
 )
 
 // minInterval is the shortest interval, and minIntervalReason why.
@@ -46,6 +55,8 @@ func (h *Handler) setDefaults() {
 	setDefault(&h.MaxBody, defaultMaxBody)
 	setDefault(&h.MaxTopics, defaultMaxTopics)
 	setDefault(&h.MaxSubscribers, defaultMaxSubscribers)
+	setDefault(&h.MaxNewTopics, defaultMaxNewTopics)
+	setDefault(&h.MaxNewTopicsPer, caddy.Duration(defaultMaxNewTopicsPer))
 	setDefault(&h.Mode, defaultMode)
 }
 
@@ -65,7 +76,7 @@ func (h *Handler) validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"interval": h.Interval, "retry": h.Retry, "heartbeat": h.Heartbeat,
 		"idle_timeout": h.IdleTimeout, "timeout": h.Timeout, "write_timeout": h.WriteTimeout,
-		"max_backoff": h.MaxBackoff,
+		"max_backoff": h.MaxBackoff, "max_new_topics_per": h.MaxNewTopicsPer,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s: must be positive, not %s", name, time.Duration(d))
@@ -73,6 +84,9 @@ func (h *Handler) validate() error {
 	}
 	if h.Interval != 0 && time.Duration(h.Interval) < minInterval {
 		return fmt.Errorf("interval: must be at least %s, not %s, %s", minInterval, time.Duration(h.Interval), minIntervalReason)
+	}
+	if h.MaxNewTopicsPer != 0 && time.Duration(h.MaxNewTopicsPer) < minNewTopicsPer {
+		return fmt.Errorf("max_new_topics_per: must be at least %s, not %s, %s", minNewTopicsPer, time.Duration(h.MaxNewTopicsPer), minNewTopicsPerReason)
 	}
 	if h.History < 0 {
 		return fmt.Errorf("history: must be positive, not %d", h.History)
@@ -150,12 +164,20 @@ type topicSettings struct {
 	ForwardHeaders []string
 	MaxTopics      int
 	MaxSubscribers int
-	Mode           string
-	Select         string
-	Ignore         []string
+	// MaxNewTopics is -1 when the limit is off, and MaxNewTopicsPer
+	// then 0.
+	MaxNewTopics    int
+	MaxNewTopicsPer time.Duration
+	Mode            string
+	Select          string
+	Ignore          []string
+	// Store is the JSON of the store module, null for the default
+	// (memory): topics of one store share its ids and pollers.
+	Store json.RawMessage
 
-	// differ is made of Mode, Select and Ignore.
-	differ differ
+	// differ is made of Mode, Select and Ignore; restore is the differ
+	// of Mode alone, which makes a document of a snapshot's data.
+	differ, restore differ
 }
 
 // perHandlerSettings are the settings of the Handler, by JSON name, that
@@ -170,27 +192,63 @@ func (h *Handler) topicSettings(logger *zap.Logger) (topicSettings, error) {
 	if err != nil {
 		return topicSettings{}, err
 	}
+	restore, err := newDiffer(h.Mode, "", nil)
+	if err != nil {
+		return topicSettings{}, err
+	}
 	headerUp, err := readHeaderUp(h.HeaderUp, logger)
 	if err != nil {
 		return topicSettings{}, err
 	}
+	maxNewTopics, maxNewTopicsPer := h.MaxNewTopics, time.Duration(h.MaxNewTopicsPer)
+	if maxNewTopics < 0 {
+		maxNewTopics, maxNewTopicsPer = -1, 0
+	}
 	return topicSettings{
-		Upstream:       h.Upstream,
-		Interval:       time.Duration(h.Interval),
-		History:        h.History,
-		IdleTimeout:    time.Duration(h.IdleTimeout),
-		Timeout:        time.Duration(h.Timeout),
-		HeaderUp:       headerUp,
-		MaxBackoff:     time.Duration(h.MaxBackoff),
-		MaxBody:        h.MaxBody,
-		ForwardHeaders: canonicalHeaderNames(h.ForwardHeaders),
-		MaxTopics:      h.MaxTopics,
-		MaxSubscribers: h.MaxSubscribers,
-		Mode:           h.Mode,
-		Select:         h.Select,
-		Ignore:         h.Ignore,
-		differ:         d,
+		Upstream:        h.Upstream,
+		Interval:        time.Duration(h.Interval),
+		History:         h.History,
+		IdleTimeout:     time.Duration(h.IdleTimeout),
+		Timeout:         time.Duration(h.Timeout),
+		HeaderUp:        headerUp,
+		MaxBackoff:      time.Duration(h.MaxBackoff),
+		MaxBody:         h.MaxBody,
+		ForwardHeaders:  canonicalHeaderNames(h.ForwardHeaders),
+		MaxTopics:       h.MaxTopics,
+		MaxSubscribers:  h.MaxSubscribers,
+		MaxNewTopics:    maxNewTopics,
+		MaxNewTopicsPer: maxNewTopicsPer,
+		Mode:            h.Mode,
+		Select:          h.Select,
+		Ignore:          h.Ignore,
+		Store:           h.storeConfig(),
+		differ:          d,
+		restore:         restore,
 	}, nil
+}
+
+// storeConfig returns the JSON of the handler's store module, nil for the
+// default: Provision keeps it before it loads the module, which empties
+// the field.
+func (h *Handler) storeConfig() json.RawMessage {
+	if h.storeJSON != nil {
+		return h.storeJSON
+	}
+	return h.Store
+}
+
+// scope returns the settings that make a topic's documents out of its
+// upstream's answers, which name its topics in a shared store along with
+// their keys (hub.topicID).
+func (s topicSettings) scope() string {
+	b, _ := json.Marshal(struct {
+		Mode, Select   string
+		Ignore         []string
+		HeaderUp       http.Header
+		ForwardHeaders []string
+		MaxBody        int64
+	}{s.Mode, s.Select, s.Ignore, s.HeaderUp, s.ForwardHeaders, s.MaxBody})
+	return string(b)
 }
 
 // key returns the key of s in the pool of hubs: all of its exported

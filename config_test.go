@@ -23,10 +23,9 @@ func TestHeaderUpPlaceholders(t *testing.T) {
 	t.Setenv("POLLSSE_TEST_API_KEY", key)
 	t.Setenv("POLLSSE_TEST_EMPTY", "")
 	api := newFakeAPI(t, `{"a":1}`)
-	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events", fmt.Sprintf(
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(
 		`"upstream":%q,"heartbeat":"1h","header_up":{"X-Api-Key":["{env.POLLSSE_TEST_API_KEY}"],"X-Tenant":["t-{env.POLLSSE_TEST_EMPTY}"],"X-Other":["{env.POLLSSE_TEST_UNSET}"]}`,
-		api.URL)), "")
-	t.Cleanup(func() { stopCaddy(t) })
+		api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
@@ -38,7 +37,7 @@ func TestHeaderUpPlaceholders(t *testing.T) {
 	}
 
 	warned := map[string]string{}
-	for _, l := range readLogLines(t, logFile) {
+	for _, l := range logs.lines() {
 		if strings.Contains(l.raw, key) {
 			t.Errorf("a log line holds the value of a header_up placeholder: %s", l.raw)
 		}
@@ -66,6 +65,7 @@ var otherSettings = map[string]any{
 	"mode":            modeSnapshot,
 	"select":          "/data",
 	"ignore":          []string{"/generated_at"},
+	"store":           json.RawMessage(`{"module":"memory"}`),
 }
 
 // changeSetting sets v, the Handler's setting of that JSON name, to a valid

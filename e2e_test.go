@@ -243,11 +243,15 @@ func TestEndToEndRandomMutations(t *testing.T) {
 					mutating.Store(false)
 					return
 				}
-				// Stay away long enough, sometimes, to fall out of the history.
+				// Stay away long enough, sometimes, to fall out of the
+				// history: time away, as a browser's, while the upstream
+				// changes on the clock.
 				time.Sleep(time.Duration(rng.IntN(600)) * time.Millisecond)
 			}
 		}()
 	}
+	// Changes paced on the clock, several to a poll interval, so that
+	// polls see one change or many.
 	for range steps {
 		api.step()
 		time.Sleep(15 * time.Millisecond)

@@ -18,13 +18,11 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"golang.org/x/crypto/bcrypt"
@@ -117,13 +115,7 @@ func runExample(t *testing.T, path string, replacements ...string) {
 	if len(warnings) > 0 {
 		t.Logf("adapting %s: %v", path, warnings)
 	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading %s: %v", path, err)
-	}
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
+	loadCaddy(t, cfg)
 }
 
 // TestExampleDemoPatchesOneOrderAtATime runs the demo as examples/Caddyfile
@@ -202,17 +194,16 @@ func TestExampleDemoPatchesOneOrderAtATime(t *testing.T) {
 // which cause no event and are absent from the snapshot, and a real change
 // arrives as one patch through gzip.
 func TestExampleListIgnoresVolatileFieldsBehindEncode(t *testing.T) {
+	// Every answer has new volatile fields.
 	var status atomic.Value
 	status.Store("packing")
-	var polls atomic.Int64
-	var query atomic.Value
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := polls.Add(1)
-		query.Store(r.URL.RequestURI())
-		fmt.Fprintf(w, `{"generated_at":"t%d","orders":[{"id":1,"status":%q,"checked_at":"t%d"},{"id":2,"status":"open","checked_at":"t%d"}]}`,
-			n, status.Load(), n, n)
-	}))
-	t.Cleanup(upstream.Close)
+	upstream := newFakeAPI(t, "")
+	upstream.handle(func(w http.ResponseWriter, r *http.Request) bool {
+		n := upstream.count.Load()
+		upstream.set(fmt.Sprintf(`{"generated_at":"t%d","orders":[{"id":1,"status":%q,"checked_at":"t%d"},{"id":2,"status":"open","checked_at":"t%d"}]}`,
+			n, status.Load(), n, n))
+		return false
+	})
 	port := freePort(t)
 	runExample(t, "examples/list/Caddyfile",
 		"live.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
@@ -246,13 +237,15 @@ func TestExampleListIgnoresVolatileFieldsBehindEncode(t *testing.T) {
 	if !ok || ev.name != "snapshot" || !sameJSON(ev.data, `{"orders":[{"id":1,"status":"packing"},{"id":2,"status":"open"}]}`) {
 		t.Fatalf("got %+v, want a snapshot without the volatile fields", ev)
 	}
-	if got := query.Load(); got != "/api/orders?status=open" {
-		t.Errorf("the upstream was asked for %v", got)
+	for _, r := range upstream.requestLog() {
+		if got := r.URL.RequestURI(); got != "/api/orders?status=open" {
+			t.Errorf("the upstream was asked for %v", got)
+		}
 	}
 	// Three more answers that differ only in the ignored fields, and no
 	// event for them.
-	before := polls.Load()
-	waitFor(t, 10*time.Second, "three more polls", func() bool { return polls.Load()-before >= 3 })
+	before := upstream.count.Load()
+	waitFor(t, 10*time.Second, "three more polls", func() bool { return upstream.count.Load()-before >= 3 })
 	if ev, ok := next(150 * time.Millisecond); ok {
 		t.Fatalf("an event for answers that differ only in ignored fields: %+v", ev)
 	}
@@ -280,6 +273,8 @@ func TestExampleLiveAPIBehindBasicAuth(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without credentials: %s, want 401", resp.Status)
 	}
+	// A refused request leaves nothing to wait for: this is the time for
+	// a poll that it would have started to reach the upstream.
 	time.Sleep(50 * time.Millisecond)
 	if n := api.count.Load(); n != 0 {
 		t.Fatalf("a request without credentials caused %d upstream requests", n)
@@ -393,21 +388,10 @@ func TestExamplePerUserStreamsThroughForwardAuth(t *testing.T) {
 		w.Header().Set("Authorization", "Bearer token-of-"+strings.TrimSuffix(c.Value, "-session"))
 	}))
 	t.Cleanup(auth.Close)
-	var mu sync.Mutex
-	var seen []string
-	legacy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := r.Header.Get("Authorization")
-		mu.Lock()
-		seen = append(seen, r.URL.Path+" "+a)
-		mu.Unlock()
-		user, ok := strings.CutPrefix(a, "Bearer token-of-")
-		if !ok {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		fmt.Fprintf(w, `{"user":%q,"unread":3}`, user)
-	}))
-	t.Cleanup(legacy.Close)
+	legacy := newFakeAPI(t, "")
+	for _, user := range []string{"alice", "bob"} {
+		legacy.setFor("Bearer token-of-"+user, http.StatusOK, fmt.Sprintf(`{"user":%q,"unread":3}`, user))
+	}
 	port := freePort(t)
 	runExample(t, "examples/per-user/Caddyfile",
 		"app.example.com", fmt.Sprintf("http://127.0.0.1:%d", port),
@@ -449,10 +433,8 @@ func TestExamplePerUserStreamsThroughForwardAuth(t *testing.T) {
 			t.Errorf("cookie %q, Authorization %q: %s, want 401", tt.cookie, tt.authorization, resp.Status)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, s := range seen {
-		if s != "/api/me/notifications Bearer token-of-alice" && s != "/api/me/notifications Bearer token-of-bob" {
+	for _, r := range legacy.requestLog() {
+		if s := r.URL.Path + " " + r.Header.Get("Authorization"); s != "/api/me/notifications Bearer token-of-alice" && s != "/api/me/notifications Bearer token-of-bob" {
 			t.Errorf("the legacy API got %q", s)
 		}
 	}

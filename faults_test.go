@@ -9,9 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,61 +17,9 @@ import (
 	jsonpatch "github.com/evanphx/json-patch/v5"
 )
 
-// A faultAPI is an upstream that serves a JSON document or, when a fault is
-// set, fails in that way. It records when each request arrived and under
-// which fault.
-type faultAPI struct {
-	*httptest.Server
-	t testing.TB
-	// redirectTo is where the "redirect elsewhere" fault sends polls.
-	redirectTo string
-
-	mu       sync.Mutex
-	doc      string
-	fault    string
-	arrivals []arrival
-}
-
-type arrival struct {
-	at    time.Time
-	fault string
-}
-
-func newFaultAPI(t testing.TB, doc string) *faultAPI {
-	api := &faultAPI{t: t, doc: doc}
-	api.Server = httptest.NewServer(http.HandlerFunc(api.serve))
-	t.Cleanup(api.Close)
-	return api
-}
-
-func (api *faultAPI) set(fault, doc string) {
-	api.mu.Lock()
-	defer api.mu.Unlock()
-	api.fault = fault
-	if doc != "" {
-		api.doc = doc
-	}
-}
-
-// failedArrivals returns when the requests that met fault arrived.
-func (api *faultAPI) failedArrivals(fault string) []time.Time {
-	api.mu.Lock()
-	defer api.mu.Unlock()
-	var out []time.Time
-	for _, a := range api.arrivals {
-		if a.fault == fault {
-			out = append(out, a.at)
-		}
-	}
-	return out
-}
-
-func (api *faultAPI) serve(w http.ResponseWriter, r *http.Request) {
-	api.mu.Lock()
-	fault, doc := api.fault, api.doc
-	api.arrivals = append(api.arrivals, arrival{time.Now(), fault})
-	api.mu.Unlock()
-
+// fail answers r in the way that fault names, as an upstream fails: with
+// an error status, a connection cut or a body that is no document.
+func (api *fakeAPI) fail(w http.ResponseWriter, r *http.Request, fault string) {
 	hijack := func() net.Conn {
 		conn, _, err := http.NewResponseController(w).Hijack()
 		if err != nil {
@@ -83,9 +29,6 @@ func (api *faultAPI) serve(w http.ResponseWriter, r *http.Request) {
 		return conn
 	}
 	switch fault {
-	case "":
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, doc)
 	case "500":
 		http.Error(w, "boom", http.StatusInternalServerError)
 	case "503":
@@ -251,7 +194,7 @@ func TestFaultsKeepStreamsOpen(t *testing.T) {
 		clients    = 3
 	)
 	canary := newCanary(t)
-	api := newFaultAPI(t, `{"round":0}`)
+	api := newFakeAPI(t, `{"round":0}`)
 	api.redirectTo = canary.URL + "/elsewhere"
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
 		`"upstream":%q,"interval":%q,"max_backoff":%q,"timeout":%q,"max_body":1024,"heartbeat":"1s"`,
@@ -288,7 +231,7 @@ func TestFaultsKeepStreamsOpen(t *testing.T) {
 	}
 	for round, f := range faults {
 		t.Run(f.fault, func(t *testing.T) {
-			api.set(f.fault, "")
+			api.setFault(f.fault)
 			for _, c := range cs {
 				sd := decodeStatus(t, c.next(5*time.Second))
 				if sd.Upstream != "down" || sd.Status != f.status || sd.Error == "" || !strings.Contains(sd.Error, f.errorHas) || sd.RetryInMS <= 0 {
@@ -299,7 +242,7 @@ func TestFaultsKeepStreamsOpen(t *testing.T) {
 				}
 			}
 			waitFor(t, 10*time.Second, fmt.Sprintf("%d failed polls", f.wantPolls), func() bool {
-				return len(api.failedArrivals(f.fault)) >= f.wantPolls
+				return len(api.arrivals(f.fault)) >= f.wantPolls
 			})
 			var pollTime time.Duration
 			if f.slow {
@@ -311,7 +254,7 @@ func TestFaultsKeepStreamsOpen(t *testing.T) {
 			if f.status == 503 || f.status == 429 {
 				retryAfter = time.Second
 			}
-			arrivals := api.failedArrivals(f.fault)
+			arrivals := api.arrivals(f.fault)
 			if f.fault == "connection reset" {
 				arrivals = dropTransportRetries(arrivals)
 			}
@@ -323,7 +266,8 @@ func TestFaultsKeepStreamsOpen(t *testing.T) {
 				}
 			}
 			doc := fmt.Sprintf(`{"round":%d,"fault":%q}`, round+1, f.fault)
-			api.set("", doc)
+			api.set(doc)
+			api.setFault("")
 			for _, c := range cs {
 				if sd := decodeStatus(t, c.next(5*time.Second)); sd.Upstream != "up" || sd.Status != 0 || sd.Error != "" {
 					t.Errorf("status %+v, want up", sd)
@@ -367,47 +311,41 @@ func dropTransportRetries(arrivals []time.Time) []time.Time {
 	return out
 }
 
-// A canary is a server that no poll may ever reach.
-type canary struct {
-	*httptest.Server
-	count atomic.Int64
-}
-
-func newCanary(t testing.TB) *canary {
-	c := &canary{}
-	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c.count.Add(1)
+// newCanary returns a server that no poll may ever reach: a request fails
+// the test.
+func newCanary(t testing.TB) *fakeAPI {
+	c := newFakeAPI(t, `{"canary":true}`)
+	c.handle(func(w http.ResponseWriter, r *http.Request) bool {
 		t.Errorf("the canary received %s %s", r.Method, r.URL)
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"canary":true}`)
-	}))
-	t.Cleanup(c.Close)
+		return false
+	})
 	return c
 }
 
 func TestRetryAfterIsHonoured(t *testing.T) {
-	api := newFaultAPI(t, `{"a":1}`)
+	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(
 		`"upstream":%q,"interval":"100ms","max_backoff":"5s"`, api.URL))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	sc.next(5 * time.Second)
-	api.set("429", "")
+	api.setFault("429")
 	sd := decodeStatus(t, sc.next(5*time.Second))
 	if sd.Status != 429 || sd.RetryInMS != 1000 {
 		t.Errorf("status %+v, want 429 with retry_in_ms 1000 (Retry-After: 1)", sd)
 	}
-	waitFor(t, 5*time.Second, "the poll after Retry-After", func() bool { return len(api.failedArrivals("429")) >= 2 })
-	arrivals := api.failedArrivals("429")
+	waitFor(t, 5*time.Second, "the poll after Retry-After", func() bool { return len(api.arrivals("429")) >= 2 })
+	arrivals := api.arrivals("429")
 	if gap := arrivals[1].Sub(arrivals[0]); gap < time.Second-5*time.Millisecond {
 		t.Errorf("polled again %s after Retry-After: 1", gap)
 	}
-	api.set("", `{"a":2}`)
+	api.set(`{"a":2}`)
+	api.setFault("")
 	if sd := decodeStatus(t, sc.next(5*time.Second)); sd.Upstream != "up" {
 		t.Errorf("status %+v, want up", sd)
 	}
 	// The first success returns to the interval.
-	n := len(api.failedArrivals(""))
-	waitFor(t, 5*time.Second, "polls at the interval", func() bool { return len(api.failedArrivals("")) >= n+5 })
+	n := len(api.arrivals(""))
+	waitFor(t, 5*time.Second, "polls at the interval", func() bool { return len(api.arrivals("")) >= n+5 })
 }
 
 // TestStreamRefusedBeforeItsSnapshotEnds: the headers of a new topic's
@@ -422,16 +360,7 @@ func TestStreamRefusedBeforeItsSnapshotEnds(t *testing.T) {
 			api := newFakeAPI(t, `{"a":1}`)
 			api.setStatus(http.StatusUnauthorized)
 			// The first poll answers only when the test says.
-			release := make(chan struct{})
-			var first atomic.Bool
-			var once sync.Once
-			api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if first.CompareAndSwap(false, true) {
-					<-release
-				}
-				api.serve(w, r)
-			})
-			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			release := api.hold()
 			// The default timeout, 10s: headers that waited for the
 			// first answer would miss the client's 5s.
 			base := startCaddy(t, `[{"match":[{"path":["/encoded"]}],"handle":[{"handler":"encode","encodings":{"gzip":{}}}]},`+
@@ -449,7 +378,7 @@ func TestStreamRefusedBeforeItsSnapshotEnds(t *testing.T) {
 			if ev, err := readEvent(br); err != nil || ev.retry == "" {
 				t.Fatalf("first block %+v, %v; want the retry field", ev, err)
 			}
-			once.Do(func() { close(release) }) // the first poll: 401
+			release() // the first poll: 401
 			ended := make(chan error, 1)
 			go func() {
 				ev, err := readEvent(br)

@@ -1,18 +1,21 @@
 package pollsse
 
 import (
+	"container/list"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -39,8 +42,22 @@ type hub struct {
 	cfg    topicSettings
 	logger *zap.Logger
 	client *http.Client
-	// keySecret keys the hash of forwarded header values in topic keys.
-	keySecret []byte
+	// store holds the logs of the hub's topics.
+	store hubStore
+	// scope is what, besides a topic's key, makes its documents: topics
+	// of the same key in stores shared with handlers that make other
+	// documents of it (another mode, select or header_up) get other ids.
+	scope string
+	// keySecret keys the hash of forwarded header values in topic keys,
+	// and topic ids. It is the store's (hubStore.secret), asked for when
+	// the first topic needs it: secretMu is held while it is.
+	keySecret atomic.Pointer[[]byte]
+	secretMu  sync.Mutex
+	// secretErr is the store's last failure to give the secret, at
+	// secretFailed, guarded by secretMu: subscribers are refused with it
+	// at once for secretRetry after it.
+	secretErr    error
+	secretFailed time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -56,6 +73,8 @@ type hub struct {
 	topics      map[string]*topic
 	subscribers int
 	capLogs     map[string]*capLog
+	// newTopics is max_new_topics, nil when it is off.
+	newTopics *newTopicLimit
 }
 
 // capLog counts the subscribers refused for one cap since it was last
@@ -65,10 +84,8 @@ type capLog struct {
 	refused int
 }
 
-func newHub(cfg topicSettings, logger *zap.Logger) *hub {
+func newHub(cfg topicSettings, logger *zap.Logger, store hubStore) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
-	secret := make([]byte, 32)
-	rand.Read(secret)
 	spread := maxPollSpread
 	if cfg.MaxTopics > 0 {
 		spread = min(spread, cfg.Interval/time.Duration(cfg.MaxTopics))
@@ -77,13 +94,15 @@ func newHub(cfg topicSettings, logger *zap.Logger) *hub {
 		cfg:       cfg,
 		logger:    logger,
 		client:    newUpstreamClient(),
-		keySecret: secret,
+		store:     store,
+		scope:     cfg.scope(),
 		ctx:       ctx,
 		cancel:    cancel,
 		pacer:     make(chan struct{}, 1),
 		spread:    spread,
 		topics:    make(map[string]*topic),
 		capLogs:   make(map[string]*capLog),
+		newTopics: newNewTopicLimit(cfg.MaxNewTopics, cfg.MaxNewTopicsPer),
 	}
 }
 
@@ -111,7 +130,8 @@ func (h *hub) topicKey(url string, fwd http.Header) string {
 	if len(h.cfg.ForwardHeaders) == 0 {
 		return url
 	}
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	var n [binary.MaxVarintLen64]byte
 	write := func(s string) {
 		mac.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
@@ -138,8 +158,10 @@ const topicIDLength = 12
 // guesses of a secret in the upstream URL (its password, an API key in its
 // query) offline.
 func (h *hub) topicID(key string) string {
-	mac := hmac.New(sha256.New, h.keySecret)
+	secret, _ := h.secret()
+	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("topic id\x00"))
+	mac.Write([]byte(h.scope))
 	mac.Write([]byte(key))
 	return hex.EncodeToString(mac.Sum(nil))[:topicIDLength]
 }
@@ -162,8 +184,17 @@ func (e *capError) Error() string {
 // starting its poller if it has none, and counts one more subscriber of it.
 // Every subscribe that returns no error is paired with an unsubscribe. At
 // max_subscribers, or at max_topics when a new topic is needed and no topic
-// without subscribers can make room, it returns a capError.
-func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
+// without subscribers can make room, it returns a capError. When a new
+// topic is needed and client (clientAddress) has created new topics faster
+// than max_new_topics allows, it returns a newTopicsError, before any topic
+// is stopped to make room: one client cannot push the idle topics of other
+// users out.
+func (h *hub) subscribe(url string, fwd http.Header, client netip.Prefix) (*topic, error) {
+	// Topic keys and ids are made with the store's secret, which the
+	// first subscriber asks the store for.
+	if _, err := h.secret(); err != nil {
+		return nil, err
+	}
 	key := h.topicKey(url, fwd)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -172,16 +203,25 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 	}
 	t, ok := h.topics[key]
 	if !ok {
+		now := time.Now()
+		if wait := h.newTopics.wait(now, client); wait > 0 {
+			return nil, h.refuseNewTopic(now, client, wait)
+		}
 		if h.cfg.MaxTopics > 0 && len(h.topics) >= h.cfg.MaxTopics && !h.evictIdle() {
 			return nil, h.refuse(&capError{"max_topics", h.cfg.MaxTopics})
 		}
+		h.newTopics.spend(now, client)
 		ctx, cancel := context.WithCancel(h.ctx)
-		t = newTopic(key, h.topicID(key), url, fwd, newMemoryLog(h.cfg.History), cancel)
+		id := h.topicID(key)
+		logger := h.logger.With(zap.String("upstream", redactURL(url)), zap.String("topic", id))
+		log := h.store.open(topicRef{id: id, history: h.cfg.History, interval: h.cfg.Interval, logger: logger})
+		t = newTopic(key, id, url, fwd, log, cancel)
 		h.topics[key] = t
-		p := h.newPoller(t)
+		p := h.newPoller(t, logger)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer log.Close()
 			defer cancel()
 			p.run(ctx)
 		}()
@@ -194,7 +234,7 @@ func (h *hub) subscribe(url string, fwd http.Header) (*topic, error) {
 
 // newPoller returns the poller of t, made with the hub's client, settings
 // and pacing.
-func (h *hub) newPoller(t *topic) *poller {
+func (h *hub) newPoller(t *topic, logger *zap.Logger) *poller {
 	return &poller{
 		url:       t.url,
 		headerUp:  h.cfg.HeaderUp,
@@ -203,6 +243,7 @@ func (h *hub) newPoller(t *topic) *poller {
 		maxBody:   h.cfg.MaxBody,
 		client:    h.client,
 		differ:    h.cfg.differ,
+		restore:   h.cfg.restore,
 		log:       t.log,
 		topicID:   t.id,
 		state:     &t.upstreamState,
@@ -210,7 +251,7 @@ func (h *hub) newPoller(t *topic) *poller {
 		removeIfIdle: func() (time.Time, bool) {
 			return h.removeIfIdle(t)
 		},
-		logger: h.logger.With(zap.String("upstream", redactURL(t.url)), zap.String("topic", t.id)),
+		logger: logger,
 		sched:  schedule{interval: h.cfg.Interval, maxBackoff: h.cfg.MaxBackoff},
 	}
 }
@@ -235,6 +276,26 @@ func (h *hub) refuse(err *capError) error {
 		cl.last, cl.refused = now, 0
 	}
 	return err
+}
+
+// refuseNewTopic logs that a subscriber from client is refused a new topic
+// by max_new_topics, at most once per capLogEvery, with the number refused
+// and the number of client addresses refused since the last line, and
+// returns the newTopicsError, whose client may create a topic after wait.
+// h.mu must be held.
+func (h *hub) refuseNewTopic(now time.Time, client netip.Prefix, wait time.Duration) error {
+	l := h.newTopics
+	if refused, addresses, ok := l.refuse(now, client); ok {
+		h.logger.Warn("subscribers refused: a client address creates new topics faster than max_new_topics allows",
+			zap.String("setting", "max_new_topics"),
+			zap.Int("limit", l.n),
+			zap.Duration("per", l.per),
+			zap.Int("topics", len(h.topics)),
+			zap.Int("refused", refused),
+			zap.Int("addresses", addresses),
+			zap.String("client", formatClient(client)))
+	}
+	return &newTopicsError{limit: l.n, per: l.per, retryAfter: wait}
 }
 
 // evictIdle stops the topic that has had no subscriber for the longest
@@ -319,5 +380,214 @@ func (h *hub) Destruct() error {
 	h.cancel()
 	h.wg.Wait()
 	h.client.CloseIdleConnections()
-	return nil
+	return h.store.Close()
+}
+
+// secretWait is how long a subscribe waits for the store's secret, and
+// secretRetry how long after a failure to get it the store is asked again.
+const (
+	secretWait  = 2 * time.Second
+	secretRetry = time.Second
+)
+
+// secret returns the hub's key secret, asking the store for it the first
+// time. While the store cannot give it, subscribers are refused with the
+// error, and the next one asks again.
+func (h *hub) secret() ([]byte, error) {
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	h.secretMu.Lock()
+	defer h.secretMu.Unlock()
+	if s := h.keySecret.Load(); s != nil {
+		return *s, nil
+	}
+	if h.secretErr != nil && time.Since(h.secretFailed) < secretRetry {
+		return nil, h.secretErr
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, secretWait)
+	defer cancel()
+	s, err := h.store.secret(ctx)
+	if err != nil {
+		h.secretErr, h.secretFailed = fmt.Errorf("the store is unavailable: %w", err), time.Now()
+		return nil, h.secretErr
+	}
+	h.keySecret.Store(&s)
+	return s, nil
+}
+
+// clientAddress returns the client address of r, which max_new_topics
+// counts new topics by: Caddy's client IP, which is the browser's address
+// behind a proxy of the server's trusted_proxies, an IPv4 address as a /32
+// and an IPv6 one as its /64, which a single host usually holds whole. A
+// client IP that is no address (over a Unix socket) is the zero Prefix,
+// which all such requests share.
+func clientAddress(r *http.Request) netip.Prefix {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	addr = addr.Unmap().WithZone("")
+	bits := 32
+	if addr.Is6() {
+		bits = 64
+	}
+	p, _ := addr.Prefix(bits)
+	return p
+}
+
+// formatClient returns a client address for a log line: an IPv4 address
+// alone, an IPv6 /64 as a prefix.
+func formatClient(p netip.Prefix) string {
+	switch {
+	case !p.IsValid():
+		return "unknown"
+	case p.Addr().Is4():
+		return p.Addr().String()
+	default:
+		return p.String()
+	}
+}
+
+// maxClientBuckets is how many client addresses a newTopicLimit keeps
+// count of at most: past it, a new address makes it forget the one that
+// created a topic least recently, which may then create its whole count
+// again. About 200 bytes each, 2 MB in all.
+const maxClientBuckets = 10000
+
+// A newTopicLimit is max_new_topics: how many new topics each client
+// address may make a hub create, n per per. Each address has a token
+// bucket of n, which refills at one every per/n: it may create n topics at
+// once, then one per per/n, and after per without a creation it has all n
+// again. The bucket is kept as the time it is full again (the generic cell
+// rate algorithm), and only while it is not full: a flood of addresses
+// costs at most maxClientBuckets of them. Its methods are called with the
+// hub's mu held; those of a nil limit (off) allow every creation.
+type newTopicLimit struct {
+	n     int
+	per   time.Duration
+	every time.Duration // per/n
+	// buckets holds the elements of order by their address; order holds
+	// the buckets, the one that created a topic least recently first.
+	buckets map[netip.Prefix]*list.Element
+	order   list.List
+
+	// The refusals since the last log line: their number, the number of
+	// addresses refused, and the number of that line (clientBucket.line).
+	refused, addresses int
+	lastLog            time.Time
+	line               uint64
+}
+
+// A clientBucket is the new topics that one client address has created.
+type clientBucket struct {
+	client netip.Prefix
+	// full is when the address may create n topics again: each creation
+	// moves it on by per/n from now at the earliest, and one that would
+	// move it more than per ahead of now is refused.
+	full time.Time
+	// line is the number of the log line in whose count of addresses the
+	// address is.
+	line uint64
+}
+
+// newNewTopicLimit returns the limit of n new topics per per, nil when n is
+// not positive (off).
+func newNewTopicLimit(n int, per time.Duration) *newTopicLimit {
+	if n <= 0 {
+		return nil
+	}
+	return &newTopicLimit{
+		n:       n,
+		per:     per,
+		every:   max(per/time.Duration(n), 1),
+		buckets: make(map[netip.Prefix]*list.Element),
+		line:    1,
+	}
+}
+
+// wait returns how long from now client must wait before it may create a
+// topic, 0 when it may now.
+func (l *newTopicLimit) wait(now time.Time, client netip.Prefix) time.Duration {
+	if l == nil {
+		return 0
+	}
+	e := l.buckets[client]
+	if e == nil {
+		return 0
+	}
+	full := e.Value.(*clientBucket).full
+	if full.Before(now) {
+		full = now
+	}
+	return max(0, full.Add(l.every).Sub(now)-l.per)
+}
+
+// spend counts a topic that client creates now, which wait allowed.
+func (l *newTopicLimit) spend(now time.Time, client netip.Prefix) {
+	if l == nil {
+		return
+	}
+	e := l.buckets[client]
+	if e != nil {
+		l.order.MoveToBack(e)
+	} else {
+		l.forgetFull(now)
+		if l.order.Len() >= maxClientBuckets {
+			l.forget(l.order.Front())
+		}
+		e = l.order.PushBack(&clientBucket{client: client})
+		l.buckets[client] = e
+	}
+	b := e.Value.(*clientBucket)
+	if b.full.Before(now) {
+		b.full = now
+	}
+	b.full = b.full.Add(l.every)
+}
+
+// forgetFull forgets the addresses that have created no topic for longest
+// while their buckets are full again.
+func (l *newTopicLimit) forgetFull(now time.Time) {
+	for e := l.order.Front(); e != nil && !e.Value.(*clientBucket).full.After(now); e = l.order.Front() {
+		l.forget(e)
+	}
+}
+
+func (l *newTopicLimit) forget(e *list.Element) {
+	delete(l.buckets, e.Value.(*clientBucket).client)
+	l.order.Remove(e)
+}
+
+// refuse counts a refusal of client, which has a bucket, and tells whether
+// to log it: at most once per capLogEvery, with the number of refusals and
+// of addresses refused since the last line, this one included.
+func (l *newTopicLimit) refuse(now time.Time, client netip.Prefix) (refused, addresses int, log bool) {
+	l.refused++
+	if b := l.buckets[client].Value.(*clientBucket); b.line != l.line {
+		b.line = l.line
+		l.addresses++
+	}
+	if now.Sub(l.lastLog) < capLogEvery {
+		return 0, 0, false
+	}
+	refused, addresses = l.refused, l.addresses
+	l.refused, l.addresses, l.lastLog = 0, 0, now
+	l.line++
+	return refused, addresses, true
+}
+
+// A newTopicsError refuses a subscriber whose client address has created
+// new topics faster than max_new_topics allows; it may create one after
+// retryAfter.
+type newTopicsError struct {
+	limit      int
+	per        time.Duration
+	retryAfter time.Duration
+}
+
+func (e *newTopicsError) Error() string {
+	return fmt.Sprintf("max_new_topics: this client address creates new topics faster than %d per %s; it may create another in %ds",
+		e.limit, e.per, retryAfterSeconds(e.retryAfter))
 }

@@ -3,82 +3,12 @@ package pollsse
 import (
 	"bufio"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-// A logLine is one JSON line of Caddy's log.
-type logLine struct {
-	Level    string `json:"level"`
-	Logger   string `json:"logger"`
-	Msg      string `json:"msg"`
-	Upstream string `json:"upstream"`
-	raw      string
-}
-
-// readLogLines reads a log file that Caddy wrote as JSON lines.
-func readLogLines(t *testing.T, path string) []logLine {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var lines []logLine
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var l logLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			t.Fatalf("a log line that is not JSON: %s", sc.Text())
-		}
-		l.raw = sc.Text()
-		lines = append(lines, l)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return lines
-}
-
-// startCaddyLoggingAtDebug runs Caddy with one server of the given routes
-// (JSON) and its log at DEBUG, as JSON lines, in a file, whose path it
-// returns with the server's base URL. serverLogs is the server's access log
-// config (JSON), "" for none.
-func startCaddyLoggingAtDebug(t *testing.T, routes, serverLogs string) (base, logFile string) {
-	t.Helper()
-	logFile = filepath.Join(t.TempDir(), "caddy.log")
-	port := freePort(t)
-	logs := ""
-	if serverLogs != "" {
-		logs = `"logs": ` + serverLogs + `,`
-	}
-	cfg := fmt.Sprintf(`{
-		"admin": {"disabled": true},
-		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q}, "encoder": {"format": "json"}}}},
-		"apps": {"http": {"servers": {"test": {
-			"listen": ["127.0.0.1:%d"],
-			"automatic_https": {"disable": true},
-			%s
-			"routes": [%s]
-		}}}}
-	}`, t.TempDir(), logFile, port, logs, routes)
-	if err := caddy.Load([]byte(cfg), true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	return fmt.Sprintf("http://127.0.0.1:%d", port), logFile
-}
 
 // TestLogsAtDebugHoldNoCredentials runs Caddy with its log at DEBUG into a
 // file, access logs included, through a topic's whole life: start, changes,
@@ -101,50 +31,19 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 		base64.StdEncoding.EncodeToString([]byte("alice:" + userinfoSecret)),
 	}
 
-	var mu sync.Mutex
-	version, failing := 0, false
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		v, fail := version, failing
-		mu.Unlock()
-		switch {
-		case r.URL.Path == "/user" && r.Header.Get("Authorization") != "Bearer "+forwardedSecret:
-			w.WriteHeader(http.StatusUnauthorized)
-		case fail:
-			w.WriteHeader(http.StatusServiceUnavailable)
-		default:
-			fmt.Fprintf(w, `{"path":%q,"v":%d}`, r.URL.Path, v)
-		}
-	}))
-	t.Cleanup(upstream.Close)
-	set := func(v int, fail bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		version, failing = v, fail
-	}
+	// The topics of /doc/* poll docs, through header_up's Authorization;
+	// those of /user poll user, which answers the forwarded credential
+	// alone.
+	docs := newFakeAPI(t, `{"v":0}`)
+	user := newFakeAPI(t, "")
+	user.setFor("Bearer "+forwardedSecret, http.StatusOK, `{"user":"alice"}`)
 
-	withPassword := strings.Replace(upstream.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
-	base, logFile := startCaddyLoggingAtDebug(t,
+	withPassword := strings.Replace(docs.URL, "http://", "http://alice:"+userinfoSecret+"@", 1)
+	base, logs := startCaddyAtDebug(t, "["+
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","header_up":{"Authorization":["Bearer %s"]}`,
 			withPassword+"/doc/{http.request.uri.path.1}?api_key="+querySecret+"&page=1", headerUpSecret))+","+
-			pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
-				upstream.URL+"/user")), `{}`)
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			stopCaddy(t)
-		}
-	})
-
-	logged := func(msg string) int {
-		n := 0
-		for _, l := range readLogLines(t, logFile) {
-			if l.Msg == msg {
-				n++
-			}
-		}
-		return n
-	}
+		pollSSERoute("/user", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"50ms","heartbeat":"1h","forward_headers":["Authorization","Cookie"]`,
+			user.URL+"/user"))+"]", withAccessLogs(`{}`))
 
 	// A topic starts, polls the same document, changes, fails and
 	// recovers.
@@ -152,18 +51,19 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	if ev := a.next(10 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
 	}
-	waitFor(t, 10*time.Second, "an unchanged poll", func() bool { return logged("poll unchanged") > 0 })
-	set(1, false)
+	waitFor(t, 10*time.Second, "an unchanged poll", func() bool { return logs.count("poll unchanged") > 0 })
+	docs.set(`{"v":1}`)
 	if ev := a.next(10 * time.Second); ev.name != "patch" {
 		t.Fatalf("got %+v", ev)
 	}
-	set(1, true)
+	docs.setStatus(http.StatusServiceUnavailable)
 	if ev := a.next(10 * time.Second); ev.name != "status" {
 		t.Fatalf("got %+v", ev)
 	}
 	// More failed polls, for which the outage keeps its one line.
-	waitFor(t, 10*time.Second, "a second failed poll", func() bool { return logged("poll failed") > 0 })
-	set(2, false)
+	waitFor(t, 10*time.Second, "a second failed poll", func() bool { return logs.count("poll failed") > 0 })
+	docs.set(`{"v":2}`)
+	docs.setStatus(http.StatusOK)
 	for ev := a.next(10 * time.Second); ev.name != "patch"; ev = a.next(10 * time.Second) {
 	}
 
@@ -209,22 +109,18 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 	// whose reader notices the client leaving: no heartbeat is needed.)
 	a.close()
 	accepted.Body.Close()
-	stoppedTopics := func() int { return logged("topic stopped") }
-	for deadline := time.Now().Add(10 * time.Second); stoppedTopics() != 3; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			for _, l := range readLogLines(t, logFile) {
-				if l.Logger == "http.handlers.poll_sse" && l.Level != "debug" {
-					t.Log(l.raw)
-				}
+	if !eventually(10*time.Second, func() bool { return logs.count("topic stopped") == 3 }) {
+		for _, l := range logs.lines() {
+			if l.Logger == "http.handlers.poll_sse" && l.Level != "debug" {
+				t.Log(l.raw)
 			}
-			t.Fatalf("%d topics stopped, want 3", stoppedTopics())
 		}
+		t.Fatalf("%d topics stopped, want 3", logs.count("topic stopped"))
 	}
 	stopCaddy(t)
-	stopped = true
 	assertNoStreamGoroutines(t)
 
-	lines := readLogLines(t, logFile)
+	lines := logs.lines()
 	count := map[string]int{}
 	for _, l := range lines {
 		for _, s := range secrets {
@@ -279,18 +175,12 @@ func TestLogsAtDebugHoldNoCredentials(t *testing.T) {
 // that Caddy does not hide itself, such as a token in X-Api-Token.
 func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	const good, bad = "good-t0ken", "bad-t0ken"
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Api-Token") != good {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		fmt.Fprint(w, `{"a":1}`)
-	}))
-	t.Cleanup(upstream.Close)
-	base, logFile := startCaddyLoggingAtDebug(t,
+	upstream := newFakeAPI(t, "")
+	upstream.credentialIn("X-Api-Token")
+	upstream.setFor(good, http.StatusOK, `{"a":1}`)
+	base, logs := startCaddyAtDebug(t, "["+
 		pollSSERoute("/doc/*", fmt.Sprintf(`"upstream":%q,"interval":"100ms","forward_headers":["X-Api-Token"],"max_subscribers":1`,
-			upstream.URL+"/doc/{http.request.uri.path.1}")), "")
-	t.Cleanup(func() { stopCaddy(t) })
+			upstream.URL+"/doc/{http.request.uri.path.1}"))+"]")
 	header := func(token string) http.Header { return http.Header{"X-Api-Token": {token}} }
 
 	if status, _ := eventSourceStatus(t, base+"/doc/a", header(bad)); status != http.StatusUnauthorized {
@@ -319,7 +209,7 @@ func TestRefusalsLogNoForwardedHeader(t *testing.T) {
 	sc.close()
 
 	refusals := 0
-	for _, l := range readLogLines(t, logFile) {
+	for _, l := range logs.lines() {
 		if strings.Contains(l.raw, good) || strings.Contains(l.raw, bad) {
 			t.Errorf("a log line holds a forwarded token: %s", l.raw)
 		}

@@ -1,6 +1,7 @@
 package pollsse
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -311,4 +312,15 @@ func TestMemoryLogSubscriberBehindHistoryReadsTheLatestStatus(t *testing.T) {
 	if evs, _ := readAll(t, l, toldUp); names(evs) != "snapshot:4" {
 		t.Errorf("a subscriber told of both reads %q", names(evs))
 	}
+}
+
+// appendDocument appends doc as the topic's poller does, for the tests that
+// build a log by hand.
+func (l *memoryLog) appendDocument(doc *document, event string, data []byte) {
+	l.appendEvent(context.Background(), doc.data, event, data)
+}
+
+// appendStatus records a status event as the topic's poller does.
+func (l *memoryLog) appendStatus(data []byte, down bool) {
+	l.setStatus(context.Background(), data, down)
 }

@@ -2,12 +2,9 @@ package pollsse
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,45 +93,6 @@ func (s scrape) sum(prefix string) float64 {
 	return total
 }
 
-// An etagAPI is an upstream that answers conditional requests with 304 when
-// conditional is set, and with status when it is not 200.
-type etagAPI struct {
-	*httptest.Server
-	mu          sync.Mutex
-	body        string
-	status      int
-	conditional bool
-}
-
-func newETagAPI(t testing.TB, body string) *etagAPI {
-	api := &etagAPI{body: body, status: http.StatusOK, conditional: true}
-	api.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		api.mu.Lock()
-		body, status, conditional := api.body, api.status, api.conditional
-		api.mu.Unlock()
-		if status != http.StatusOK {
-			w.WriteHeader(status)
-			return
-		}
-		etag := fmt.Sprintf(`"%x"`, sha256.Sum256([]byte(body)))
-		w.Header().Set("ETag", etag)
-		if conditional && r.Header.Get("If-None-Match") == etag {
-			w.WriteHeader(http.StatusNotModified)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, body)
-	}))
-	t.Cleanup(api.Close)
-	return api
-}
-
-func (api *etagAPI) update(f func(api *etagAPI)) {
-	api.mu.Lock()
-	defer api.mu.Unlock()
-	f(api)
-}
-
 // A tally is what the clients of a test received: events and bytes by type,
 // as the handler framed them.
 type tally struct {
@@ -186,17 +144,16 @@ func sentDiffers(got scrape, ta *tally) string {
 // counted once written, which may be just after the client read it.
 func expectSent(t testing.TB, since func() scrape, ta *tally) scrape {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		s := since()
-		diff := sentDiffers(s, ta)
-		if diff == "" {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Error(diff)
-			return s
-		}
+	var s scrape
+	var diff string
+	if !eventually(5*time.Second, func() bool {
+		s = since()
+		diff = sentDiffers(s, ta)
+		return diff == ""
+	}) {
+		t.Error(diff)
 	}
+	return s
 }
 
 func expectValue(t testing.TB, s scrape, sample string, want float64) {
@@ -221,7 +178,8 @@ func TestMetricsOnCaddysMetricsEndpoint(t *testing.T) {
 }
 
 func testMetrics(t *testing.T, before string) {
-	api := newETagAPI(t, `{"orders":[1,2]}`)
+	api := newFakeAPI(t, `{"orders":[1,2]}`)
+	api.setETag(etagHonoured)
 	base := startCaddy(t, fmt.Sprintf(`[{"match":[{"path":["/metrics"]}],"handle":[{"handler":"metrics"}]},%s%s]`, before,
 		pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h","idle_timeout":"50ms"`, api.URL))))
 	metricsURL := base + "/metrics"
@@ -257,11 +215,11 @@ func testMetrics(t *testing.T, before string) {
 	expectSent(t, since, &ta)
 
 	// Answers without 304: unchanged polls.
-	api.update(func(api *etagAPI) { api.conditional = false })
+	api.setETag(etagIgnored)
 	waitForMetric(`caddy_http_poll_sse_polls_total{result="unchanged"}`, 2)
 
 	// A change: one patch to each subscriber.
-	api.update(func(api *etagAPI) { api.body = `{"orders":[1,2,3]}` })
+	api.set(`{"orders":[1,2,3]}`)
 	patch := expectEvent(t, a, &ta, "patch")
 	expectEvent(t, b, &ta, "patch")
 	expectSent(t, since, &ta)
@@ -271,10 +229,10 @@ func testMetrics(t *testing.T, before string) {
 	expectValue(t, s, `caddy_http_poll_sse_polls_total{result="changed"}`, 2)
 
 	// An outage and a recovery: one status event each per transition.
-	api.update(func(api *etagAPI) { api.status = http.StatusServiceUnavailable })
+	api.setStatus(http.StatusServiceUnavailable)
 	expectEvent(t, a, &ta, "status")
 	expectEvent(t, b, &ta, "status")
-	api.update(func(api *etagAPI) { api.status = http.StatusOK })
+	api.setStatus(http.StatusOK)
 	expectEvent(t, a, &ta, "status")
 	expectEvent(t, b, &ta, "status")
 	s = expectSent(t, since, &ta)
@@ -330,10 +288,11 @@ func TestMetricsCountHeartbeats(t *testing.T) {
 	// A heartbeat is counted once written, which may be just after the
 	// client read it.
 	var events, bytes float64
-	for deadline := time.Now().Add(5 * time.Second); events < 3 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	eventually(5*time.Second, func() bool {
 		s := scrapeMetrics(t, base+"/metrics").delta(start)
 		events, bytes = s[`caddy_http_poll_sse_events_sent_total{type="heartbeat"}`], s[`caddy_http_poll_sse_sent_bytes_total{type="heartbeat"}`]
-	}
+		return events >= 3
+	})
 	if events < 3 || bytes != events*float64(len(heartbeatFrame.bytes)) {
 		t.Errorf("received 3 heartbeats; counted %v heartbeats of %v bytes", events, bytes)
 	}
@@ -343,17 +302,14 @@ func TestMetricsCountHeartbeats(t *testing.T) {
 // while large changes follow each other: its writes block, and after
 // write_timeout it is dropped and counted.
 func TestMetricsCountSlowSubscribersDropped(t *testing.T) {
-	var version int
-	var mu sync.Mutex
+	// Every poll gets a new version.
 	blob := strings.Repeat("x", 256<<10)
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		version++
-		v := version
-		mu.Unlock()
-		fmt.Fprintf(w, `{"v":%d,"blob":"%s"}`, v, blob[:len(blob)-v%1000])
-	}))
-	t.Cleanup(upstream.Close)
+	upstream := newFakeAPI(t, "")
+	upstream.handle(func(w http.ResponseWriter, r *http.Request) bool {
+		v := int(upstream.count.Load())
+		upstream.set(fmt.Sprintf(`{"v":%d,"blob":"%s"}`, v, blob[:len(blob)-v%1000]))
+		return false
+	})
 	base := startCaddy(t, fmt.Sprintf(`[{"match":[{"path":["/metrics"]}],"handle":[{"handler":"metrics"}]},%s]`,
 		pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","history":4,"write_timeout":"300ms","heartbeat":"1h"`, upstream.URL))))
 	start := scrapeMetrics(t, base+"/metrics")

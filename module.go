@@ -6,6 +6,7 @@ package pollsse
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -116,6 +118,24 @@ type Handler struct {
 	// Default: 10000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
 
+	// The most new topics that one client address may make the handler
+	// create per `max_new_topics_per`: a client that makes up credentials
+	// (`forward_headers`) or placeholder values creates a topic for each,
+	// and would stop the idle topics of other users at `max_topics`.
+	// Beyond it, a subscriber of a new topic gets 429 with `Retry-After`,
+	// the whole seconds until its address may create one again, and no
+	// topic is created or stopped; subscribing to an existing topic is
+	// never refused by it. An address may create this many at once, then
+	// one more every `max_new_topics_per` ÷ this many. The address is
+	// Caddy's client IP, the browser's behind a proxy of the server's
+	// `trusted_proxies`: an IPv4 address, or an IPv6 /64. With a shared
+	// store, each Caddy counts its own. A negative value turns the limit
+	// off. Default: 30.
+	MaxNewTopics int `json:"max_new_topics,omitempty"`
+
+	// The period of `max_new_topics`, at least 1s. Default: 1m.
+	MaxNewTopicsPer caddy.Duration `json:"max_new_topics_per,omitempty"`
+
 	// What a change is sent as. `json_patch`: a `patch` event, an RFC 6902
 	// JSON Patch. `merge_patch`: a `merge` event, an RFC 7396 JSON Merge
 	// Patch, or a `snapshot` event where a merge patch cannot say the change
@@ -143,10 +163,24 @@ type Handler struct {
 	// Default: none.
 	Ignore []string `json:"ignore,omitempty"`
 
-	logger   *zap.Logger
-	upstream *upstreamTemplate
-	hubKey   string
-	hub      *hub
+	// Where topics keep their documents and histories, and how the
+	// instances that share it decide which one polls a topic: a store
+	// module. `memory` keeps them in this Caddy alone; `redis` shares
+	// them among every Caddy on one Redis, so that they poll each topic
+	// once between them and an id from any of them resumes on every
+	// other. Default: memory.
+	Store json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.poll_sse.stores inline_key=module"`
+
+	logger *zap.Logger
+	// storeJSON is Store as configured, which loading the module empties,
+	// and store is the module.
+	storeJSON json.RawMessage
+	store     store
+	// storeModule is the store that UnmarshalCaddyfile read.
+	storeModule caddyfile.Unmarshaler
+	upstream    *upstreamTemplate
+	hubKey      string
+	hub         *hub
 
 	// streaming is what the handler's streams need of it, and endStreams
 	// ends them.
@@ -179,6 +213,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
+	if err := h.loadStore(ctx); err != nil {
+		return err
+	}
 	settings, err := h.topicSettings(h.logger)
 	if err != nil {
 		return err
@@ -187,7 +224,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	val, _, err := hubs.LoadOrNew(h.hubKey, func() (caddy.Destructor, error) {
-		return newHub(settings, h.logger), nil
+		hs, err := h.store.attach(h.logger)
+		if err != nil {
+			return nil, err
+		}
+		return newHub(settings, h.logger, hs), nil
 	})
 	if err != nil {
 		return err
@@ -208,6 +249,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		logger:       h.logger,
 	}
 	h.detached = &detachedStreams{cfg: h.streaming, groups: make(map[*topic]*connGroup)}
+	return nil
+}
+
+// loadStore loads the store module, memory when none is configured, and
+// checks it against the interval.
+func (h *Handler) loadStore(ctx caddy.Context) error {
+	if h.Store == nil {
+		h.store = MemoryStore{}
+		return nil
+	}
+	h.storeJSON = append(json.RawMessage(nil), h.Store...)
+	mod, err := ctx.LoadModule(h, "Store")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	s, ok := mod.(store)
+	if !ok {
+		return fmt.Errorf("store: module %T is not a poll_sse store", mod)
+	}
+	if err := checkStoreInterval(s, time.Duration(h.Interval)); err != nil {
+		return err
+	}
+	h.store = s
 	return nil
 }
 
@@ -256,10 +320,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r))
+	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r), clientAddress(r))
 	if err != nil {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(time.Duration(h.Retry))))
-		return h.writeRefusal(w, http.StatusServiceUnavailable, err)
+		status, retry := http.StatusServiceUnavailable, time.Duration(h.Retry)
+		if tooMany, ok := errors.AsType[*newTopicsError](err); ok {
+			status, retry = http.StatusTooManyRequests, tooMany.retryAfter
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(retry)))
+		return h.writeRefusal(w, status, err)
 	}
 	// A stream, once it starts, unsubscribes when it ends.
 	streaming := false

@@ -7,24 +7,16 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func TestStreamProtocol(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1,"s":"x"}`)
-	release := make(chan struct{})
-	var once sync.Once
-	api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		<-release // the first poll answers only when the test says
-		api.serve(w, r)
-	})
+	release := api.hold() // the first poll answers only when the test says
 	// The default timeout, 10s: headers that waited for the first answer
 	// would miss the client's 5s.
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":"2500ms"`, api.URL))+"]")
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
 
 	client := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 5 * time.Second}}
 	resp, err := client.Get(base + "/events")
@@ -50,7 +42,7 @@ func TestStreamProtocol(t *testing.T) {
 	if err != nil || first.retry != "2500" || first.name != "" || first.data != "" {
 		t.Fatalf("first block = %+v, %v; want only retry: 2500", first, err)
 	}
-	once.Do(func() { close(release) })
+	release()
 
 	snap, err := readEvent(br)
 	if err != nil || snap.name != "snapshot" || snap.data != `{"a":1,"s":"x"}` || snap.id == "" {
@@ -211,21 +203,12 @@ func TestSubscribersWaitingForTheFirstDocumentAreToldWhy(t *testing.T) {
 		t.Run(path[1:], func(t *testing.T) {
 			api := newFakeAPI(t, `{"items":[1]}`)
 			// The first poll answers only when the test says.
-			release := make(chan struct{})
-			var first atomic.Bool
-			var once sync.Once
-			api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if first.CompareAndSwap(false, true) {
-					<-release
-				}
-				api.serve(w, r)
-			})
-			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			release := api.hold()
 			base := startCaddy(t, `[{"match":[{"path":["/encoded"]}],"handle":[{"handler":"encode","encodings":{"gzip":{}}}]},`+
 				pollSSERoute(path, fmt.Sprintf(`"upstream":%q,"interval":"100ms","max_backoff":"100ms","heartbeat":"500ms","select":"/data"`, api.URL))+"]")
 
 			early := openStream(t, http.DefaultClient, base+path, "")
-			once.Do(func() { close(release) })
+			release()
 			down := early.next(5 * time.Second)
 			sd := decodeStatus(t, down)
 			if sd.Upstream != "down" || !strings.Contains(sd.Error, `select "/data"`) || len(sd.Topic) != 12 {

@@ -26,7 +26,11 @@ type poller struct {
 	maxBody             int64
 	client              *http.Client
 	differ              differ
-	log                 eventLog
+	// restore makes a document of the snapshot data of the log's current
+	// one: the differ of the same mode without select and ignore, which
+	// that data has been through already.
+	restore differ
+	log     eventLog
 	// topicID names the topic in status events.
 	topicID string
 	// state tells the topic's streams of refusals and of the first
@@ -56,6 +60,13 @@ type poller struct {
 	failures int
 	// wait is how long after the start of the last poll the next one starts.
 	wait time.Duration
+	// term is the log's term (eventLog.lead) in which prev was written or
+	// read, 0 while another instance polls the topic.
+	term uint64
+	// lastPoll is when the last poll started: however often the polling
+	// of the topic moves between instances, this one polls it at most once
+	// per interval.
+	lastPoll time.Time
 }
 
 // run polls the topic's upstream, starting at once, then after each poll
@@ -71,12 +82,27 @@ func (p *poller) run(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		if !p.pace(ctx) {
-			return
+		var next time.Time
+		if term, recheck := p.log.lead(ctx); term == 0 {
+			// Another instance polls the topic: ask again after
+			// recheck, to take over within its lease if it goes.
+			p.follow()
+			next = time.Now().Add(recheck)
+		} else {
+			if term != p.term {
+				p.takeOver(ctx, term)
+			}
+			if wait := time.Until(p.lastPoll.Add(p.sched.interval)); wait > 0 && !p.sleep(ctx, timer, wait) {
+				return
+			}
+			if !p.pace(ctx) {
+				return
+			}
+			start := time.Now()
+			p.lastPoll = start
+			p.poll(ctx)
+			next = start.Add(p.wait)
 		}
-		start := time.Now()
-		p.poll(ctx)
-		next := start.Add(p.wait)
 		// Subscribers neither hasten nor hold back the next poll: a topic
 		// whose upstream refuses its credentials polls on the backoff of
 		// its failures, whose every step costs one request, while the
@@ -104,13 +130,65 @@ func (p *poller) run(ctx context.Context) {
 	}
 }
 
+// sleep waits for d, and tells whether ctx is still going then.
+func (p *poller) sleep(ctx context.Context, timer *time.Timer, d time.Duration) bool {
+	timer.Reset(d)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
+}
+
+// follow records that another instance polls the topic: what this poller
+// knew of the upstream is forgotten, and its next term starts from the
+// log's document.
+func (p *poller) follow() {
+	p.term = 0
+}
+
+// takeOver starts a term of polling: the document to diff against is the
+// log's current one, which is what every subscriber holds or will read,
+// and the state of the upstream is the one the log last recorded.
+func (p *poller) takeOver(ctx context.Context, term uint64) {
+	p.term = term
+	p.etag, p.lastModified = "", ""
+	p.failures, p.failing = 0, false
+	p.prev, p.downSent = nil, false
+	snapshot, down, err := p.log.current(ctx)
+	if err == nil && snapshot != nil {
+		if doc, err := p.restore.parse(snapshot); err == nil {
+			p.prev = doc
+			p.state.setDocumented()
+		}
+	}
+	p.downSent = err == nil && down
+	p.failing = p.downSent
+}
+
+// wrote handles the error of a write to the log: a poller that is no
+// longer the topic's stops polling it until lead says otherwise, and
+// another error is logged. It tells whether the write was recorded.
+func (p *poller) wrote(err error) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errNotPolling):
+		p.follow()
+	default:
+		p.logger.Warn("writing to the store failed", zap.Error(err))
+	}
+	return false
+}
+
 // poll makes one upstream request and appends its outcome to the log.
 func (p *poller) poll(ctx context.Context) {
 	start := time.Now()
 	res, err := p.fetch(ctx)
 	if err == nil && res.notModified {
 		// 304: the document is unchanged, and nothing is read or parsed.
-		p.recovered()
+		p.recovered(ctx)
 		metrics.countPoll(pollNotModified, start)
 		p.debug("poll not modified", start)
 		return
@@ -119,7 +197,7 @@ func (p *poller) poll(ctx context.Context) {
 	var doc *document
 	if err == nil {
 		if p.prev != nil && bytes.Equal(body, p.prev.body) {
-			p.recovered()
+			p.recovered(ctx)
 			p.keepValidators(res)
 			metrics.countPoll(pollUnchanged, start)
 			p.debug("poll unchanged", start)
@@ -132,12 +210,15 @@ func (p *poller) poll(ctx context.Context) {
 			return
 		}
 		metrics.countPoll(pollFailed, start)
-		p.failed(err)
+		p.failed(ctx, err)
 		return
 	}
-	p.recovered()
+	p.recovered(ctx)
 	if p.prev == nil {
-		p.log.appendDocument(doc, "", nil)
+		if !p.wrote(p.log.appendEvent(ctx, doc.data, "", nil)) {
+			metrics.countPoll(pollChanged, start)
+			return
+		}
 		p.state.setDocumented()
 		p.prev = doc
 		p.keepValidators(res)
@@ -148,7 +229,7 @@ func (p *poller) poll(ctx context.Context) {
 	event, data, err := p.differ.diff(p.prev, doc)
 	if err != nil {
 		metrics.countPoll(pollFailed, start)
-		p.failed(err)
+		p.failed(ctx, err)
 		return
 	}
 	p.keepValidators(res)
@@ -160,7 +241,10 @@ func (p *poller) poll(ctx context.Context) {
 		p.debug("poll unchanged", start)
 		return
 	}
-	p.log.appendDocument(doc, event, data)
+	if !p.wrote(p.log.appendEvent(ctx, doc.data, event, data)) {
+		metrics.countPoll(pollChanged, start)
+		return
+	}
 	p.prev = doc
 	metrics.countPoll(pollChanged, start)
 	p.debug("poll changed", start, zap.String("event", event), zap.Int("bytes", len(data)))
@@ -196,7 +280,7 @@ type statusData struct {
 // are told too, except of a refusal of the topic's credentials, which ends
 // their streams instead, so that their browsers' reconnects get the 401 or
 // 403.
-func (p *poller) failed(err error) {
+func (p *poller) failed(ctx context.Context, err error) {
 	p.failures++
 	var status int
 	var retryAfter time.Duration
@@ -220,11 +304,11 @@ func (p *poller) failed(err error) {
 	p.downSent = true
 	data := statusData{Upstream: "down", Topic: p.topicID, Status: status, Error: publicError(err), RetryInMS: max(p.wait.Milliseconds(), 1)}
 	b, _ := json.Marshal(data)
-	p.log.appendStatus(b, true)
+	p.wrote(p.log.setStatus(ctx, b, true))
 }
 
 // recovered records a successful poll, after failures or not.
-func (p *poller) recovered() {
+func (p *poller) recovered(ctx context.Context) {
 	p.failures = 0
 	p.wait = p.sched.next(0, 0)
 	p.state.setDenied(0)
@@ -238,7 +322,7 @@ func (p *poller) recovered() {
 	}
 	p.downSent = false
 	b, _ := json.Marshal(statusData{Upstream: "up", Topic: p.topicID})
-	p.log.appendStatus(b, false)
+	p.wrote(p.log.setStatus(ctx, b, false))
 }
 
 // A response is the part of a successful upstream answer that a poll uses.

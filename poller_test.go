@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,6 +43,7 @@ func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) 
 		Timeout:        time.Second,
 		History:        16,
 		differ:         cd,
+		restore:        d,
 		MaxBackoff:     10 * time.Millisecond,
 		MaxBody:        defaultMaxBody,
 		MaxTopics:      defaultMaxTopics,
@@ -51,7 +52,8 @@ func testHub(t *testing.T, change func(*topicSettings)) (*hub, *countingDiffer) 
 	if change != nil {
 		change(&cfg)
 	}
-	h := newHub(cfg, zap.NewNop())
+	hs, _ := MemoryStore{}.attach(zap.NewNop())
+	h := newHub(cfg, zap.NewNop(), hs)
 	t.Cleanup(func() {
 		h.Destruct()
 		assertNoStreamGoroutines(t)
@@ -80,19 +82,11 @@ func frameTexts(frames []frame) []string {
 // is its snapshot; an outage and a recovery are one status event each,
 // with the topic's id, around the patch.
 func TestPollerTellsItsLogAndTopic(t *testing.T) {
-	var mu sync.Mutex
-	status, body := http.StatusUnauthorized, ""
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		w.WriteHeader(status)
-		io.WriteString(w, body)
-	}))
-	t.Cleanup(api.Close)
-	answer := func(s int, b string) {
-		mu.Lock()
-		status, body = s, b
-		mu.Unlock()
+	api := newFakeAPI(t, "")
+	api.setStatus(http.StatusUnauthorized)
+	answer := func(status int, body string) {
+		api.setStatus(status)
+		api.set(body)
 	}
 	tp := newTopic("key", "0123456789ab", api.URL, nil, newMemoryLog(16), func() {})
 	p := &poller{
@@ -134,38 +128,30 @@ func TestPollerTellsItsLogAndTopic(t *testing.T) {
 }
 
 func TestConditionalRequests(t *testing.T) {
-	var mu sync.Mutex
-	doc, etag := `{"v":1}`, `"v1"`
-	var full, notModified atomic.Int64
-	var firstConditional atomic.Value
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		d, e := doc, etag
-		mu.Unlock()
-		firstConditional.CompareAndSwap(nil, r.Header.Get("If-None-Match")+"|"+r.Header.Get("If-Modified-Since"))
-		w.Header().Set("ETag", e)
-		w.Header().Set("Last-Modified", "Sun, 22 Nov 2026 06:00:00 GMT")
-		if r.Header.Get("If-None-Match") == e {
-			notModified.Add(1)
-			w.WriteHeader(http.StatusNotModified)
-			return
+	api := newFakeAPI(t, `{"v":1}`)
+	api.setETag(etagHonoured)
+	api.setHeader("Last-Modified", "Sun, 22 Nov 2026 06:00:00 GMT")
+	answered := func(status int) int {
+		n := 0
+		for _, ex := range api.exchangeLog() {
+			if ex.status == status {
+				n++
+			}
 		}
-		full.Add(1)
-		io.WriteString(w, d)
-	}))
-	defer api.Close()
+		return n
+	}
 	h, parses := testHub(t, nil)
-	tp, err := h.subscribe(api.URL, nil)
+	tp, err := h.subscribe(api.URL, nil, netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.unsubscribe(tp)
 
-	waitFor(t, 5*time.Second, "10 answers of 304", func() bool { return notModified.Load() >= 10 })
-	if got := firstConditional.Load(); got != "|" {
-		t.Errorf("the first poll sent validators %q; it has none", got)
+	waitFor(t, 5*time.Second, "10 answers of 304", func() bool { return answered(http.StatusNotModified) >= 10 })
+	if first := api.requestLog()[0].Header; first.Get("If-None-Match") != "" || first.Get("If-Modified-Since") != "" {
+		t.Errorf("the first poll sent the validators %q and %q; it has none", first.Get("If-None-Match"), first.Get("If-Modified-Since"))
 	}
-	if n := full.Load(); n != 1 {
+	if n := answered(http.StatusOK); n != 1 {
 		t.Errorf("%d full answers for one version", n)
 	}
 	if n := parses.parses.Load(); n != 1 {
@@ -175,11 +161,9 @@ func TestConditionalRequests(t *testing.T) {
 		t.Errorf("the log holds %q, want one snapshot", frames)
 	}
 
-	mu.Lock()
-	doc, etag = `{"v":2}`, `"v2"`
-	mu.Unlock()
-	waitFor(t, 5*time.Second, "the new version", func() bool { return full.Load() == 2 })
-	waitFor(t, 5*time.Second, "304s for the new version", func() bool { return notModified.Load() >= 15 })
+	api.set(`{"v":2}`)
+	waitFor(t, 5*time.Second, "the new version", func() bool { return answered(http.StatusOK) == 2 })
+	waitFor(t, 5*time.Second, "304s for the new version", func() bool { return answered(http.StatusNotModified) >= 15 })
 	if n := parses.parses.Load(); n != 2 {
 		t.Errorf("%d bodies parsed for two versions", n)
 	}
@@ -233,7 +217,7 @@ func TestMaxBodyIsAllThatIsRead(t *testing.T) {
 				}
 				return &http.Response{StatusCode: http.StatusOK, ContentLength: tt.contentLength, Body: body, Header: http.Header{}, Request: r}, nil
 			})
-			tp, err := h.subscribe("http://api.test/doc", nil)
+			tp, err := h.subscribe("http://api.test/doc", nil, netip.Prefix{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -294,9 +278,9 @@ func TestStrongLastModified(t *testing.T) {
 
 // A fileExchange is one request to a file server and its answer.
 type fileExchange struct {
-	path, ifModifiedSince string
-	status                int
-	date, lastModified    string
+	ifModifiedSince    string
+	status             int
+	date, lastModified string
 }
 
 // TestChangeInTheSecondOfLastModifiedIsDelivered: Go's http.FileServer
@@ -308,32 +292,24 @@ type fileExchange struct {
 func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 	dir := t.TempDir()
 	files := http.FileServer(http.Dir(dir))
-	var mu sync.Mutex
-	var exchanges []fileExchange
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The Date that net/http would set, set here so that it can be
-		// recorded.
+	upstream := newFakeAPI(t, "")
+	upstream.handle(func(w http.ResponseWriter, r *http.Request) bool {
+		// The Date that net/http would set, set here so that it is in
+		// the exchange log.
 		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		files.ServeHTTP(rec, r)
-		mu.Lock()
-		defer mu.Unlock()
-		exchanges = append(exchanges, fileExchange{
-			path:            r.URL.Path,
-			ifModifiedSince: r.Header.Get("If-Modified-Since"),
-			status:          rec.status,
-			date:            w.Header().Get("Date"),
-			lastModified:    w.Header().Get("Last-Modified"),
-		})
-	}))
-	t.Cleanup(upstream.Close)
+		files.ServeHTTP(w, r)
+		return true
+	})
 	exchangesOf := func(path string) []fileExchange {
-		mu.Lock()
-		defer mu.Unlock()
 		var out []fileExchange
-		for _, e := range exchanges {
-			if e.path == path {
-				out = append(out, e)
+		for _, e := range upstream.exchangeLog() {
+			if e.req.URL.Path == path {
+				out = append(out, fileExchange{
+					ifModifiedSince: e.req.Header.Get("If-Modified-Since"),
+					status:          e.status,
+					date:            e.header.Get("Date"),
+					lastModified:    e.header.Get("Last-Modified"),
+				})
 			}
 		}
 		return out
@@ -351,7 +327,8 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 		if attempt == 3 {
 			t.Fatal("the first poll never came in the second that the file was written")
 		}
-		// Start just after a second begins.
+		// Start just after a second begins: the file's modification time
+		// and the answers' Date are the real clock's, in whole seconds.
 		now := time.Now()
 		time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
 		name := fmt.Sprintf("doc%d.json", attempt)
@@ -424,17 +401,6 @@ func TestChangeInTheSecondOfLastModifiedIsDelivered(t *testing.T) {
 	}
 }
 
-// A statusRecorder records the status of a response.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(status int) {
-	r.status = status
-	r.ResponseWriter.WriteHeader(status)
-}
-
 func TestAtMostOneRequestInFlight(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	// Each answer takes longer than the interval.
@@ -451,22 +417,32 @@ func TestAtMostOneRequestInFlight(t *testing.T) {
 }
 
 func TestIdleTopicStops(t *testing.T) {
+	const interval, idle = 100 * time.Millisecond, 300 * time.Millisecond
 	api := newFakeAPI(t, `{"a":1}`)
-	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","idle_timeout":"300ms"`, api.URL))+"]")
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":%q,"idle_timeout":%q`, api.URL, interval, idle))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	first := sc.next(5 * time.Second)
+	left := time.Now() // before the server can see the subscriber leave
 	sc.close()
-	left := time.Now()
-	// Polling goes on for the idle timeout, then stops.
-	var stopped int64
-	waitFor(t, 5*time.Second, "polling to stop", func() bool {
-		n := api.count.Load()
-		time.Sleep(300 * time.Millisecond) // longer than an interval
-		stopped = api.count.Load()
-		return n == stopped
+	// Polling goes on for the idle timeout, then stops: the topic's
+	// poller returns, and no poll comes after.
+	waitFor(t, 5*time.Second, "the topic to stop", func() bool {
+		return logs.count("topic stopped") == 1 && !slices.ContainsFunc(goroutineStacks(), func(g string) bool {
+			return strings.Contains(g, "caddy-pollsse.(*poller).run(")
+		})
 	})
-	if since := time.Since(left); since < 300*time.Millisecond {
-		t.Errorf("polling stopped %s after the last subscriber left, before the idle timeout", since)
+	stopped := api.count.Load()
+	for _, l := range logs.lines() {
+		// (A log line's time is rounded to a microsecond or so.)
+		if at := l.time(); l.Msg == "topic stopped" && at.Before(left.Add(idle-time.Millisecond)) {
+			t.Errorf("the topic stopped %s after the last subscriber left, before the idle timeout", at.Sub(left))
+		}
+	}
+	// The last poll started at most an interval and its jitter before the
+	// idle timeout ended.
+	polls := api.arrivals("")
+	if last := polls[len(polls)-1].Sub(left); last < idle-interval*11/10 {
+		t.Errorf("the last poll came %s after the last subscriber left, want polls until the idle timeout, %s", last, idle)
 	}
 	// A new subscriber starts the topic again, with ids of a new epoch, so
 	// the old id is unknown.
@@ -496,26 +472,18 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 		// wait between two polls.
 		slack = 50 * time.Millisecond
 	)
-	var mu sync.Mutex
-	accepted := map[string]bool{}
-	arrivals := map[string][]time.Time{}
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		mu.Lock()
-		arrivals[auth] = append(arrivals[auth], time.Now())
-		ok := accepted[auth]
-		mu.Unlock()
-		if !ok {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		fmt.Fprint(w, `{"a":1}`)
-	}))
-	t.Cleanup(upstream.Close)
+	// The upstream refuses every credential until it is given an answer
+	// for it.
+	upstream := newFakeAPI(t, "")
+	upstream.setFor("", http.StatusUnauthorized, "")
 	requests := func(auth string) []time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]time.Time(nil), arrivals[auth]...)
+		var out []time.Time
+		for _, ex := range upstream.exchangeLog() {
+			if ex.req.Header.Get("Authorization") == auth {
+				out = append(out, ex.at)
+			}
+		}
+		return out
 	}
 	// The most polls that a topic can make in a time: those of the
 	// schedule at its shortest waits.
@@ -525,14 +493,14 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 		return fmt.Sprintf(`"upstream":%q,"interval":%q,"max_backoff":%q,"idle_timeout":%q,"forward_headers":["Authorization"]`,
 			upstream.URL, interval, maxBackoff, idle)
 	}
-	base, logs := startCaddyLogging(t, "["+
+	base, logs := startCaddyAtDebug(t, "["+
 		pollSSERoute("/events", handler(time.Minute))+","+
 		pollSSERoute("/made-up", handler(idleTimeout))+"]")
 
 	t.Run("a refused topic recovers while refused visitors keep coming", func(t *testing.T) {
 		const token = "rotated"
-		// Visitors every interval, for long enough that the backoff
-		// reaches max_backoff.
+		// Visitors every interval, as browsers come on the clock, for
+		// long enough that the backoff reaches max_backoff.
 		for start := time.Now(); time.Since(start) < 3*maxBackoff; time.Sleep(interval) {
 			if status, _ := eventSourceStatus(t, base+"/events", bearer(token)); status != http.StatusUnauthorized {
 				t.Fatalf("a refused visitor got %d, want 401", status)
@@ -545,9 +513,7 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 			t.Errorf("%d upstream requests in %s, want 3 to %d: the backoff of the failures", len(polls), span, most(span))
 		}
 
-		mu.Lock()
-		accepted["Bearer "+token] = true
-		mu.Unlock()
+		upstream.setFor("Bearer "+token, http.StatusOK, `{"a":1}`)
 		for start := time.Now(); ; time.Sleep(interval) {
 			sc := openStreamWith(t, base+"/events", bearer(token), "")
 			if sc.resp.StatusCode == http.StatusOK {
@@ -578,7 +544,7 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 			left[token] = time.Now()
 		}
 		waitFor(t, 10*time.Second, "the topics of the made-up credentials to stop", func() bool {
-			return strings.Count(logs(), "topic stopped") == tokens
+			return logs.count("topic stopped") == tokens
 		})
 		for token, at := range left {
 			polls := requests("Bearer " + token)

@@ -164,10 +164,12 @@ func TestEventsArriveOneByOneOverHTTP2AndHTTP3(t *testing.T) {
 	url := fmt.Sprintf("https://127.0.0.1:%d/events", port)
 	tlsConfig := &tls.Config{InsecureSkipVerify: true}
 
-	transports := map[string]http.RoundTripper{
-		"HTTP/2.0": &http.Transport{TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true},
-		"HTTP/3.0": &http3.Transport{TLSClientConfig: tlsConfig},
-	}
+	h2, h3 := &http.Transport{TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true}, &http3.Transport{TLSClientConfig: tlsConfig}
+	t.Cleanup(func() {
+		h2.CloseIdleConnections()
+		h3.Close()
+	})
+	transports := map[string]http.RoundTripper{"HTTP/2.0": h2, "HTTP/3.0": h3}
 	for _, proto := range []string{"HTTP/2.0", "HTTP/3.0"} {
 		t.Run(proto, func(t *testing.T) {
 			api.set(`{"n":0}`)

@@ -15,9 +15,8 @@ func TestUpstreamURLSecretsNotLogged(t *testing.T) {
 	const userSecret, querySecret = "sk_live_us3r", "q-s3cret"
 	api := newFakeAPI(t, `{"a":1}`)
 	withUser := strings.Replace(api.URL, "http://", "http://"+userSecret+"@", 1)
-	base, logFile := startCaddyLoggingAtDebug(t, pollSSERoute("/events",
-		fmt.Sprintf(`"upstream":%q,"heartbeat":"1h"`, withUser+"/doc?page=1;api_key="+querySecret)), "")
-	t.Cleanup(func() { stopCaddy(t) })
+	base, logs := startCaddyAtDebug(t, "["+pollSSERoute("/events",
+		fmt.Sprintf(`"upstream":%q,"heartbeat":"1h"`, withUser+"/doc?page=1;api_key="+querySecret))+"]")
 	sc := openStream(t, http.DefaultClient, base+"/events", "")
 	if ev := sc.next(10 * time.Second); ev.name != "snapshot" {
 		t.Fatalf("got %+v", ev)
@@ -28,7 +27,7 @@ func TestUpstreamURLSecretsNotLogged(t *testing.T) {
 	}
 
 	var started []string
-	for _, l := range readLogLines(t, logFile) {
+	for _, l := range logs.lines() {
 		if strings.Contains(l.raw, userSecret) || strings.Contains(l.raw, querySecret) {
 			t.Errorf("a log line holds a credential of the upstream URL: %s", l.raw)
 		}

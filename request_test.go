@@ -2,11 +2,9 @@ package pollsse
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -41,21 +39,17 @@ func TestUpstreamUserAgent(t *testing.T) {
 }
 
 func TestRedirectsStayOnTheOrigin(t *testing.T) {
-	var mu sync.Mutex
-	var hops []string
-	api := newFakeAPI(t, `{"a":1}`)
-	api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		hops = append(hops, r.URL.Path)
-		mu.Unlock()
+	// /hop/<chain>/<n> redirects to /hop/<chain>/<n-1>, and /hop/<chain>/0
+	// is the document.
+	api := newFakeAPI(t, `{"arrived":true}`)
+	api.handle(func(w http.ResponseWriter, r *http.Request) bool {
 		var chain string
 		var n int
 		if _, err := fmt.Sscanf(strings.ReplaceAll(strings.TrimPrefix(r.URL.Path, "/"), "/", " "), "hop %s %d", &chain, &n); err == nil && n > 0 {
 			http.Redirect(w, r, fmt.Sprintf("/hop/%s/%d", chain, n-1), http.StatusFound)
-			return
+			return true
 		}
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, `{"arrived":true}`)
+		return false
 	})
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`,
 		api.URL+"/hop/{http.request.uri.query.chain}/{http.request.uri.query.n}"))+"]")
@@ -68,8 +62,10 @@ func TestRedirectsStayOnTheOrigin(t *testing.T) {
 	if sd := decodeStatus(t, sc.next(5*time.Second)); sd.Upstream != "down" || sd.Error != "upstream redirect not followed: more than 3 redirects" {
 		t.Errorf("4 redirects: got %+v, want no document but the down status", sd)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	var hops []string
+	for _, r := range api.requestLog() {
+		hops = append(hops, r.URL.Path)
+	}
 	seen := strings.Join(hops, " ")
 	if !strings.Contains(seen, "/hop/four/1") || strings.Contains(seen, "/hop/four/0") {
 		t.Errorf("a chain of 4 redirects was not stopped after 3: %v", hops)

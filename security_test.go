@@ -2,49 +2,11 @@ package pollsse
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-// startCaddyLogging is startCaddy with every log line, debug included,
-// written to a file; logs returns what has been written so far.
-func startCaddyLogging(t *testing.T, routes string) (base string, logs func() string) {
-	t.Helper()
-	port := freePort(t)
-	var cfg map[string]any
-	if err := json.Unmarshal(caddyConfig(t, port, routes), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{
-		"level":  "DEBUG",
-		"writer": map[string]any{"output": "file", "filename": logFile},
-	}}}
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Load(raw, true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
-	return fmt.Sprintf("http://127.0.0.1:%d", port), func() string {
-		b, _ := os.ReadFile(logFile)
-		return string(b)
-	}
-}
 
 // getStatus makes a GET request with the given headers and returns the
 // response's status and body; a stream is closed once its headers are in.
@@ -115,47 +77,15 @@ func eventSourceStatus(t *testing.T, url string, header http.Header) (int, http.
 	return 0, nil
 }
 
-// A usersAPI answers with each user's own document, picked by the bearer
-// token of the request: 401 without a known token, 403 for "mallory".
-type usersAPI struct {
-	*fakeAPI
-	mu   sync.Mutex
-	docs map[string]string // token -> document; "" refuses with 401
-}
-
-func newUsersAPI(t *testing.T) *usersAPI {
-	u := &usersAPI{fakeAPI: newFakeAPI(t, ""), docs: map[string]string{
-		"alice-token": `{"user":"alice","balance":100}`,
-		"bob-token":   `{"user":"bob","balance":5}`,
-	}}
-	u.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.count.Add(1)
-		u.fakeAPI.mu.Lock()
-		u.requests = append(u.requests, r.Clone(r.Context()))
-		u.fakeAPI.mu.Unlock()
-		token := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if token == "mallory-token" {
-			http.Error(w, "forbidden", http.StatusForbidden)
-			return
-		}
-		u.mu.Lock()
-		doc := u.docs[token]
-		u.mu.Unlock()
-		if doc == "" {
-			w.Header().Set("WWW-Authenticate", "Bearer")
-			http.Error(w, "who are you", http.StatusUnauthorized)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, doc)
-	})
-	return u
-}
-
-func (u *usersAPI) setDoc(token, doc string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.docs[token] = doc
+// newUsersAPI returns an upstream that answers each user's bearer token
+// with that user's document: alice's and bob's, 403 to mallory's, and 401
+// to any other.
+func newUsersAPI(t *testing.T) *fakeAPI {
+	api := newFakeAPI(t, "")
+	api.setFor("Bearer alice-token", http.StatusOK, `{"user":"alice","balance":100}`)
+	api.setFor("Bearer bob-token", http.StatusOK, `{"user":"bob","balance":5}`)
+	api.setFor("Bearer mallory-token", http.StatusForbidden, "forbidden")
+	return api
 }
 
 func bearer(token string) http.Header {
@@ -165,17 +95,24 @@ func bearer(token string) http.Header {
 // openStreamWith is openStream with request headers.
 func openStreamWith(t *testing.T, url string, header http.Header, lastEventID string) *streamClient {
 	t.Helper()
-	client := &http.Client{Transport: headerTransport{header}}
+	client := &http.Client{Transport: headerTransport{header: header}}
 	return openStream(t, client, url, lastEventID)
 }
 
-// headerTransport adds headers to every request.
-type headerTransport struct{ header http.Header }
+// headerTransport adds headers to every request that it sends with base,
+// http.DefaultTransport when nil.
+type headerTransport struct {
+	header http.Header
+	base   http.RoundTripper
+}
 
 func (ht headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	for name, values := range ht.header {
 		r.Header[name] = values
+	}
+	if ht.base != nil {
+		return ht.base.RoundTrip(r)
 	}
 	return http.DefaultTransport.RoundTrip(r)
 }

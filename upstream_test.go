@@ -167,6 +167,8 @@ func TestHostilePlaceholderValues(t *testing.T) {
 			}
 		})
 	}
+	// A refused request leaves nothing to wait for: this is the time for
+	// a poll that it would have started to reach the upstream.
 	time.Sleep(50 * time.Millisecond)
 	if n := api.count.Load(); n != 0 {
 		for _, r := range api.requestLog() {
@@ -215,6 +217,8 @@ func TestRefusedPlaceholderValues(t *testing.T) {
 			t.Errorf("id=%s: status %d %q, want 400", id, resp.StatusCode, body)
 		}
 	}
+	// A refused request leaves nothing to wait for: this is the time for
+	// a poll that it would have started to reach the upstream.
 	time.Sleep(100 * time.Millisecond)
 	if n := api.count.Load(); n != 0 {
 		t.Errorf("the upstream received %d requests", n)

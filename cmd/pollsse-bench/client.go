@@ -64,7 +64,7 @@ const readBuffer = 2048
 // newSwarm makes topics×perTopic clients; every slowEvery-th of them (none
 // when 0) is slow.
 func newSwarm(base, path string, topics, perTopic, events, slowEvery int) *swarm {
-	s := &swarm{base: base, path: path, received: make([]atomic.Int64, events)}
+	s := &swarm{base: base, path: path, received: make([]atomic.Int64, events), proto: &protocol{version: 1}}
 	for i := 0; i < topics*perTopic; i++ {
 		c := &client{topic: i % topics, lat: make([]atomic.Int32, events)}
 		c.slow = slowEvery > 0 && i%slowEvery == slowEvery-1

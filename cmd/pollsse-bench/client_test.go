@@ -4,7 +4,14 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the package's tests when a goroutine outlives them all.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // chunk frames an SSE frame as one chunk of a chunked body, as Caddy sends
 // it.

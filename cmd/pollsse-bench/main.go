@@ -79,6 +79,8 @@ type options struct {
 	publishTopic  string
 	publishHeader string
 	serverName    string
+	instances     int
+	redis         string
 }
 
 func main() {
@@ -116,6 +118,8 @@ func main() {
 	flag.BoolVar(&o.h3, "h3", false, "HTTPS with HTTP/3 over QUIC, each client on a connection of its own (implies -tls)")
 	flag.StringVar(&o.caFile, "ca", "", "with -target and TLS: the PEM root certificate the clients trust (default: they skip verification)")
 	flag.StringVar(&o.serverName, "server-name", "localhost", "with TLS: the name the clients send in the handshake and verify")
+	flag.IntVar(&o.instances, "instances", 1, "Caddy instances on one Redis (the redis store), -n subscribers of each topic on each; more than 1 reports what Redis adds per change")
+	flag.StringVar(&o.redis, "redis", "", "with -instances: the Redis URL to use; empty: start a redis-server on a free loopback port")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "pollsse-bench:", err)
@@ -130,7 +134,7 @@ func run(o options) error {
 		return err
 	}
 	nofile := raiseOpenFiles()
-	if total := o.n * o.topics; uint64(total)+64 > nofile {
+	if total := o.n * o.topics * max(o.instances, 1); uint64(total)+64 > nofile {
 		return fmt.Errorf("%d clients need more open files than this process's limit of %d", total, nofile)
 	}
 	if o.target == "" && o.caddy == "" {
@@ -146,6 +150,12 @@ func run(o options) error {
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("building caddy: %w", err)
 		}
+	}
+	if o.instances > 1 {
+		if o.tls || o.h2 || o.h3 || o.accessLog {
+			return fmt.Errorf("-instances measures plain HTTP/1.1 only, without -tls, -h2, -h3 or -access-log")
+		}
+		return runInstances(ctx, o)
 	}
 	proto, err := parseProtocol(o.tls, o.h2, o.h3, o.caFile, o.serverName)
 	if err != nil {

@@ -33,6 +33,8 @@ type serverConfig struct {
 	// tls serves HTTPS with a certificate for localhost from Caddy's
 	// internal CA (a site with `tls internal`), h3 HTTP/3 besides.
 	tls, h3 bool
+	// store is the handler's store module, nil for its default.
+	store map[string]any
 }
 
 // rootCert is where the Caddy of a trial keeps the root certificate of its
@@ -52,6 +54,9 @@ func caddyJSON(port int, dir string, sc serverConfig) []byte {
 	}
 	if sc.heartbeat > 0 {
 		handler["heartbeat"] = sc.heartbeat.String()
+	}
+	if sc.store != nil {
+		handler["store"] = sc.store
 	}
 	admin := map[string]any{"disabled": true}
 	if sc.pprof != "" {
