@@ -3,60 +3,20 @@ package pollsse
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-// startCaddyWithAccessLogs runs Caddy with the routes on two servers whose
-// requests it logs, a plain one and an HTTPS one, its log at INFO in a
-// JSON file, and returns their base URLs and the file.
-func startCaddyWithAccessLogs(t *testing.T, routes string) (plain, secure, logFile string) {
-	t.Helper()
-	cert, key := selfSignedPEM(t)
-	certJSON, _ := json.Marshal(cert)
-	keyJSON, _ := json.Marshal(key)
-	logFile = filepath.Join(t.TempDir(), "caddy.log")
-	p, s := freePort(t), freePort(t)
-	cfg := fmt.Sprintf(`{
-		"admin": {"disabled": true},
-		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": "INFO", "writer": {"output": "file", "filename": %q, "roll": false}, "encoder": {"format": "json"}}}},
-		"apps": {
-			"tls": {"certificates": {"load_pem": [{"certificate": %s, "key": %s, "tags": ["test"]}]}},
-			"http": {"servers": {
-				"plain": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true}, "logs": {}, "routes": [%s]},
-				"secure": {
-					"listen": ["127.0.0.1:%d"],
-					"protocols": ["h1", "h2"],
-					"automatic_https": {"disable": true},
-					"tls_connection_policies": [{"certificate_selection": {"any_tag": ["test"]}}],
-					"logs": {},
-					"routes": [%[6]s]
-				}
-			}}
-		}
-	}`, t.TempDir(), logFile, certJSON, keyJSON, p, routes, s)
-	if err := caddy.Load([]byte(cfg), true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	t.Cleanup(func() {
-		stopCaddy(t)
-		assertNoStreamGoroutines(t)
-	})
-	return fmt.Sprintf("http://127.0.0.1:%d", p), fmt.Sprintf("https://127.0.0.1:%d", s), logFile
-}
 
 // An accessLine is what a test reads of an access log line.
 type accessLine struct {
@@ -88,38 +48,60 @@ func accessLines(t *testing.T, logFile, uri string) []accessLine {
 }
 
 // TestAccessLogLineOfAStreamIsWrittenWhenItEnds: on a site with `log`, over
-// plain HTTP/1.1 and HTTPS, a stream is served by its topic's group like one
-// without (where streams are taken over), and its access log line is
-// written when the stream ends, with status 200, the stream's real duration
-// and the bytes written to it.
+// plain HTTP/1.1, HTTPS with HTTP/1.1 and HTTP/2, a stream is served as on
+// one without (by its topic's group where streams are taken over), and its
+// access log line is written when the stream ends, with status 200, the
+// stream's real duration and the bytes written to it.
 func TestAccessLogLineOfAStreamIsWrittenWhenItEnds(t *testing.T) {
 	api := newFakeAPI(t, `{"n":0}`)
-	plain, secure, logFile := startCaddyWithAccessLogs(t, pollSSERoute("/events", fmt.Sprintf(
-		`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL)))
-	grouped := canDetach && canMeasureRoom
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))
 	n := 0
-	for _, base := range []string{plain, secure} {
-		t.Run(base[:strings.Index(base, ":")], func(t *testing.T) {
+	for _, p := range paths {
+		if p.accessLog == "" {
+			continue
+		}
+		t.Run(p.name, func(t *testing.T) {
 			uri := fmt.Sprintf("/events?client=%d", n)
-			host := base[strings.Index(base, "//")+2:]
-			conn, err := net.Dial("tcp", host)
-			if err != nil {
-				t.Fatal(err)
+			// body is the stream's body; wire counts what reached the
+			// client, with the chunks' framing over HTTP/1.1, of which
+			// headers bytes were the response's head.
+			var body *bufio.Reader
+			var wire *countingReader
+			var headers int
+			var end func()
+			if strings.HasPrefix(p.name, "HTTP/2") {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(p.url, "/events")+uri, nil)
+				resp, err := p.client().Do(req)
+				if err != nil || resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+					t.Fatalf("got %v, %v; want an HTTP/2 stream", resp, err)
+				}
+				wire = &countingReader{r: resp.Body}
+				body = bufio.NewReader(wire)
+				end = func() { resp.Body.Close() }
+			} else {
+				u, _ := url.Parse(p.url)
+				conn, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if u.Scheme == "https" {
+					conn = tls.Client(conn, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+				}
+				fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", uri, u.Host)
+				conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				wire = &countingReader{r: conn}
+				br := bufio.NewReader(wire)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("got %v, %v; want a stream", resp, err)
+				}
+				headers = wire.n - br.Buffered()
+				body = bufio.NewReader(resp.Body)
+				end = func() { conn.Close() }
 			}
-			defer conn.Close()
-			if strings.HasPrefix(base, "https") {
-				conn = tls.Client(conn, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-			}
-			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", uri, host)
-			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-			wire := &countingReader{r: conn}
-			br := bufio.NewReader(wire)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil || resp.StatusCode != http.StatusOK {
-				t.Fatalf("got %v, %v; want a stream", resp, err)
-			}
-			headers := wire.n - br.Buffered()
-			body := bufio.NewReader(resp.Body)
 			var payload int
 			ev := nextNamed(t, body)
 			if ev.name != "snapshot" {
@@ -129,14 +111,16 @@ func TestAccessLogLineOfAStreamIsWrittenWhenItEnds(t *testing.T) {
 			// The handler had the request before the client had this.
 			snapshotAt := time.Now()
 
-			buf := make([]byte, 1<<20)
-			stacks := string(buf[:runtime.Stack(buf, true)])
-			follow := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(")
-			groups := strings.Count(stacks, "caddy-pollsse.(*connGroup).run(")
-			if grouped && (follow != 0 || groups != 1) {
-				t.Errorf("%d streams on goroutines of their own and %d groups, want the stream in its topic's group", follow, groups)
+			if p.takenOver {
+				buf := make([]byte, 1<<20)
+				stacks := string(buf[:runtime.Stack(buf, true)])
+				follow := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(")
+				groups := strings.Count(stacks, "caddy-pollsse.(*connGroup).run(")
+				if follow != 0 || groups != 1 {
+					t.Errorf("%d streams on goroutines of their own and %d groups, want the stream in its topic's group", follow, groups)
+				}
 			}
-			if got := accessLines(t, logFile, uri); len(got) != 0 {
+			if got := accessLines(t, p.accessLog, uri); len(got) != 0 {
 				t.Fatalf("the access log has %+v while the stream is open, want its line when it ends", got)
 			}
 
@@ -148,11 +132,11 @@ func TestAccessLogLineOfAStreamIsWrittenWhenItEnds(t *testing.T) {
 			payload += len(encodeEvent(ev.name, ev.id, []byte(ev.data)))
 			// The handler returns after this.
 			held := time.Since(snapshotAt)
-			conn.Close()
+			end()
 
 			var line accessLine
 			waitFor(t, 5*time.Second, "the stream's access log line", func() bool {
-				got := accessLines(t, logFile, uri)
+				got := accessLines(t, p.accessLog, uri)
 				if len(got) == 1 {
 					line = got[0]
 				}

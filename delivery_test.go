@@ -152,3 +152,48 @@ func TestSlowSubscriberDelaysNoOtherOnEveryPath(t *testing.T) {
 		})
 	}
 }
+
+// TestHeartbeatsOnEveryPath: on every path, a stream on which nothing else
+// is written gets a heartbeat each heartbeat period, and the change after
+// them.
+func TestHeartbeatsOnEveryPath(t *testing.T) {
+	api := newFakeAPI(t, `{"n":0}`)
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"80ms"`, api.URL))
+	streams := make([]*streamClient, len(paths))
+	for i, p := range paths {
+		streams[i] = openStream(t, p.client(), p.url, "")
+		if ev := streams[i].next(5 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("%s: the stream began with %+v", p.name, ev)
+		}
+	}
+	next := func(i int) sseEvent {
+		t.Helper()
+		select {
+		case ev, ok := <-streams[i].events:
+			if !ok {
+				t.Fatalf("%s: the stream ended", paths[i].name)
+			}
+			return ev
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: nothing within 5s", paths[i].name)
+		}
+		panic("unreachable")
+	}
+	for i := range streams {
+		for beats := 0; beats < 3; beats++ {
+			if ev := next(i); !ev.comment {
+				t.Fatalf("%s: after %d heartbeats got %+v, want another", paths[i].name, beats, ev)
+			}
+		}
+	}
+	api.set(`{"n":1}`)
+	for i := range streams {
+		ev := next(i)
+		for ev.comment {
+			ev = next(i)
+		}
+		if ev.name != "patch" {
+			t.Fatalf("%s: got %+v, want the patch", paths[i].name, ev)
+		}
+	}
+}
