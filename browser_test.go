@@ -436,7 +436,8 @@ func TestBrowserDemoShowsUpstreamDownBeforeItsFirstDocument(t *testing.T) {
 }
 
 // streamsPage opens one stream per topic with the browser client and keeps,
-// for each, its document and how many snapshots and changes it had.
+// for each, its document, how many snapshots and changes it had, and the
+// connection, which the test may close.
 const streamsPage = `<!doctype html>
 <meta charset="utf-8">
 <title>many streams</title>
@@ -445,7 +446,7 @@ import { connect } from "/client/pollsse.js";
 window.streams = [];
 for (let i = 0; i < %d; i++) {
   const s = { doc: null, snapshots: 0, changes: 0 };
-  connect("/events/" + i, {
+  s.conn = connect("/events/" + i, {
     onChange(doc, change) {
       s.doc = doc;
       if (change.type === "snapshot") s.snapshots++; else s.changes++;
@@ -478,6 +479,8 @@ func TestBrowserHoldsTenStreamsOverHTTP2(t *testing.T) {
 	}
 	httpsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	loggedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	accessLog := filepath.Join(t.TempDir(), "access.log")
 	caddyfile := fmt.Sprintf(`(page) {
 	poll_sse /events/* %s/topic/{path.1} {
 		interval 100ms
@@ -503,20 +506,33 @@ https://%s {
 http://%s {
 	import page
 }
-`, upstream.URL, clientDir, pageDir, httpsAddr, httpAddr)
+
+https://%s {
+	tls internal
+	log {
+		output file %s {
+			roll_disabled
+		}
+		format json
+	}
+	import page
+}
+`, upstream.URL, clientDir, pageDir, httpsAddr, httpAddr, loggedAddr, accessLog)
 	// Nothing touches the system's trust store, and no listener is
 	// added on port 80 for redirects.
 	p := startCaddyProcess(t, caddyfile, "skip_install_trust", "auto_https disable_redirects")
 	waitForListener(t, httpAddr)
 	// Caddy issues the internal certificate in the background once the
 	// config has loaded; handshakes fail until it has.
-	waitFor(t, 30*time.Second, "the internal certificate of "+httpsAddr, func() bool {
-		c, err := tls.Dial("tcp", httpsAddr, &tls.Config{InsecureSkipVerify: true})
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	for _, addr := range []string{httpsAddr, loggedAddr} {
+		waitFor(t, 30*time.Second, "the internal certificate of "+addr, func() bool {
+			c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+	}
 	b := newBrowser(t)
 
 	const state = `window.streams && window.streams.map((s) => s.doc && s.doc.v)`
@@ -583,6 +599,61 @@ http://%s {
 		}
 		b.run(chromedp.Navigate("about:blank"))
 	})
+
+	// On a site with `log`, over HTTP/2 and over HTTP/1.1, the streams get
+	// each change, and each has its line in the access log once the page
+	// is left: status 200, the bytes it was sent, and the time it was open.
+	for i, tt := range []struct {
+		name  string
+		flags []chromedp.ExecAllocatorOption
+		live  int
+	}{
+		{"HTTPS with HTTP/2 on a logged site: all 10 live, each logged when it ends", nil, streams},
+		{"HTTPS with HTTP/1.1 on a logged site: 6 live, each logged when it ends", []chromedp.ExecAllocatorOption{chromedp.Flag("disable-http2", true)}, 6},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBrowser(t, tt.flags...)
+			// The lines of the streams of the subtest before come first.
+			lines := func(k int) []accessLine { return accessLines(t, accessLog, fmt.Sprintf("/events/%d", k)) }
+			before := make([]int, tt.live)
+			for k := range before {
+				before[k] = len(lines(k))
+			}
+			v := int64(5 + 2*i)
+			version.Store(v)
+			b.run(chromedp.Navigate("https://" + loggedAddr + "/"))
+			b.waitFor(15*time.Second, "the snapshots", fmt.Sprintf("%s === %d", live(v), tt.live), state)
+			opened := time.Now()
+			version.Store(v + 1)
+			b.waitFor(15*time.Second, "a change on each live stream", fmt.Sprintf("%s === %d", live(v+1), tt.live), state)
+			held := time.Since(opened)
+			for k := range before {
+				if n := len(lines(k)) - before[k]; n != 0 {
+					t.Fatalf("/events/%d has %d access log lines while its stream is open, want its line when it ends", k, n)
+				}
+			}
+			b.eval(`window.streams.forEach((s) => s.conn.close()), true`, new(bool))
+			var logged []accessLine
+			waitFor(t, 10*time.Second, "an access log line for each stream", func() bool {
+				logged = logged[:0]
+				for k := range before {
+					got := lines(k)
+					if len(got) != before[k]+1 {
+						return false
+					}
+					logged = append(logged, got[len(got)-1])
+				}
+				return true
+			})
+			for k, line := range logged {
+				d := time.Duration(line.Duration * float64(time.Second))
+				// Two events and the retry field at least.
+				if line.Status != http.StatusOK || line.Size < 100 || d < held {
+					t.Errorf("/events/%d logged status %d, %d bytes, %v; want 200, the stream's bytes, at least %v", k, line.Status, line.Size, d, held)
+				}
+			}
+		})
+	}
 	b.t = t
 }
 
