@@ -168,3 +168,48 @@ func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamsThatTheAccessLogSkipsReturnTheirRequests: on a logged host, a
+// stream whose request the access log skips (`log_skip`) has no line to
+// wait for, so its handler returns as on a host without logs: a small
+// goroutine of its own waits for its client to leave, and its request's
+// goroutine is gone. No access log line is written for it.
+func TestStreamsThatTheAccessLogSkipsReturnTheirRequests(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	route := fmt.Sprintf(`{"match":[{"path":["/events"]}],"handle":[{"handler":"vars","log_skip":true},{"handler":"poll_sse","upstream":%q,"interval":"100ms","heartbeat":"1h"}]}`, api.URL)
+	base, log := startCaddyAtDebug(t, "["+route+"]", withAccessLogs(`{}`))
+	streams := openStreams(t, base+"/events", 5)
+	watching := func() (watches, inRequests int) {
+		for _, g := range goroutineStacks() {
+			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
+				watches++
+				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
+					inRequests++
+				}
+			}
+		}
+		return watches, inRequests
+	}
+	waitFor(t, 5*time.Second, "a goroutine watching each of the 5 clients", func() bool {
+		n, _ := watching()
+		return n == 5
+	})
+	if _, n := watching(); n != 0 {
+		t.Errorf("%d of the 5 clients are watched from their requests' goroutines, want none", n)
+	}
+	api.set(`{"a":2}`)
+	for i, sc := range streams {
+		if ev := sc.next(5 * time.Second); ev.name != "patch" {
+			t.Fatalf("client %d got %+v, want the patch", i, ev)
+		}
+	}
+	for _, sc := range streams {
+		sc.close()
+	}
+	waitFor(t, 5*time.Second, "the streams to end", func() bool { return streamGoroutines() == 0 })
+	for _, l := range log.lines() {
+		if strings.HasPrefix(l.Logger, "http.log.access") {
+			t.Errorf("the access log has a line for a request it skips: %+v", l)
+		}
+	}
+}

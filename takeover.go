@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -127,8 +128,9 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 // counts the bytes of for its access log (recordSink). The access log
 // writes its line when the handler returns, so a counted stream's handler
 // returns only when the stream has ended, with its bytes counted: it waits
-// for the client to leave in watch, where any other stream has a small
-// goroutine of its own do so. A connection whose socket cannot be reached
+// for the client to leave in watch, where any other stream (one whose
+// request the access log skips among them) has a small goroutine of its
+// own do so. A connection whose socket cannot be reached
 // (a listener wrapper's) is written on this goroutine with writes that
 // wait.
 func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, at cursor) bool {
@@ -151,7 +153,8 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 	releaseConnBuffers(brw)
 	conn, counted := top, false
 	if inner := countedConn(conn); inner != nil {
-		conn, counted = inner, true
+		// A request that the access log skips has no line to wait for.
+		conn, counted = inner, !logSkipped(r)
 	}
 	tlsConn, _ := conn.(*tls.Conn)
 	if tlsConn != nil {
@@ -207,6 +210,12 @@ func countedConn(conn net.Conn) net.Conn {
 	}
 	inner, _ := v.Elem().FieldByIndex(f.Index).Interface().(net.Conn)
 	return inner
+}
+
+// logSkipped tells whether the access log skips r (`log_skip`).
+func logSkipped(r *http.Request) bool {
+	skip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.LogSkipVar).(bool)
+	return skip
 }
 
 // watch waits for the client to close the connection conn, the socket of
