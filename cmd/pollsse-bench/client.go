@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -56,6 +57,9 @@ type swarm struct {
 	hub bool
 	// proto is how each client reaches the server (proto.go).
 	proto *protocol
+	// spread is set when the clients of each topic dial from a loopback
+	// address of their own (dialer).
+	spread bool
 }
 
 // readBuffer is each client's read buffer: enough for the response headers.
@@ -64,7 +68,7 @@ const readBuffer = 2048
 // newSwarm makes topics×perTopic clients; every slowEvery-th of them (none
 // when 0) is slow.
 func newSwarm(base, path string, topics, perTopic, events, slowEvery int) *swarm {
-	s := &swarm{base: base, path: path, received: make([]atomic.Int64, events), proto: &protocol{version: 1}}
+	s := &swarm{base: base, path: path, received: make([]atomic.Int64, events), proto: &protocol{version: 1}, spread: topics > 1 && loopback(base)}
 	for i := 0; i < topics*perTopic; i++ {
 		c := &client{topic: i % topics, lat: make([]atomic.Int32, events)}
 		c.slow = slowEvery > 0 && i%slowEvery == slowEvery-1
@@ -131,7 +135,7 @@ func (c *client) run(s *swarm, host string, sem chan struct{}) {
 		}
 		switch s.proto.version {
 		case 2, 3:
-			body, err = s.proto.openStream(c, host, path)
+			body, err = s.proto.openStream(c, host, path, s.dialer(c))
 		default:
 			body, err = c.openHTTP1(s, host, path)
 		}
@@ -172,6 +176,30 @@ func (c *client) run(s *swarm, host string, sem chan struct{}) {
 	}
 }
 
+// dialer returns the dialer of client c. With several topics on a loopback
+// server, the clients of topic k dial from 127.0.0.(2 + k mod 250), as
+// the browsers of different users would come from addresses of their own:
+// the server's max_new_topics, which counts the new topics of each client
+// address, then sees at most a few new topics per address.
+func (s *swarm) dialer(c *client) net.Dialer {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if s.spread {
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+c.topic%250))}
+	}
+	return d
+}
+
+// loopback tells whether base, http(s)://host:port, names a loopback
+// address.
+func loopback(base string) bool {
+	u, err := url.Parse(base)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip != nil && ip.IsLoopback()
+}
+
 // A headBody is the body of an HTTP/1.1 response: what was read with the
 // headers, then the connection.
 type headBody struct {
@@ -185,7 +213,7 @@ func (b *headBody) Read(p []byte) (int, error) { return b.r.Read(p) }
 // TLS, with a request written by hand, and returns its body once the
 // response headers are read.
 func (c *client) openHTTP1(s *swarm, host, path string) (io.Reader, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
+	d := s.dialer(c)
 	if c.slow && s.slowRcvBuf > 0 {
 		d.Control = rcvBufControl(s.slowRcvBuf)
 	}

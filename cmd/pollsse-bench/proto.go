@@ -73,8 +73,8 @@ func loadRoots(file string) (*x509.CertPool, error) {
 }
 
 // openStream opens the stream of client c over HTTP/2 or HTTP/3, on a
-// connection of its own, and returns the response's body.
-func (p *protocol) openStream(c *client, host, path string) (io.Reader, error) {
+// connection of its own (over TCP from nd), and returns the response's body.
+func (p *protocol) openStream(c *client, host, path string, nd net.Dialer) (io.Reader, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	req, err := http.NewRequest(http.MethodGet, "https://"+host+path, nil)
@@ -85,7 +85,7 @@ func (p *protocol) openStream(c *client, host, path string) (io.Reader, error) {
 	req.Header.Set("Cache-Control", "no-cache")
 	var resp *http.Response
 	if p.version == 2 {
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: p.tlsConfig("h2")}
+		d := tls.Dialer{NetDialer: &nd, Config: p.tlsConfig("h2")}
 		conn, err := d.DialContext(ctx, "tcp", host)
 		if err != nil {
 			return nil, err
