@@ -52,10 +52,11 @@ type browser struct {
 }
 
 // newBrowser starts Chromium with the flags this machine needs (no sandbox
-// as root, no GPU, no QUIC, no background traffic to the closed network)
-// and a fresh user data directory. It accepts any certificate, so that
-// Caddy's internal CA need not be trusted. It ends with the test.
-func newBrowser(t *testing.T) *browser {
+// as root, no GPU, no QUIC, no background traffic to the closed network),
+// and the flags given, and a fresh user data directory. It accepts any
+// certificate, so that Caddy's internal CA need not be trusted. It ends with
+// the test.
+func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath(t)),
@@ -71,6 +72,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 800),
 	)
+	opts = append(opts, flags...)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancelAlloc)
 	// chromedp's messages go to the test's log while the test runs.
@@ -434,7 +436,8 @@ func TestBrowserDemoShowsUpstreamDownBeforeItsFirstDocument(t *testing.T) {
 }
 
 // streamsPage opens one stream per topic with the browser client and keeps,
-// for each, its document and how many snapshots and changes it had.
+// for each, its document, how many snapshots and changes it had, and the
+// connection, which the test may close.
 const streamsPage = `<!doctype html>
 <meta charset="utf-8">
 <title>many streams</title>
@@ -443,7 +446,7 @@ import { connect } from "/client/pollsse.js";
 window.streams = [];
 for (let i = 0; i < %d; i++) {
   const s = { doc: null, snapshots: 0, changes: 0 };
-  connect("/events/" + i, {
+  s.conn = connect("/events/" + i, {
     onChange(doc, change) {
       s.doc = doc;
       if (change.type === "snapshot") s.snapshots++; else s.changes++;
@@ -457,8 +460,8 @@ for (let i = 0; i < %d; i++) {
 // TestBrowserHoldsTenStreamsOverHTTP2 opens a page with 10 streams, each to
 // a topic of its own, over HTTPS with HTTP/2 (Caddy's tls internal): all 10
 // are live at once, as they can be only when one connection carries them
-// all. Over HTTP/1.1, the browser's 6 connections per host hold 6 of them,
-// and the other 4 wait.
+// all. Over HTTP/1.1, plain or HTTPS, the browser's 6 connections per host
+// hold 6 of them, and the other 4 wait.
 func TestBrowserHoldsTenStreamsOverHTTP2(t *testing.T) {
 	const streams = 10
 	var version atomic.Int64
@@ -476,6 +479,8 @@ func TestBrowserHoldsTenStreamsOverHTTP2(t *testing.T) {
 	}
 	httpsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	loggedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	accessLog := filepath.Join(t.TempDir(), "access.log")
 	caddyfile := fmt.Sprintf(`(page) {
 	poll_sse /events/* %s/topic/{path.1} {
 		interval 100ms
@@ -501,20 +506,33 @@ https://%s {
 http://%s {
 	import page
 }
-`, upstream.URL, clientDir, pageDir, httpsAddr, httpAddr)
+
+https://%s {
+	tls internal
+	log {
+		output file %s {
+			roll_disabled
+		}
+		format json
+	}
+	import page
+}
+`, upstream.URL, clientDir, pageDir, httpsAddr, httpAddr, loggedAddr, accessLog)
 	// Nothing touches the system's trust store, and no listener is
 	// added on port 80 for redirects.
 	p := startCaddyProcess(t, caddyfile, "skip_install_trust", "auto_https disable_redirects")
 	waitForListener(t, httpAddr)
 	// Caddy issues the internal certificate in the background once the
 	// config has loaded; handshakes fail until it has.
-	waitFor(t, 30*time.Second, "the internal certificate of "+httpsAddr, func() bool {
-		c, err := tls.Dial("tcp", httpsAddr, &tls.Config{InsecureSkipVerify: true})
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	for _, addr := range []string{httpsAddr, loggedAddr} {
+		waitFor(t, 30*time.Second, "the internal certificate of "+addr, func() bool {
+			c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+	}
 	b := newBrowser(t)
 
 	const state = `window.streams && window.streams.map((s) => s.doc && s.doc.v)`
@@ -558,6 +576,84 @@ http://%s {
 		}
 		b.run(chromedp.Navigate("about:blank"))
 	})
+
+	// Over HTTPS with HTTP/1.1 (a browser without HTTP/2), the streams that
+	// the browser's connections hold are live, and get each change.
+	t.Run("HTTPS with HTTP/1.1: 6 live, 4 waiting", func(t *testing.T) {
+		b := newBrowser(t, chromedp.Flag("disable-http2", true))
+		version.Store(3)
+		b.run(chromedp.Navigate("https://" + httpsAddr + "/"))
+		// A fetch would wait for a connection that a stream holds.
+		var proto string
+		b.eval(`performance.getEntriesByType("navigation")[0].nextHopProtocol`, &proto)
+		if proto != "http/1.1" {
+			t.Fatalf("the page came over %q, want http/1.1", proto)
+		}
+		b.waitFor(15*time.Second, "6 snapshots", live(3)+" === 6", state)
+		version.Store(4)
+		b.waitFor(15*time.Second, "a change on each of the 6 live streams", live(4)+" === 6", state)
+		var n int
+		b.eval(`window.streams.filter((s) => s.doc).length`, &n)
+		if n != 6 {
+			t.Errorf("over HTTPS with HTTP/1.1 %d of the 10 streams have a document, want the browser's limit of 6", n)
+		}
+		b.run(chromedp.Navigate("about:blank"))
+	})
+
+	// On a site with `log`, over HTTP/2 and over HTTP/1.1, the streams get
+	// each change, and each has its line in the access log once the page
+	// is left: status 200, the bytes it was sent, and the time it was open.
+	for i, tt := range []struct {
+		name  string
+		flags []chromedp.ExecAllocatorOption
+		live  int
+	}{
+		{"HTTPS with HTTP/2 on a logged site: all 10 live, each logged when it ends", nil, streams},
+		{"HTTPS with HTTP/1.1 on a logged site: 6 live, each logged when it ends", []chromedp.ExecAllocatorOption{chromedp.Flag("disable-http2", true)}, 6},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBrowser(t, tt.flags...)
+			// The lines of the streams of the subtest before come first.
+			lines := func(k int) []accessLine { return accessLines(t, accessLog, fmt.Sprintf("/events/%d", k)) }
+			before := make([]int, tt.live)
+			for k := range before {
+				before[k] = len(lines(k))
+			}
+			v := int64(5 + 2*i)
+			version.Store(v)
+			b.run(chromedp.Navigate("https://" + loggedAddr + "/"))
+			b.waitFor(15*time.Second, "the snapshots", fmt.Sprintf("%s === %d", live(v), tt.live), state)
+			opened := time.Now()
+			version.Store(v + 1)
+			b.waitFor(15*time.Second, "a change on each live stream", fmt.Sprintf("%s === %d", live(v+1), tt.live), state)
+			held := time.Since(opened)
+			for k := range before {
+				if n := len(lines(k)) - before[k]; n != 0 {
+					t.Fatalf("/events/%d has %d access log lines while its stream is open, want its line when it ends", k, n)
+				}
+			}
+			b.eval(`window.streams.forEach((s) => s.conn.close()), true`, new(bool))
+			var logged []accessLine
+			waitFor(t, 10*time.Second, "an access log line for each stream", func() bool {
+				logged = logged[:0]
+				for k := range before {
+					got := lines(k)
+					if len(got) != before[k]+1 {
+						return false
+					}
+					logged = append(logged, got[len(got)-1])
+				}
+				return true
+			})
+			for k, line := range logged {
+				d := time.Duration(line.Duration * float64(time.Second))
+				// Two events and the retry field at least.
+				if line.Status != http.StatusOK || line.Size < 100 || d < held {
+					t.Errorf("/events/%d logged status %d, %d bytes, %v; want 200, the stream's bytes, at least %v", k, line.Status, line.Size, d, held)
+				}
+			}
+		})
+	}
 	b.t = t
 }
 

@@ -1,46 +1,46 @@
 package pollsse
 
 import (
-	"errors"
-	"net"
-	"net/http"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 )
 
-// Fan-out of HTTP/1.1 streams without a goroutine each.
+// Fan-out: one subscriber type, one loop and one frame writer for every path.
 //
-// A stream served the usual way holds its connection's goroutine (whose
-// stack has grown through Caddy's handler chain), net/http's background
-// reader goroutine and about 10 KB of net/http buffers for as long as it is
-// open: about 40 KB per idle subscriber. For a plain HTTP/1.1 stream (no
-// TLS, no Content-Encoding), once the headers and the retry field are sent
-// through net/http, the handler takes the connection over (Hijack) and
-// returns, and from then on the stream is a connStream: a cursor, the
-// connection, and one small goroutine blocked in Read that notices the
-// client leaving. About 5 KB per idle subscriber.
+// A subscriber is a cursor into its topic's log and a sink that takes its
+// frames (sink.go): the socket of a plain HTTP/1.1 connection taken over
+// from net/http, a TLS connection or one that Caddy's access log counts the
+// bytes of (also taken over), or a response written through net/http
+// (HTTP/2, HTTP/3, `encode`, and the systems that cannot write a socket
+// without blocking). Every subscriber moves forward the same way (advance
+// and catchUp below): it reads what lies after its cursor and writes it
+// frame by frame, and it is sent a snapshot when it has fallen out of the
+// history.
 //
-// The streams of one topic and handler form a connGroup, whose goroutine
-// waits for the log to change and then writes to each stream what lies after
-// its cursor, each event in one non-blocking write of one HTTP chunk (the
-// response is chunked, as net/http started it). Publishing stays O(1) on the
-// poller's goroutine: it only wakes the groups. A stream whose socket does
-// not take a whole event at once (its client reads slowly or not at all) is
-// handed to a goroutine of its own that finishes the write with blocking
-// writes (writeMoving), then catches up from its cursor like any stream
-// and returns to the group once it has caught up; the group meanwhile
-// skips it, so it costs the others nothing. As on the goroutine path, a
-// subscriber that has fallen out of the history is sent a snapshot, and one
-// that takes no byte for write_timeout is disconnected and resumes by id
-// when its browser reconnects. A client sends nothing on its stream after
-// the request; one that sends more than maxClientBytes is disconnected.
+// The subscribers whose sink can write without waiting form a group per
+// topic and handler, whose goroutine waits for the log to change and then
+// writes to each of them what lies after its cursor, each frame in one write
+// that goes whole or not at all (a plain socket may take part of it). Such a
+// stream holds no goroutine of net/http, none of its buffers, and no
+// goroutine of its own but a small one that notices the client leaving:
+// about 5 KB per idle subscriber. Publishing stays O(1) on the poller's
+// goroutine: it only wakes the groups. A subscriber whose sink does not take
+// a whole frame at once (its client reads slowly or not at all) is handed to
+// a goroutine of its own that finishes with writes that wait (catchUp), then
+// catches up from its cursor and returns to the group once it has; the group
+// meanwhile skips it, so it costs the others nothing.
 //
-// Detaching needs a socket that can be written without blocking through
-// syscall.RawConn (fanout_unix.go). On other systems, Windows among them
-// (fanout_other.go), detach declines every stream, and each keeps its
-// goroutine.
+// A subscriber whose sink cannot write without waiting (a follower) runs
+// catchUp on a goroutine of its own, always (follow, stream.go). It is a
+// member of its topic's group all the same, which nudges it when there is
+// something to write, through a channel of its own: its goroutine waits on
+// nothing that thousands of others wait on too.
+//
+// On every path, a subscriber that takes no byte of a write for
+// write_timeout is disconnected, and resumes by id when its browser
+// reconnects; a client sends nothing on its stream after the request, and
+// one that sends more than maxClientBytes is disconnected.
 
 // detachedStreams is the groups of one handler, by topic.
 type detachedStreams struct {
@@ -50,7 +50,8 @@ type detachedStreams struct {
 	groups map[*topic]*connGroup
 }
 
-// A connGroup is the detached streams of one topic served by one handler.
+// A connGroup is the subscribers of one topic served by one handler whose
+// sinks can write without waiting.
 type connGroup struct {
 	cfg      *streamConfig
 	detached *detachedStreams
@@ -58,93 +59,55 @@ type connGroup struct {
 	quit     chan struct{} // closed when the last stream has left
 
 	mu   sync.Mutex
-	subs []*connStream
+	subs []*subscriber
 
 	// sweepers belong to the group's goroutine.
 	sweepers []*sweeper
 }
 
-// A connStream is one detached subscriber.
-type connStream struct {
-	g    *connGroup
-	conn net.Conn
-	rc   syscall.RawConn
-	// idx is the stream's position in g.subs, guarded by g.mu.
+// A subscriber is one stream.
+type subscriber struct {
+	cfg  *streamConfig
+	t    *topic
+	sink sink
+	// g is the subscriber's group, nil for one that runs on a goroutine
+	// of its own; idx is its position in g.subs, guarded by g.mu.
+	g   *connGroup
 	idx int
-	// sent is what the client sent after its request that net/http had
-	// read ahead; buf is the buffer of the goroutine that watches for
-	// the client leaving. Both belong to that goroutine.
-	sent int
-	buf  [watchBufferSize]byte
+	// lag is the goroutine that writes to a lagging subscriber of a group.
+	lag sync.WaitGroup
+	// poke is a follower's: the group nudges it through poke when there is
+	// something to write to it, a heartbeat due, or the streams end.
+	poke chan struct{}
 
 	mu     sync.Mutex
 	cursor cursor
 	last   time.Time // of the last write
-	// lagging is set while a goroutine of the stream's own is writing to
-	// it; the group leaves it alone.
+	// lagging is set while a goroutine of the subscriber's own is writing
+	// to it; the group leaves it alone.
 	lagging bool
 	closed  bool
 }
 
-// detach takes the HTTP/1.1 stream of w over from net/http, if it is one
-// that can be written without net/http (plain, chunked), and makes it a
-// connStream of t from cursor on, on the systems that can (canDetach). The
-// headers and the retry field must have been written. It reports whether it
-// did; if so the subscription to t is
-// the stream's, and the handler must return without touching w again.
-func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, at cursor) bool {
-	if !canDetach || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || d.cfg.ended() {
-		return false
-	}
-	if hdr := w.Header(); hdr.Get("Content-Encoding") != "" || hdr.Get("Transfer-Encoding") != "" {
-		return false
-	}
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		return false
-	}
-	// What net/http read ahead is what the client sent after its
-	// request; nothing of it is a request that the stream answers.
-	sent := brw.Reader.Buffered()
-	s := &connStream{conn: conn, cursor: at, last: time.Now(), sent: sent}
-	switch c := conn.(type) {
-	case *net.TCPConn:
-		s.rc, err = c.SyscallConn()
-	case *net.UnixConn:
-		s.rc, err = c.SyscallConn()
-	}
-	if s.rc == nil || err != nil {
-		// A connection that a listener wrapper made, whose bytes may not
-		// be the socket's: write to it with blocking writes on this
-		// goroutine.
-		d.cfg.streamHijacked(conn, t, at, sent)
-		return true
-	}
-	// The group's sweeps wait until the stream is set up and has been
-	// sent what the log holds for it.
-	s.mu.Lock()
-	g := d.join(t, s)
-	go s.watch()
-	sw := joinSweepers.Get().(*sweeper)
-	g.service(s, sw)
-	joinSweepers.Put(sw)
-	s.mu.Unlock()
-	return true
+func newSubscriber(cfg *streamConfig, t *topic, at cursor, s sink) *subscriber {
+	return &subscriber{cfg: cfg, t: t, sink: s, cursor: at, last: time.Now()}
 }
 
-// joinSweepers write to streams as they join. They are shared so that the
-// snapshot that a burst of new subscribers is sent (a reconnect storm after
-// a deploy) is framed as a chunk a few times, not once per subscriber.
+// joinSweepers write to subscribers as they join. They are shared so that
+// the snapshot that a burst of new subscribers is sent (a reconnect storm
+// after a deploy) is framed as a chunk a few times, not once per subscriber.
 var joinSweepers = sync.Pool{New: func() any { return newSweeper() }}
 
-// join adds s to the group of t, starting the group if it has none.
-func (d *detachedStreams) join(t *topic, s *connStream) *connGroup {
+// join adds s to the group of its topic, starting the group if it has none,
+// calls start (if not nil), and sends s what the log holds for it. The
+// group's sweeps, and the end of s, wait until it has been.
+func (d *detachedStreams) join(s *subscriber, start func()) {
+	s.mu.Lock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	g := d.groups[t]
+	g := d.groups[s.t]
 	if g == nil {
-		g = &connGroup{cfg: d.cfg, detached: d, t: t, quit: make(chan struct{})}
-		d.groups[t] = g
+		g = &connGroup{cfg: d.cfg, detached: d, t: s.t, quit: make(chan struct{})}
+		d.groups[s.t] = g
 		go g.run()
 	}
 	s.g = g
@@ -152,12 +115,19 @@ func (d *detachedStreams) join(t *topic, s *connStream) *connGroup {
 	s.idx = len(g.subs)
 	g.subs = append(g.subs, s)
 	g.mu.Unlock()
-	return g
+	d.mu.Unlock()
+	if start != nil {
+		start()
+	}
+	sw := joinSweepers.Get().(*sweeper)
+	s.service(sw)
+	joinSweepers.Put(sw)
+	s.mu.Unlock()
 }
 
 // leave removes s from its group, ending the group when s was its last
 // stream.
-func (d *detachedStreams) leave(s *connStream) {
+func (d *detachedStreams) leave(s *subscriber) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	g := s.g
@@ -177,16 +147,9 @@ func (d *detachedStreams) leave(s *connStream) {
 	}
 }
 
-// watch waits for the client to close the connection or to send too
-// much, and then ends the stream.
-func (s *connStream) watch() {
-	s.g.cfg.logClientSent(watchClient(s.conn, s.buf[:], s.sent))
-	s.close()
-}
-
 // close ends the stream, once: it closes the connection, leaves the group
 // and unsubscribes from the topic.
-func (s *connStream) close() {
+func (s *subscriber) close() {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -194,9 +157,17 @@ func (s *connStream) close() {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.conn.Close()
-	s.g.detached.leave(s)
-	s.g.cfg.unsubscribe(s.g.t)
+	s.closeConn()
+}
+
+// closeConn ends a stream that close, or a writer holding s.mu, marked
+// closed.
+func (s *subscriber) closeConn() {
+	s.sink.close()
+	if s.g != nil {
+		s.g.detached.leave(s)
+	}
+	s.cfg.unsubscribe(s.t)
 }
 
 // sweepShard is the fewest streams one goroutine of a sweep writes to: from
@@ -207,21 +178,25 @@ const sweepShard = 256
 // to those that have been silent, until the last stream leaves or the
 // handler's streams end.
 func (g *connGroup) run() {
-	var subs []*connStream
+	var subs []*subscriber
 	for {
 		wake, refused := g.t.log.changed(), g.t.refusedChan()
 		g.mu.Lock()
 		subs = append(subs[:0], g.subs...)
 		g.mu.Unlock()
-		g.sweep(subs, g.service)
+		g.sweep(subs, (*subscriber).service)
 		select {
 		case <-wake:
 		case <-refused:
 		case <-g.cfg.ticker.tick():
 			now := time.Now()
-			g.sweep(subs, func(s *connStream, w *sweeper) {
-				if !s.lagging && !s.closed && now.Sub(s.last) >= g.cfg.heartbeat {
-					s.writeFrames([]frame{heartbeatFrame}, s.cursor, w)
+			g.sweep(subs, func(s *subscriber, w *sweeper) {
+				switch {
+				case s.lagging || s.closed || now.Sub(s.last) < g.cfg.heartbeat:
+				case s.poke != nil:
+					s.nudge()
+				default:
+					s.send(w, []frame{heartbeatFrame}, s.cursor)
 				}
 			})
 		case <-g.quit:
@@ -248,12 +223,12 @@ func (g *connGroup) run() {
 
 // sweep calls f for each stream, holding the stream's lock, on one
 // goroutine per sweepShard streams and at most one per CPU.
-func (g *connGroup) sweep(subs []*connStream, f func(*connStream, *sweeper)) {
+func (g *connGroup) sweep(subs []*subscriber, f func(*subscriber, *sweeper)) {
 	workers := min(runtime.GOMAXPROCS(0), (len(subs)+sweepShard-1)/sweepShard)
 	for len(g.sweepers) < max(workers, 1) {
 		g.sweepers = append(g.sweepers, newSweeper())
 	}
-	each := func(part []*connStream, w *sweeper) {
+	each := func(part []*subscriber, w *sweeper) {
 		for _, s := range part {
 			s.mu.Lock()
 			f(s, w)
@@ -273,48 +248,53 @@ func (g *connGroup) sweep(subs []*connStream, f func(*connStream, *sweeper)) {
 	wg.Wait()
 }
 
-// maxFramesPerWrite bounds the frames a detached stream takes from the log at
+// maxFramesPerWrite bounds the frames a subscriber takes from the log at
 // once.
 const maxFramesPerWrite = 64
 
-// service writes to s what the log holds after its cursor, until it has
-// caught up or its socket takes no more at once (a goroutine of its own
-// then finishes), or ends it when the upstream refuses the topic's
-// credentials before its first snapshot. s.mu is held.
-func (g *connGroup) service(s *connStream, w *sweeper) {
+// service writes to s, a subscriber of a group, what the log holds after
+// its cursor, until it has caught up or its sink takes no more at once (a
+// goroutine of its own then finishes), or ends it when the upstream refuses
+// the topic's credentials before its first snapshot. s.mu is held.
+func (s *subscriber) service(w *sweeper) {
+	if s.poke != nil {
+		s.nudge()
+		return
+	}
 	if s.lagging || s.closed {
 		return
 	}
 	for {
-		frames, next, _ := g.t.log.read(s.cursor, w.frames[:0])
+		frames, next, _ := s.t.log.read(s.cursor, w.frames[:0])
 		if len(frames) == 0 {
 			break
 		}
-		s.writeFrames(frames, next, w)
+		s.send(w, frames, next)
 		if s.lagging || s.closed {
 			return
 		}
 	}
-	if g.t.refusedBeforeSnapshot() {
-		w.write(s.rc, lastChunk)
+	if s.t.refusedBeforeSnapshot() {
+		s.sink.offer(w, lastChunk)
 		s.closed = true
 		s.closeConn()
 	}
 }
 
-// writeFrames writes frames to s, each as one chunk in one non-blocking
-// write, and moves its cursor to next. When the socket does not take a whole
-// chunk, the rest is left to a goroutine of the stream's own. s.mu is held.
-func (s *connStream) writeFrames(frames []frame, next cursor, w *sweeper) {
+// send writes frames to s, a subscriber of a group, each in one write that
+// does not wait, and moves its cursor to next. When the sink does not take
+// a whole frame, the rest is left to a goroutine of the subscriber's own.
+// s.mu is held.
+func (s *subscriber) send(w *sweeper, frames []frame, next cursor) {
 	s.cursor = next
 	for i, f := range frames {
-		c := w.chunk(f.bytes)
-		n, err := w.write(s.rc, c)
-		if n == len(c) {
+		b := s.sink.frame(w, f.bytes)
+		n, err := s.sink.offer(w, b)
+		if n == len(b) {
 			metrics.countSent(f)
 			continue
 		}
-		if err != nil && !errors.Is(err, syscall.EAGAIN) {
+		if err != nil {
 			metrics.countWriteError(err)
 			s.closed = true
 			s.closeConn()
@@ -322,80 +302,91 @@ func (s *connStream) writeFrames(frames []frame, next cursor, w *sweeper) {
 		}
 		s.lagging = true
 		// frames belong to the sweeper: the goroutine gets a copy.
-		go s.catchUp(c[n:], f, append([]frame(nil), frames[i+1:]...))
+		rest := append([]frame(nil), frames[i+1:]...)
+		s.lag.Go(func() {
+			if s.catchUp(newSweeper(), b[n:], f, rest) {
+				return
+			}
+			s.close()
+		})
 		return
 	}
 	s.last = time.Now()
 }
 
-// closeConn ends a stream that close marked closed with s.mu held.
-func (s *connStream) closeConn() {
-	s.conn.Close()
-	s.g.detached.leave(s)
-	s.g.cfg.unsubscribe(s.g.t)
-}
-
-// catchUp writes the rest of the chunk of frame, then frames, then what
-// the log holds after the stream's cursor, until the stream has caught up
-// and returns to its group; it ends the stream when no byte of a write has
-// moved for the write timeout.
-func (s *connStream) catchUp(rest []byte, last frame, frames []frame) {
-	timeout := s.g.cfg.writeTimeout
-	w := newSweeper()
-	var size [16]byte
-	var bufs [3][]byte
-	// write writes one frame as a chunk: the chunk's size line, the frame
-	// shared with the other streams, and CRLF, in one writev.
-	write := func(b ...[]byte) error {
-		return writeMoving(s.conn, append(net.Buffers(bufs[:0]), b...), timeout)
+// catchUp writes to s with writes that wait while the client takes bytes:
+// the rest of the frame last, of which the sink took part, then frames, then
+// what the log holds after the subscriber's cursor, until it has caught up.
+// A subscriber of a group then returns to it. catchUp reports false when a
+// write failed, no byte of it having moved for the write timeout, or the
+// stream ended meanwhile: the caller ends it.
+func (s *subscriber) catchUp(w *sweeper, rest []byte, last frame, frames []frame) bool {
+	if len(rest) > 0 {
+		if err := s.sink.push(w, rest, nil); err != nil {
+			metrics.countWriteError(err)
+			return false
+		}
+		metrics.countSent(last)
 	}
-	if err := write(rest); err != nil {
-		metrics.countWriteError(err)
-		s.close()
-		return
-	}
-	metrics.countSent(last)
 	for {
 		for _, f := range frames {
-			if err := write(appendChunkSize(size[:0], len(f.bytes)), f.bytes, crlf); err != nil {
+			if err := s.sink.push(w, nil, f.bytes); err != nil {
 				metrics.countWriteError(err)
-				s.close()
-				return
+				return false
 			}
 			metrics.countSent(f)
 		}
 		s.mu.Lock()
-		s.last = time.Now()
+		if len(frames) > 0 || len(rest) > 0 {
+			s.last = time.Now()
+		}
 		if s.closed {
 			s.mu.Unlock()
-			return
+			return false
 		}
 		var next cursor
-		frames, next, _ = s.g.t.log.read(s.cursor, w.frames[:0])
+		frames, next, _ = s.t.log.read(s.cursor, w.frames[:0])
 		if len(frames) == 0 {
 			// Caught up: the group writes the next change. One that
 			// came after this read woke the group, which takes s.mu
 			// before it looks at s.
-			s.conn.SetWriteDeadline(time.Time{})
+			s.sink.settle()
 			s.lagging = false
 			s.mu.Unlock()
-			return
+			return true
 		}
 		s.cursor = next
 		s.mu.Unlock()
+		rest = nil
 	}
 }
 
 // end ends the stream when the server stops or the configuration is
-// unloaded: the last chunk, if the stream is between two events, and then
+// unloaded: the last chunk, if the stream is between two frames, and then
 // the connection closes.
-func (s *connStream) end() {
+func (s *subscriber) end() {
+	if s.poke != nil {
+		// It sees that the streams end, and ends.
+		s.nudge()
+		return
+	}
 	s.mu.Lock()
 	if !s.lagging && !s.closed {
-		newSweeper().write(s.rc, lastChunk)
+		w := joinSweepers.Get().(*sweeper)
+		s.sink.offer(w, lastChunk)
+		joinSweepers.Put(w)
 	}
 	s.mu.Unlock()
 	s.close()
+}
+
+// nudge tells a follower that it has something to do, unless it has been
+// told already.
+func (s *subscriber) nudge() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
 }
 
 // A sweeper is the scratch state of one goroutine that writes to streams,
@@ -416,6 +407,9 @@ type sweeper struct {
 	n       int
 	err     error
 	writeFn func(fd uintptr) bool
+	// size and piece are the scratch buffers of writes that wait.
+	size  [16]byte
+	piece []byte
 }
 
 func newSweeper() *sweeper {
@@ -425,18 +419,6 @@ func newSweeper() *sweeper {
 		return true
 	}
 	return w
-}
-
-// write writes b to the socket of rc without waiting for the socket to take
-// it, and returns how much it took.
-func (w *sweeper) write(rc syscall.RawConn, b []byte) (int, error) {
-	w.b, w.n, w.err = b, 0, nil
-	err := rc.Write(w.writeFn)
-	w.b = nil
-	if err != nil {
-		return 0, err
-	}
-	return max(w.n, 0), w.err
 }
 
 // chunk returns frame as one chunk.

@@ -51,7 +51,7 @@ func BenchmarkRead(b *testing.B) {
 	l := newMemoryLog(defaultHistory)
 	l.appendDocument(doc(`{"a":1}`), "", nil)
 	l.appendDocument(doc(`{"a":2}`), eventPatch, benchPatch)
-	buf := make([]frame, 0, maxFramesPerRead)
+	buf := make([]frame, 0, maxFramesPerWrite)
 	b.ReportAllocs()
 	for b.Loop() {
 		frames, _, _ := l.read(1, buf[:0])

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -164,46 +163,6 @@ func TestDetachedStreamEndsCleanlyOnReload(t *testing.T) {
 	expectEnd(t, sc)
 	if err := <-sc.done; !errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("the stream ended with %v, want the end of a complete chunked body", err)
-	}
-}
-
-// TestAccessLogsKeepStreamsOnTheirGoroutines: Caddy wraps the connections
-// of a host whose requests it logs, so its streams keep their goroutines
-// (and still notice a client leaving at once); the streams of a host that
-// the access logs skip are detached as usual, on the systems that detach
-// streams, and keep their goroutines on the others.
-func TestAccessLogsKeepStreamsOnTheirGoroutines(t *testing.T) {
-	skipped := 5
-	if canDetach {
-		skipped = 0
-	}
-	for _, tt := range []struct {
-		name, logs string
-		want       int
-	}{
-		{"a logged host", `{}`, 5},
-		{"a host the logs skip", `{"skip_hosts":["127.0.0.1"]}`, skipped},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			api := newFakeAPI(t, `{"a":1}`)
-			base, _ := startCaddyAtDebug(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]", withAccessLogs(tt.logs))
-			streams := openStreams(t, base+"/events", 5)
-			buf := make([]byte, 1<<20)
-			stacks := string(buf[:runtime.Stack(buf, true)])
-			if n := strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream("); n != tt.want {
-				t.Errorf("%d goroutines run a stream loop for 5 clients, want %d", n, tt.want)
-			}
-			api.set(`{"a":2}`)
-			for i, sc := range streams {
-				if ev := sc.next(5 * time.Second); ev.name != "patch" {
-					t.Fatalf("client %d got %+v, want the patch", i, ev)
-				}
-			}
-			for _, sc := range streams {
-				sc.close()
-			}
-			waitFor(t, 5*time.Second, "the streams to end with the heartbeat an hour away", func() bool { return streamGoroutines() == 0 })
-		})
 	}
 }
 

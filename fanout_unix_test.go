@@ -9,6 +9,7 @@ package pollsse
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -33,13 +34,65 @@ func limitSocket(rc syscall.RawConn, rcvbuf, mss int) error {
 	})
 }
 
+// TestHTTP1StreamsAreServedByTheirGroup: on every HTTP/1.1 path, plain,
+// logged and HTTPS, the streams of a topic are written by its group, none on
+// a goroutine of its own, and each has one goroutine that waits for its
+// client to leave: a small one of its own, or, on a logged host, its
+// request's, which returns when the stream ends so that the access log has
+// the stream's real duration.
+func TestHTTP1StreamsAreServedByTheirGroup(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	paths := startCaddyOnEveryPath(t, fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))
+	v := 1
+	for _, p := range paths {
+		if !p.takenOver {
+			continue
+		}
+		t.Run(p.name, func(t *testing.T) {
+			var streams []*streamClient
+			for range 10 {
+				sc := openStream(t, p.client(), p.url, "")
+				if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
+					t.Fatalf("a stream began with %+v", ev)
+				}
+				streams = append(streams, sc)
+			}
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			if n := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow("); n != 0 {
+				t.Errorf("%d goroutines run a stream loop for 10 clients, want 0", n)
+			}
+			if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
+				t.Errorf("%d group goroutines for one topic, want 1", n)
+			}
+			// A logged stream's request goroutine gets to its watch after
+			// it has written the snapshot.
+			waitFor(t, 5*time.Second, "a goroutine watching each of the 10 clients", func() bool {
+				stacks := string(buf[:runtime.Stack(buf, true)])
+				return strings.Count(stacks, "caddy-pollsse.(*subscriber).watch(") == 10
+			})
+			v++
+			api.set(fmt.Sprintf(`{"a":%d}`, v))
+			for i, sc := range streams {
+				if ev := sc.next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, fmt.Sprintf(`[{"op":"replace","path":"/a","value":%d}]`, v)) {
+					t.Fatalf("client %d got %+v, want the patch", i, ev)
+				}
+			}
+			for _, sc := range streams {
+				sc.close()
+			}
+			waitFor(t, 5*time.Second, "the streams to end with the heartbeat an hour away", func() bool { return streamGoroutines() == 0 })
+		})
+	}
+}
+
 func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
 	streams := openStreams(t, base+"/events", 20)
 	buf := make([]byte, 1<<20)
 	stacks := string(buf[:runtime.Stack(buf, true)])
-	if n := strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream("); n != 0 {
+	if n := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow("); n != 0 {
 		t.Errorf("%d goroutines run a stream loop for 20 HTTP/1.1 clients, want 0", n)
 	}
 	if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
@@ -55,8 +108,9 @@ func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 
 // TestClientThatSendsDataOnItsStreamIsEnded: a browser sends nothing after
 // its request on a stream. A client that sends more than a few bytes,
-// with its request or later, has its stream ended, on both paths whose
-// connections Caddy takes over, and the other subscribers carry on.
+// with its request or later, has its stream ended, on every path whose
+// connections Caddy takes over (over TLS, what it sends is counted as the
+// records on the socket), and the other subscribers carry on.
 func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 	api := newFakeAPI(t, `{"n":0}`)
 	paths := startCaddyOnEveryPath(t, fmt.Sprintf(
@@ -69,7 +123,7 @@ func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 		}
 		for _, when := range []string{"after its snapshot", "with its request"} {
 			t.Run(p.name+", "+when, func(t *testing.T) {
-				other := openStream(t, http.DefaultClient, p.url, "")
+				other := openStream(t, p.client(), p.url, "")
 				if ev := other.next(5 * time.Second); ev.name != "snapshot" {
 					t.Fatalf("the other stream began with %+v", ev)
 				}
@@ -77,6 +131,9 @@ func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 				conn, err := net.Dial("tcp", u.Host)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if u.Scheme == "https" {
+					conn = tls.Client(conn, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 				}
 				t.Cleanup(func() { conn.Close() })
 				request := fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", u.Path, u.Host)
@@ -108,6 +165,51 @@ func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 					t.Fatalf("the other stream got %+v, want the patch", ev)
 				}
 			})
+		}
+	}
+}
+
+// TestStreamsThatTheAccessLogSkipsReturnTheirRequests: on a logged host, a
+// stream whose request the access log skips (`log_skip`) has no line to
+// wait for, so its handler returns as on a host without logs: a small
+// goroutine of its own waits for its client to leave, and its request's
+// goroutine is gone. No access log line is written for it.
+func TestStreamsThatTheAccessLogSkipsReturnTheirRequests(t *testing.T) {
+	api := newFakeAPI(t, `{"a":1}`)
+	route := fmt.Sprintf(`{"match":[{"path":["/events"]}],"handle":[{"handler":"vars","log_skip":true},{"handler":"poll_sse","upstream":%q,"interval":"100ms","heartbeat":"1h"}]}`, api.URL)
+	base, log := startCaddyAtDebug(t, "["+route+"]", withAccessLogs(`{}`))
+	streams := openStreams(t, base+"/events", 5)
+	watching := func() (watches, inRequests int) {
+		for _, g := range goroutineStacks() {
+			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
+				watches++
+				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
+					inRequests++
+				}
+			}
+		}
+		return watches, inRequests
+	}
+	waitFor(t, 5*time.Second, "a goroutine watching each of the 5 clients", func() bool {
+		n, _ := watching()
+		return n == 5
+	})
+	if _, n := watching(); n != 0 {
+		t.Errorf("%d of the 5 clients are watched from their requests' goroutines, want none", n)
+	}
+	api.set(`{"a":2}`)
+	for i, sc := range streams {
+		if ev := sc.next(5 * time.Second); ev.name != "patch" {
+			t.Fatalf("client %d got %+v, want the patch", i, ev)
+		}
+	}
+	for _, sc := range streams {
+		sc.close()
+	}
+	waitFor(t, 5*time.Second, "the streams to end", func() bool { return streamGoroutines() == 0 })
+	for _, l := range log.lines() {
+		if strings.HasPrefix(l.Logger, "http.log.access") {
+			t.Errorf("the access log has a line for a request it skips: %+v", l)
 		}
 	}
 }

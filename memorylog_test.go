@@ -274,7 +274,7 @@ func TestMemoryLogStatusBeforeTheFirstDocument(t *testing.T) {
 		t.Errorf("after the up status, it reads %q, want the snapshot", names(evs))
 	}
 	// In one read: the up status, then the snapshot.
-	frames, _, _ := l.read(waiting, make([]frame, 0, maxFramesPerRead))
+	frames, _, _ := l.read(waiting, make([]frame, 0, maxFramesPerWrite))
 	var got []sseEvent
 	for _, f := range frames {
 		got = append(got, parseFrames(t, f.bytes)...)

@@ -68,10 +68,11 @@ type Handler struct {
 	// A client that takes nothing for this long (it stopped reading, or its
 	// network is gone) is disconnected, and its browser reconnects and
 	// resumes by id; one that reads slowly but steadily gets events of any
-	// size. A plain HTTP/1.1 stream without `encode` is dropped when no
-	// byte has moved for this long; any other (HTTPS, HTTP/2, HTTP/3,
-	// `encode`) writes an event in pieces of 32 KiB and is dropped when a
-	// piece is not taken within this long. Default: 10s.
+	// size. An HTTP/1.1 stream without `encode`, plain (or HTTPS, on
+	// Linux), is dropped when no byte has left its socket for this long;
+	// any other (HTTP/2, HTTP/3, `encode`) writes an event in pieces of 32
+	// KiB and is dropped when a piece is not taken within this long.
+	// Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Headers set on every upstream request, such as an API key. `Accept:
@@ -328,18 +329,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(retry)))
 		return h.writeRefusal(w, status, err)
 	}
-	// A stream that detach takes over unsubscribes when it ends.
-	detached := false
+	// A stream, once it starts, unsubscribes when it ends.
+	streaming := false
 	defer func() {
-		if !detached {
+		if !streaming {
 			h.hub.unsubscribe(t)
 		}
 	}()
 	// While the upstream's latest answer for the topic refuses its
 	// credentials, a subscriber gets that 401 or 403, and EventSource
 	// stops. A stream that is already open when the upstream refuses them
-	// before its first snapshot ends (streamConfig.stream,
-	// connGroup.service), so that its browser's reconnect gets the status.
+	// before its first snapshot ends (subscriber.follow and
+	// subscriber.service), so that its browser's reconnect gets the status.
 	if status := t.deniedStatus(); status != 0 {
 		return h.writeRefusal(w, status, fmt.Errorf("the upstream answered %d to the request of this subscriber", status))
 	}
@@ -358,14 +359,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
 
-	ew := newEventWriter(w, time.Duration(h.WriteTimeout))
-	if err := ew.write(retryFrame(time.Duration(h.Retry))); err != nil {
-		return nil
-	}
-	if detached = h.detached.detach(w, r, t, cursor); detached {
-		return nil
-	}
-	h.streaming.stream(r.Context(), ew, t, cursor)
+	streaming = true
+	h.streaming.serve(h.detached, w, r, t, cursor, retryFrame(time.Duration(h.Retry)))
 	return nil
 }
 

@@ -2,11 +2,12 @@ package pollsse
 
 import (
 	"context"
-	"errors"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -27,6 +28,8 @@ type streamConfig struct {
 	// (hub.unsubscribe).
 	unsubscribe func(*topic)
 	logger      *zap.Logger
+	// writes ends the writes through net/http that take too long.
+	writes writeWatch
 }
 
 // ended tells whether done is closed.
@@ -39,123 +42,100 @@ func (c *streamConfig) ended() bool {
 	}
 }
 
-// A frameWriter writes whole frames to one stream, each in one write that it
-// flushes: an eventWriter, or a hijackedWriter (takeover.go).
-type frameWriter interface {
-	write(frame []byte) error
-	// lastWrite is when the last frame was written.
-	lastWrite() time.Time
+// serve writes retry, the stream's first frame, to the request r, whose
+// headers w has written, and then streams t's log from cursor at on to it:
+// as a subscriber of t's group, taken over from net/http, where detach can
+// (fanout.go), and else on this goroutine, through w. The subscription to t
+// is the stream's, which gives it back when it ends.
+func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.Request, t *topic, at cursor, retry []byte) {
+	k := newResponseSink(beneathIdleTimeout(w), c.writeTimeout)
+	c.writes.add(c, k)
+	defer c.writes.remove(k)
+	if err := k.push(nil, nil, retry); err != nil {
+		c.unsubscribe(t)
+		return
+	}
+	if d.detach(w, r, t, at) {
+		return
+	}
+	d.follow(newSubscriber(c, t, at, k), r.Context())
 }
 
-// maxFramesPerRead bounds the frames a subscriber takes from the log at once.
-const maxFramesPerRead = 64
+// follow makes s a follower of its topic's group, streams to it on this
+// goroutine until ctx ends or the stream does, and ends it.
+func (d *detachedStreams) follow(s *subscriber, ctx context.Context) {
+	s.poke = make(chan struct{}, 1)
+	if !s.cfg.ended() {
+		d.join(s, nil)
+		s.follow(ctx)
+	}
+	s.close()
+}
 
-// stream writes the events of t's log to one subscriber from cursor on, and
-// heartbeats in the silences, until the subscriber or the server goes, or the
-// upstream refuses t's credentials before the subscriber's first snapshot.
-// It is the only goroutine that writes to the response. A subscriber that
-// falls behind only delays itself: when it has missed more than the history
-// holds, its next read is a fresh snapshot; when it takes nothing of a write
-// for the write timeout, the stream ends, and the browser reconnects and
-// resumes by id.
-func (c *streamConfig) stream(ctx context.Context, ew frameWriter, t *topic, at cursor) {
-	buf := make([]frame, 0, maxFramesPerRead)
+// beneathIdleTimeout returns the writer beneath w when w is the one with
+// which Caddy bounds each write by the server's write_idle_timeout: on
+// HTTP/2 each of its writes and flushes sets a deadline, a timer and a
+// message to the connection's goroutine each. A stream's writes are
+// bounded by its write_timeout instead (writeWatch). Any other writer is
+// kept: those that count, compress or rewrite what is written see every
+// frame.
+func beneathIdleTimeout(w http.ResponseWriter) http.ResponseWriter {
+	if iw, ok := w.(*caddyhttp.IdleTimeoutWriter); ok && iw.ResponseWriterWrapper != nil && iw.ResponseWriterWrapper.ResponseWriter != nil {
+		return iw.ResponseWriterWrapper
+	}
+	return w
+}
+
+// followSweepers are the scratch state of the subscribers that run on
+// goroutines of their own, taken only while one writes, so that an idle one
+// holds none.
+var followSweepers = sync.Pool{New: func() any { return newSweeper() }}
+
+// follow writes the events of s's log to s, a follower of its group, with
+// writes that wait (catchUp), and heartbeats in the silences, each time the
+// group nudges it, until ctx ends or the server's streams do, a write fails,
+// or the upstream refuses t's credentials before the subscriber's first
+// snapshot. The caller ends the stream then. A subscriber that falls
+// behind only delays itself: when it has missed more than the history
+// holds, its next read is a fresh snapshot; when it takes nothing of a
+// write for the write timeout, the stream ends, and the browser reconnects
+// and resumes by id.
+func (s *subscriber) follow(ctx context.Context) {
+	c := s.cfg
 	for {
-		refused := t.refusedChan()
-		frames, next, wake := t.log.read(at, buf[:0])
-		for _, f := range frames {
-			if err := ew.write(f.bytes); err != nil {
-				metrics.countWriteError(err)
-				return
-			}
-			metrics.countSent(f)
-		}
-		at = next
-		if len(frames) > 0 {
-			continue
-		}
-		if t.refusedBeforeSnapshot() {
+		w := followSweepers.Get().(*sweeper)
+		ok := s.catchUp(w, nil, frame{}, nil)
+		followSweepers.Put(w)
+		if !ok || s.t.refusedBeforeSnapshot() {
 			return
 		}
 		select {
-		case <-wake:
-		case <-refused:
-		case <-c.ticker.tick():
-			if time.Since(ew.lastWrite()) >= c.heartbeat {
-				if err := ew.write(heartbeatFrame.bytes); err != nil {
-					metrics.countWriteError(err)
-					return
-				}
-				metrics.countSent(heartbeatFrame)
-			}
+		case <-s.poke:
 		case <-ctx.Done():
 			return
-		case <-c.done:
+		}
+		if c.ended() {
 			return
 		}
-	}
-}
-
-// An eventWriter writes frames to one response and flushes after each, so
-// that no proxy or compressing writer between here and the browser holds an
-// event back.
-type eventWriter struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	timeout time.Duration
-	// last is when the last frame was written: heartbeats fill silences.
-	last time.Time
-}
-
-func newEventWriter(w http.ResponseWriter, timeout time.Duration) *eventWriter {
-	return &eventWriter{w: w, rc: http.NewResponseController(w), timeout: timeout}
-}
-
-// maxWritePiece is the most of a frame that an eventWriter writes and
-// flushes with one deadline. A write through net/http that reaches its
-// deadline breaks the response (an HTTP/2 stream is reset), so a large
-// frame is written in pieces, each of which the client has the write
-// timeout to take: one that takes less than this in the write timeout is
-// dropped, one that takes more gets a frame of any size.
-const maxWritePiece = 32 << 10
-
-// write writes one frame and flushes it, in pieces of at most
-// maxWritePiece. A client that does not take a piece within the write
-// timeout gets an error, and its stream ends.
-func (ew *eventWriter) write(frame []byte) error {
-	for len(frame) > 0 {
-		n := min(len(frame), maxWritePiece)
-		if err := ew.writePiece(frame[:n]); err != nil {
-			return err
+		s.mu.Lock()
+		quiet := time.Since(s.last) >= c.heartbeat
+		s.mu.Unlock()
+		if !quiet {
+			continue
 		}
-		frame = frame[n:]
-	}
-	// On HTTP/2 a deadline is a timer that resets the stream when it
-	// fires, with or without a write: it must not outlive the write.
-	if ew.timeout > 0 {
-		if err := ew.rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
+		w = followSweepers.Get().(*sweeper)
+		err := s.sink.push(w, nil, heartbeatFrame.bytes)
+		followSweepers.Put(w)
+		if err != nil {
+			metrics.countWriteError(err)
+			return
 		}
+		metrics.countSent(heartbeatFrame)
+		s.mu.Lock()
+		s.last = time.Now()
+		s.mu.Unlock()
 	}
-	ew.last = time.Now()
-	return nil
 }
-
-// writePiece writes and flushes piece within the write timeout.
-func (ew *eventWriter) writePiece(piece []byte) error {
-	if ew.timeout > 0 {
-		err := ew.rc.SetWriteDeadline(time.Now().Add(ew.timeout))
-		if err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-	}
-	if _, err := ew.w.Write(piece); err != nil {
-		return err
-	}
-	return ew.rc.Flush()
-}
-
-func (ew *eventWriter) lastWrite() time.Time { return ew.last }
 
 // A heartbeatTicker wakes every stream of a handler a few times per
 // heartbeat period, so that each can send a heartbeat when it has been

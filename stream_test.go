@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -50,7 +51,7 @@ func streamGoroutines() int {
 		buf = make([]byte, 2*len(buf))
 	}
 	stacks := string(buf[:runtime.Stack(buf, true)])
-	return strings.Count(stacks, "caddy-pollsse.(*streamConfig).stream(") + strings.Count(stacks, "caddy-pollsse.(*connStream).watch(")
+	return strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(") + strings.Count(stacks, "caddy-pollsse.(*subscriber).watch(")
 }
 
 func TestClientDisconnectEndsItsStream(t *testing.T) {
@@ -74,16 +75,19 @@ func TestClientDisconnectEndsItsStream(t *testing.T) {
 	}
 }
 
-// A streamPath is one of the ways a stream reaches its client: detached
-// (plain HTTP/1.1), written on its request's goroutine to a connection that
-// Caddy wraps (HTTP/1.1 on a host with access logs), or through net/http
-// (HTTPS with HTTP/1.1, HTTP/2 and HTTP/3).
+// A streamPath is one of the ways a stream reaches its client: taken over
+// from net/http (plain HTTP/1.1, HTTP/1.1 on a host with access logs, and
+// HTTPS with HTTP/1.1, on the systems that can), or written through
+// net/http (HTTP/2 and HTTP/3).
 type streamPath struct {
 	name string
 	url  string
 	// takenOver is set on the paths of streams whose connections Caddy
 	// takes over from net/http.
 	takenOver bool
+	// accessLog is the JSON file that the access log lines of the path's
+	// requests go to, "" on a host whose requests Caddy does not log.
+	accessLog string
 	// client returns a client whose connections hold little that the
 	// test has not read: small socket receive buffers and flow-control
 	// windows.
@@ -91,42 +95,76 @@ type streamPath struct {
 }
 
 // startCaddyOnEveryPath runs Caddy with a poll_sse handler of the given
-// fields (as pollSSERoute takes them) at /events on three servers, a plain
-// one, one with access logs and an HTTPS one, and returns the paths of its
-// streams, each with its URL.
+// fields (as pollSSERoute takes them) at /events on four servers, a plain
+// one and an HTTPS one, each without and with access logs, and returns the
+// paths of its streams, each with its URL. Caddy's log, the access logs'
+// lines with it, goes to a JSON file at INFO.
 func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
+	paths, _ := startCaddyOnEveryPathReloadable(t, fields)
+	return paths
+}
+
+// startCaddyOnEveryPathReloadable is startCaddyOnEveryPath, and returns as
+// well a function that reloads the configuration with the handler's fields
+// changed to those it is given.
+func startCaddyOnEveryPathReloadable(t *testing.T, fields string) ([]streamPath, func(fields string)) {
 	t.Helper()
-	route := pollSSERoute("/events", fields)
 	cert, key := selfSignedPEM(t)
 	certJSON, _ := json.Marshal(cert)
 	keyJSON, _ := json.Marshal(key)
-	plain, logged, secure := freePort(t), freePort(t), freePort(t)
-	cfg := fmt.Sprintf(`{
+	plain, logged, secure, secureLogged := freePort(t), freePort(t), freePort(t), freePort(t)
+	storage := t.TempDir()
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	config := func(fields string) []byte {
+		// The log file is not rolled (see caddyConfigWith).
+		return fmt.Appendf(nil, `{
 		"admin": {"disabled": true},
 		"storage": {"module": "file_system", "root": %q},
-		"logging": {"logs": {"default": {"level": "ERROR"}}},
+		"logging": {"logs": {"default": {"level": "INFO", "writer": {"output": "file", "filename": %q, "roll": false}, "encoder": {"format": "json"}}}},
 		"apps": {
 			"tls": {"certificates": {"load_pem": [{"certificate": %s, "key": %s, "tags": ["test"]}]}},
 			"http": {"servers": {
 				"plain": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true}, "routes": [%s]},
-				"logged": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true}, "logs": {}, "routes": [%[5]s]},
+				"logged": {"listen": ["127.0.0.1:%d"], "automatic_https": {"disable": true}, "logs": {}, "routes": [%[6]s]},
 				"secure": {
-					"listen": ["127.0.0.1:%[7]d"],
+					"listen": ["127.0.0.1:%[8]d"],
 					"protocols": ["h1", "h2", "h3"],
 					"automatic_https": {"disable": true},
 					"tls_connection_policies": [{"certificate_selection": {"any_tag": ["test"]}}],
-					"routes": [%[5]s]
+					"routes": [%[6]s]
+				},
+				"secure_logged": {
+					"listen": ["127.0.0.1:%[9]d"],
+					"protocols": ["h1", "h2"],
+					"automatic_https": {"disable": true},
+					"tls_connection_policies": [{"certificate_selection": {"any_tag": ["test"]}}],
+					"logs": {},
+					"routes": [%[6]s]
 				}
 			}}
 		}
-	}`, t.TempDir(), certJSON, keyJSON, plain, route, logged, secure)
-	if err := caddy.Load([]byte(cfg), true); err != nil {
+	}`, storage, logFile, certJSON, keyJSON, plain, pollSSERoute("/events", fields), logged, secure, secureLogged)
+	}
+	if err := caddy.Load(config(fields), true); err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
 	t.Cleanup(func() {
 		stopCaddy(t)
 		assertNoStreamGoroutines(t)
 	})
+	reload := func(fields string) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- caddy.Load(config(fields), false) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("reload: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("reload hung with streams open")
+		}
+	}
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		// Segments as on a network: loopback's of 64 KiB, with a small
 		// receive buffer, stall a connection read slowly until the
@@ -153,12 +191,16 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 		}
 	}
 	const path = "/events"
+	h1 := over(func(p *http.Protocols) { p.SetHTTP1(true) })
+	h2 := over(func(p *http.Protocols) { p.SetHTTP2(true) })
 	return []streamPath{
-		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), canDetach, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
-		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), canDetach, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
-		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP1(true) })},
-		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, over(func(p *http.Protocols) { p.SetHTTP2(true) })},
-		{"HTTP/3", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, func() *http.Client {
+		{"detached HTTP/1.1", fmt.Sprintf("http://127.0.0.1:%d%s", plain, path), canDetach, "", h1},
+		{"HTTP/1.1 on a logged host", fmt.Sprintf("http://127.0.0.1:%d%s", logged, path), canDetach, logFile, h1},
+		{"HTTPS with HTTP/1.1", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), canDetach && canMeasureRoom, "", h1},
+		{"HTTPS with HTTP/1.1 on a logged host", fmt.Sprintf("https://127.0.0.1:%d%s", secureLogged, path), canDetach && canMeasureRoom, logFile, h1},
+		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, "", h2},
+		{"HTTP/2 on a logged host", fmt.Sprintf("https://127.0.0.1:%d%s", secureLogged, path), false, logFile, h2},
+		{"HTTP/3", fmt.Sprintf("https://127.0.0.1:%d%s", secure, path), false, "", func() *http.Client {
 			tr := &http3.Transport{TLSClientConfig: tlsConfig(), QUICConfig: &quic.Config{
 				InitialStreamReceiveWindow:     smallReceiveBuffer,
 				MaxStreamReceiveWindow:         smallReceiveBuffer,
@@ -168,7 +210,7 @@ func startCaddyOnEveryPath(t *testing.T, fields string) []streamPath {
 			t.Cleanup(func() { tr.Close() })
 			return &http.Client{Transport: tr}
 		}},
-	}
+	}, reload
 }
 
 // smallReceiveBuffer is the socket receive buffer and flow-control window

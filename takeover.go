@@ -2,11 +2,16 @@ package pollsse
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
+	"reflect"
 	"strconv"
+	"syscall"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -110,16 +115,127 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 	}
 }
 
-// streamHijacked streams to a connection taken over from net/http that
-// offers no raw access, on the calling goroutine, with blocking writes.
-// (Caddy wraps the connections of a server with access logs so.) A
-// goroutine reads from the connection to notice the client leaving, or
-// sending more than maxClientBytes after its request, of which it had sent
-// sent.
-func (c *streamConfig) streamHijacked(conn net.Conn, t *topic, at cursor, sent int) {
-	defer c.unsubscribe(t)
+// detach takes the HTTP/1.1 stream of w over from net/http, if it is one
+// that can be written without net/http (chunked, not compressed), and makes
+// it a subscriber of t from cursor at on, on the systems that can
+// (canDetach; TLS where sockets tell their room, canMeasureRoom). The
+// headers and the retry field must have been written. It reports whether it
+// did; if so the subscription to t is the stream's, and the handler must
+// return without touching w again.
+//
+// The subscriber joins t's group when the socket beneath the connection can
+// be reached: a plain one (socketSink), or a TLS one or one that Caddy
+// counts the bytes of for its access log (recordSink). The access log
+// writes its line when the handler returns, so a counted stream's handler
+// returns only when the stream has ended, with its bytes counted: it waits
+// for the client to leave in watch, where any other stream (one whose
+// request the access log skips among them) has a small goroutine of its
+// own do so. A connection whose socket cannot be reached
+// (a listener wrapper's) is written on this goroutine with writes that
+// wait.
+func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, at cursor) bool {
+	if !canDetach || r.ProtoMajor != 1 || r.ProtoMinor != 1 || d.cfg.ended() {
+		return false
+	}
+	if r.TLS != nil && !canMeasureRoom {
+		return false
+	}
+	if hdr := w.Header(); hdr.Get("Content-Encoding") != "" || hdr.Get("Transfer-Encoding") != "" {
+		return false
+	}
+	top, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	// What net/http read ahead is what the client sent after its
+	// request; nothing of it is a request that the stream answers.
+	sent := brw.Reader.Buffered()
+	releaseConnBuffers(brw)
+	conn, counted := top, false
+	if inner := countedConn(conn); inner != nil {
+		// A request that the access log skips has no line to wait for.
+		conn, counted = inner, !logSkipped(r)
+	}
+	tlsConn, _ := conn.(*tls.Conn)
+	if tlsConn != nil {
+		conn = tlsConn.NetConn()
+	}
+	var rc syscall.RawConn
+	if sc, ok := conn.(syscall.Conn); ok {
+		switch conn.(type) {
+		case *net.TCPConn, *net.UnixConn:
+			rc, err = sc.SyscallConn()
+		}
+	}
+	timeout := d.cfg.writeTimeout
+	if tlsConn != nil && rc != nil && err == nil && canMeasureRoom {
+		// Its socket is read directly from now on.
+		sent += releaseReadBuffers(tlsConn)
+	}
+	switch {
+	case rc == nil || err != nil || ((counted || tlsConn != nil) && !canMeasureRoom):
+		d.followHijacked(top, t, at, sent)
+	case counted:
+		s := newSubscriber(d.cfg, t, at, newRecordSink(top, conn, rc, timeout))
+		d.join(s, nil)
+		s.watch(conn, sent)
+		s.lag.Wait()
+	default:
+		var k sink = &socketSink{conn: conn, rc: rc, timeout: timeout}
+		if tlsConn != nil {
+			k = newRecordSink(tlsConn, conn, rc, timeout)
+		}
+		s := newSubscriber(d.cfg, t, at, k)
+		d.join(s, func() { go s.watch(conn, sent) })
+	}
+	return true
+}
+
+// countedConn returns the connection that conn wraps, when conn is the
+// wrapper in which Caddy hands over the connection of a request that it
+// logs, to count what is written to it: a struct that embeds the
+// connection as its field Conn. It returns nil for any other connection.
+func countedConn(conn net.Conn) net.Conn {
+	switch conn.(type) {
+	case *net.TCPConn, *net.UnixConn, *tls.Conn:
+		return nil
+	}
+	v := reflect.ValueOf(conn)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	f, ok := v.Elem().Type().FieldByName("Conn")
+	if !ok || !f.Anonymous || f.Type != reflect.TypeFor[net.Conn]() || len(f.Index) != 1 {
+		return nil
+	}
+	inner, _ := v.Elem().FieldByIndex(f.Index).Interface().(net.Conn)
+	return inner
+}
+
+// logSkipped tells whether the access log skips r (`log_skip`).
+func logSkipped(r *http.Request) bool {
+	skip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.LogSkipVar).(bool)
+	return skip
+}
+
+// watch waits for the client to close the connection conn, the socket of
+// the stream, or to send too much, and then ends the stream. The client had
+// sent sent bytes after its request.
+func (s *subscriber) watch(conn net.Conn, sent int) {
+	var buf [watchBufferSize]byte
+	s.cfg.logClientSent(watchClient(conn, buf[:], sent))
+	s.close()
+}
+
+// followHijacked streams to a connection taken over from net/http whose
+// socket cannot be reached, on the calling goroutine, with writes that
+// wait. A goroutine reads from the connection to notice the client
+// leaving, or sending more than maxClientBytes after its request, of which
+// it had sent sent.
+func (d *detachedStreams) followHijacked(conn net.Conn, t *topic, at cursor, sent int) {
+	c := d.cfg
+	s := newSubscriber(c, t, at, &connSink{conn: conn, timeout: c.writeTimeout})
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
@@ -127,40 +243,9 @@ func (c *streamConfig) streamHijacked(conn net.Conn, t *topic, at cursor, sent i
 		c.logClientSent(watchClient(conn, buf[:], sent))
 		cancel()
 	}()
-	hw := &hijackedWriter{conn: conn, timeout: c.writeTimeout, last: time.Now()}
-	c.stream(ctx, hw, t, at)
-	conn.Close()
+	d.follow(s, ctx)
+	cancel()
 	// The reads count bytes for Caddy's access log, which it writes once
 	// the handler returns.
 	<-read
 }
-
-// A hijackedWriter writes frames as chunks to a connection taken over from
-// net/http, one write each, which fails when no byte of it has moved for
-// the timeout.
-type hijackedWriter struct {
-	conn    net.Conn
-	timeout time.Duration
-	buf     []byte
-	last    time.Time
-}
-
-// maxKeptChunkBuffer is the largest buffer a hijackedWriter keeps between
-// writes: one that a snapshot grew is dropped, or each stream would hold a
-// copy of the document for its life.
-const maxKeptChunkBuffer = 16 << 10
-
-func (hw *hijackedWriter) write(frame []byte) error {
-	hw.buf = appendChunk(hw.buf[:0], frame)
-	err := writeMoving(hw.conn, net.Buffers{hw.buf}, hw.timeout)
-	if cap(hw.buf) > maxKeptChunkBuffer {
-		hw.buf = nil
-	}
-	if err != nil {
-		return err
-	}
-	hw.last = time.Now()
-	return nil
-}
-
-func (hw *hijackedWriter) lastWrite() time.Time { return hw.last }

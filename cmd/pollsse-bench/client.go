@@ -3,22 +3,27 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 )
 
-// A client is one EventSource subscriber: one TCP connection, a small
-// buffer and a minimal parser, so that 10,000 of them cost the shared cores
-// as little as possible. It runs on one goroutine that blocks in Read.
+// A client is one EventSource subscriber: one connection of its own (TCP,
+// TLS over TCP, or QUIC), a small buffer and a minimal parser, so that
+// 10,000 of them cost the shared cores as little as possible. It runs on one
+// goroutine that blocks in Read.
 type client struct {
 	topic int
 	// slow clients stop reading once they have their snapshot.
 	slow bool
-	conn atomic.Pointer[net.TCPConn]
+	// conn closes the client's connection.
+	conn atomic.Pointer[io.Closer]
 	// lat[k-1] is the latency of the event of sequence k in microseconds,
 	// -1 until received.
 	lat []atomic.Int32
@@ -40,6 +45,7 @@ type swarm struct {
 	received  []atomic.Int64
 	connected atomic.Int64 // clients that received a snapshot
 	failed    atomic.Int64 // clients whose connection failed or ended
+	retried   atomic.Int64 // connection attempts made again
 	lastSnap  atomic.Int64 // unix ns of the last first snapshot
 	// slowRcvBuf is the receive buffer slow clients ask for (0: the
 	// system's), so that the server's writes to them block after less
@@ -49,6 +55,11 @@ type swarm struct {
 	// client counts as connected once it has the response headers, and
 	// every event with a seq is a change.
 	hub bool
+	// proto is how each client reaches the server (proto.go).
+	proto *protocol
+	// spread is set when the clients of each topic dial from a loopback
+	// address of their own (dialer).
+	spread bool
 }
 
 // readBuffer is each client's read buffer: enough for the response headers.
@@ -57,7 +68,7 @@ const readBuffer = 2048
 // newSwarm makes topics×perTopic clients; every slowEvery-th of them (none
 // when 0) is slow.
 func newSwarm(base, path string, topics, perTopic, events, slowEvery int) *swarm {
-	s := &swarm{base: base, path: path, received: make([]atomic.Int64, events)}
+	s := &swarm{base: base, path: path, received: make([]atomic.Int64, events), proto: &protocol{version: 1}, spread: topics > 1 && loopback(base)}
 	for i := 0; i < topics*perTopic; i++ {
 		c := &client{topic: i % topics, lat: make([]atomic.Int32, events)}
 		c.slow = slowEvery > 0 && i%slowEvery == slowEvery-1
@@ -72,7 +83,7 @@ func newSwarm(base, path string, topics, perTopic, events, slowEvery int) *swarm
 // connect opens every client's stream, at most inFlight attempts at a time,
 // and waits until each has its snapshot or failed, or ctx ends.
 func (s *swarm) connect(ctx context.Context, inFlight int) error {
-	host := s.base[len("http://"):]
+	host := s.base[strings.Index(s.base, "://")+3:]
 	sem := make(chan struct{}, inFlight)
 	for _, c := range s.clients {
 		select {
@@ -107,64 +118,52 @@ func (c *client) run(s *swarm, host string, sem chan struct{}) {
 		}
 	}
 	defer release()
-	d := net.Dialer{Timeout: 10 * time.Second}
-	if c.slow && s.slowRcvBuf > 0 {
-		d.Control = rcvBufControl(s.slowRcvBuf)
-	}
-	nc, err := d.Dial("tcp", host)
-	if err != nil {
-		s.failed.Add(1)
-		return
-	}
-	conn := nc.(*net.TCPConn)
-	c.conn.Store(conn)
 	path := s.path
 	if strings.HasSuffix(path, "/") {
 		path += strconv.Itoa(c.topic)
 	}
-	req := "GET " + path + " HTTP/1.1\r\nHost: " + host +
-		"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-	if _, err := conn.Write([]byte(req)); err != nil {
+	var body io.Reader
+	var err error
+	// A connection that fails before its response (a handshake lost on a
+	// machine this loaded) is tried again, twice, and counted.
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			s.retried.Add(1)
+			if conn := c.conn.Load(); conn != nil {
+				(*conn).Close()
+			}
+		}
+		switch s.proto.version {
+		case 2, 3:
+			body, err = s.proto.openStream(c, host, path, s.dialer(c))
+		default:
+			body, err = c.openHTTP1(s, host, path)
+		}
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
 		s.failed.Add(1)
 		return
 	}
-	buf := make([]byte, readBuffer)
-	fill := 0
-	for {
-		// The response headers, kept whole.
-		n, err := conn.Read(buf[fill:])
-		fill += n
-		if err != nil {
-			s.failed.Add(1)
-			return
-		}
-		i := bytes.Index(buf[:fill], []byte("\r\n\r\n"))
-		if i < 0 {
-			if fill == len(buf) {
-				s.failed.Add(1)
-				return
-			}
-			continue
-		}
-		if !bytes.HasPrefix(buf, []byte("HTTP/1.1 200")) {
-			s.failed.Add(1)
-			return
-		}
-		release()
-		now := time.Now().UnixNano()
-		if s.hub {
-			c.snapshots.Add(1)
-			s.connected.Add(1)
-			s.lastSnap.Store(now)
-		}
-		c.parse(s, buf[i+4:fill], now)
-		break
+	release()
+	now := time.Now().UnixNano()
+	if s.hub {
+		c.snapshots.Add(1)
+		s.connected.Add(1)
+		s.lastSnap.Store(now)
 	}
+	if b, ok := body.(*headBody); ok {
+		c.parse(s, b.rest, now)
+		body = b.r
+	}
+	buf := make([]byte, readBuffer)
 	for {
 		if c.slow && c.snapshots.Load() > 0 {
 			return // stop reading; the connection stays open
 		}
-		n, err := conn.Read(buf)
+		n, err := body.Read(buf)
 		if n > 0 {
 			c.parse(s, buf[:n], time.Now().UnixNano())
 		}
@@ -176,6 +175,94 @@ func (c *client) run(s *swarm, host string, sem chan struct{}) {
 		s.failed.Add(1)
 	}
 }
+
+// dialer returns the dialer of client c. With several topics on a loopback
+// server, the clients of topic k dial from 127.0.0.(2 + k mod 250), as
+// the browsers of different users would come from addresses of their own:
+// the server's max_new_topics, which counts the new topics of each client
+// address, then sees at most a few new topics per address.
+func (s *swarm) dialer(c *client) net.Dialer {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if s.spread {
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+c.topic%250))}
+	}
+	return d
+}
+
+// loopback tells whether base, http(s)://host:port, names a loopback
+// address.
+func loopback(base string) bool {
+	u, err := url.Parse(base)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip != nil && ip.IsLoopback()
+}
+
+// A headBody is the body of an HTTP/1.1 response: what was read with the
+// headers, then the connection.
+type headBody struct {
+	rest []byte
+	r    io.Reader
+}
+
+func (b *headBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// openHTTP1 opens the client's stream over a connection of its own, TCP or
+// TLS, with a request written by hand, and returns its body once the
+// response headers are read.
+func (c *client) openHTTP1(s *swarm, host, path string) (io.Reader, error) {
+	d := s.dialer(c)
+	if c.slow && s.slowRcvBuf > 0 {
+		d.Control = rcvBufControl(s.slowRcvBuf)
+	}
+	nc, err := d.Dial("tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	conn := nc
+	if s.proto.tls {
+		tc := tls.Client(nc, s.proto.tlsConfig("http/1.1"))
+		conn = tc
+		c.setCloser(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	c.setCloser(conn)
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + host +
+		"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, readBuffer)
+	fill := 0
+	for {
+		// The response headers, kept whole.
+		n, err := conn.Read(buf[fill:])
+		fill += n
+		if err != nil {
+			return nil, err
+		}
+		i := bytes.Index(buf[:fill], []byte("\r\n\r\n"))
+		if i < 0 {
+			if fill == len(buf) {
+				return nil, fmt.Errorf("response headers of more than %d bytes", len(buf))
+			}
+			continue
+		}
+		if !bytes.HasPrefix(buf, []byte("HTTP/1.1 200")) {
+			return nil, fmt.Errorf("response %q", buf[:min(fill, 40)])
+		}
+		return &headBody{rest: buf[i+4 : fill], r: conn}, nil
+	}
+}
+
+func (c *client) setCloser(x io.Closer) { c.conn.Store(&x) }
 
 // frameHead is how much of each frame a client keeps: enough for the chunk
 // size line, the event and id fields and the start of the data, where seq
@@ -256,7 +343,8 @@ func field(f []byte, name string) (int64, bool) {
 func (s *swarm) close() {
 	for _, c := range s.clients {
 		if conn := c.conn.Load(); conn != nil {
-			conn.Close()
+			(*conn).Close()
 		}
 	}
+	s.proto.close()
 }

@@ -28,12 +28,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,34 +46,41 @@ import (
 )
 
 type options struct {
-	caddy        string
-	target       string
-	pid          string
-	subPath      string
-	publish      string
-	upstreamAddr string
-	n            int
-	topics       int
-	events       int
-	interval     time.Duration
-	gap          time.Duration
-	hold         time.Duration
-	settle       time.Duration
-	slow         float64
-	slowRcvBuf   int
-	writeTimeout time.Duration
-	heartbeat    time.Duration
-	eventBytes   int
-	trials       int
-	inFlight     int
-	env          string
-	jsonOut      string
-	timeout      time.Duration
-	pprof        string
-	pause        bool
-	accessLog    bool
-	instances    int
-	redis        string
+	caddy         string
+	target        string
+	pid           string
+	subPath       string
+	publish       string
+	upstreamAddr  string
+	n             int
+	topics        int
+	events        int
+	interval      time.Duration
+	gap           time.Duration
+	hold          time.Duration
+	settle        time.Duration
+	slow          float64
+	slowRcvBuf    int
+	writeTimeout  time.Duration
+	heartbeat     time.Duration
+	eventBytes    int
+	trials        int
+	inFlight      int
+	env           string
+	jsonOut       string
+	timeout       time.Duration
+	pprof         string
+	pause         bool
+	accessLog     bool
+	tls           bool
+	h2            bool
+	h3            bool
+	caFile        string
+	publishTopic  string
+	publishHeader string
+	serverName    string
+	instances     int
+	redis         string
 }
 
 func main() {
@@ -81,6 +90,8 @@ func main() {
 	flag.StringVar(&o.pid, "pid", "", "with -target: the server's process ids, comma-separated, for RSS and CPU (summed)")
 	flag.StringVar(&o.subPath, "sub-path", "/sse/", "with -target: the subscribers' path; the topic's number follows a path that ends in /")
 	flag.StringVar(&o.publish, "publish", "", "with -target: publish each change by POSTing a ~event-bytes JSON message to this URL (a hub such as Nchan) instead of through the upstream; latency then starts just before the POST")
+	flag.StringVar(&o.publishTopic, "publish-topic", "", "with -publish: POST a form of the fields topic (this) and data (the message), as Mercure is published to")
+	flag.StringVar(&o.publishHeader, "publish-header", "", "with -publish: a header of the POST, \"Name: value\", such as Mercure's \"Authorization: Bearer <JWT>\"")
 	flag.StringVar(&o.upstreamAddr, "upstream-addr", "", "with -target: the address the upstream listens on (default: any loopback port)")
 	flag.IntVar(&o.n, "n", 1000, "subscribers per topic")
 	flag.IntVar(&o.topics, "topics", 1, "topics")
@@ -101,9 +112,14 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "end the whole run after this long")
 	flag.StringVar(&o.pprof, "pprof", "", "enable Caddy's admin endpoint on this address, for /debug/pprof")
 	flag.BoolVar(&o.pause, "pause", false, "after holding the idle streams, wait for Enter before the events (to profile)")
+	flag.BoolVar(&o.accessLog, "access-log", false, "turn the server's access logs on, written to a file (as a site with `log`)")
+	flag.BoolVar(&o.tls, "tls", false, "HTTPS: the tool's Caddy serves localhost with a certificate of its internal CA (`tls internal`), which the clients trust; with -target, a https:// URL")
+	flag.BoolVar(&o.h2, "h2", false, "HTTPS with HTTP/2, each client on a connection of its own (implies -tls)")
+	flag.BoolVar(&o.h3, "h3", false, "HTTPS with HTTP/3 over QUIC, each client on a connection of its own (implies -tls)")
+	flag.StringVar(&o.caFile, "ca", "", "with -target and TLS: the PEM root certificate the clients trust (default: they skip verification)")
+	flag.StringVar(&o.serverName, "server-name", "localhost", "with TLS: the name the clients send in the handshake and verify")
 	flag.IntVar(&o.instances, "instances", 1, "Caddy instances on one Redis (the redis store), -n subscribers of each topic on each; more than 1 reports what Redis adds per change")
 	flag.StringVar(&o.redis, "redis", "", "with -instances: the Redis URL to use; empty: start a redis-server on a free loopback port")
-	flag.BoolVar(&o.accessLog, "access-log", false, "turn the server's access logs on (Caddy then wraps the connections, and streams stay on their goroutines)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "pollsse-bench:", err)
@@ -136,21 +152,31 @@ func run(o options) error {
 		}
 	}
 	if o.instances > 1 {
+		if o.tls || o.h2 || o.h3 || o.accessLog {
+			return fmt.Errorf("-instances measures plain HTTP/1.1 only, without -tls, -h2, -h3 or -access-log")
+		}
 		return runInstances(ctx, o)
 	}
-	fmt.Printf("pollsse-bench: %d topic(s) × %d subscribers, %d events, interval %s, slow %.0f%%, %d trial(s)\n",
-		o.topics, o.n, o.events, o.interval, o.slow*100, o.trials)
+	proto, err := parseProtocol(o.tls, o.h2, o.h3, o.caFile, o.serverName)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pollsse-bench: %s: %d topic(s) × %d subscribers, %d events, interval %s, slow %.0f%%, %d trial(s)\n",
+		pathName(o, proto), o.topics, o.n, o.events, o.interval, o.slow*100, o.trials)
 	var trials []*trial
 	for i := 0; i < o.trials; i++ {
-		tr, err := runTrial(ctx, o)
+		tr, err := runTrial(ctx, o, proto)
 		if err != nil {
 			return fmt.Errorf("trial %d: %w", i+1, err)
 		}
+		tr.Path = pathName(o, proto)
 		tr.print(fmt.Sprintf("trial %d", i+1))
 		trials = append(trials, tr)
 	}
 	if len(trials) > 1 {
-		medianTrial(trials).print(fmt.Sprintf("median of %d", len(trials)))
+		m := medianTrial(trials)
+		m.Path = pathName(o, proto)
+		m.print(fmt.Sprintf("median of %d", len(trials)))
 	}
 	if o.jsonOut != "" {
 		b, _ := json.MarshalIndent(map[string]any{"options": fmt.Sprintf("%+v", o), "trials": trials}, "", "  ")
@@ -169,6 +195,7 @@ type eventStats struct {
 
 // A trial is the figures of one run on a fresh server.
 type trial struct {
+	Path           string // which path the figures are for (pathName)
 	Subscribers    int
 	ConnectS       float64 // first dial to the last snapshot received
 	RSSBeforeKB    int64
@@ -191,9 +218,24 @@ type trial struct {
 	FilesBefore    int // server's open files before and after the events
 	FilesAfter     int
 	Resynced       int // clients that received more than one snapshot
+	Retried        int // connection attempts made again
 }
 
-func runTrial(ctx context.Context, o options) (*trial, error) {
+// pathName says which delivery path a run measures: the protocol, and
+// whether the server logs the requests.
+func pathName(o options, p *protocol) string {
+	name := p.name()
+	if o.target != "" {
+		name += ", target " + o.target
+	} else if o.accessLog {
+		name += ", access log"
+	} else {
+		name += ", no access log"
+	}
+	return name
+}
+
+func runTrial(ctx context.Context, o options, proto *protocol) (*trial, error) {
 	addr := o.upstreamAddr
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -213,12 +255,20 @@ func runTrial(ctx context.Context, o options) (*trial, error) {
 		p, err := startCaddy(o.caddy, env, serverConfig{
 			upstream: up.url, interval: o.interval, writeTimeout: o.writeTimeout,
 			heartbeat: o.heartbeat, pprof: o.pprof, accessLog: o.accessLog,
+			tls: proto.tls, h3: proto.version == 3,
 		})
 		if err != nil {
 			return nil, err
 		}
 		defer p.stop()
 		base, pid = p.base, p.pid
+		if proto.tls && o.caFile == "" {
+			roots, err := loadRoots(filepath.Join(p.dir, rootCert))
+			if err != nil {
+				return nil, err
+			}
+			proto.roots = roots
+		}
 	}
 	sleep(ctx, o.settle)
 	rssKB := func(string) int64 { return sumProcs(pid, rssKB) }
@@ -238,6 +288,7 @@ func runTrial(ctx context.Context, o options) (*trial, error) {
 	s := newSwarm(base, o.subPath, o.topics, o.n, o.events, slowEvery)
 	s.slowRcvBuf = o.slowRcvBuf
 	s.hub = o.publish != ""
+	s.proto = proto
 	defer s.close()
 	cctx, ccancel := context.WithTimeout(ctx, 2*time.Minute)
 	start := time.Now()
@@ -247,6 +298,7 @@ func runTrial(ctx context.Context, o options) (*trial, error) {
 		return nil, fmt.Errorf("connecting: %w", err)
 	}
 	tr.ConnectS = time.Duration(s.lastSnap.Load() - start.UnixNano()).Seconds()
+	tr.Retried = int(s.retried.Load())
 	if o.hold > 0 {
 		sleep(ctx, o.hold)
 		tr.RSSHeldKB = rssKB(pid)
@@ -288,7 +340,7 @@ func runTrial(ctx context.Context, o options) (*trial, error) {
 	perEvent := max(10*time.Second, 3*o.interval)
 	for k := 1; k <= o.events; k++ {
 		if o.publish != "" {
-			if err := publish(ctx, o.publish, up.message(int64(k), time.Now())); err != nil {
+			if err := publish(ctx, o.publish, o.publishTopic, o.publishHeader, up.message(int64(k), time.Now())); err != nil {
 				return nil, err
 			}
 		} else {
@@ -350,13 +402,30 @@ func runTrial(ctx context.Context, o options) (*trial, error) {
 	return tr, nil
 }
 
-// publish POSTs one message to a hub.
-func publish(ctx context.Context, url string, msg []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(msg))
+// publishClient publishes to a hub, over HTTPS too: a hub of the same run
+// has a certificate of its own making.
+var publishClient = &http.Client{Transport: &http.Transport{
+	TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+}}
+
+// publish POSTs one message to a hub: as the body, or with topic as a form
+// of the fields topic and data (Mercure's way), with the header hdr
+// ("Name: value") if not empty.
+func publish(ctx context.Context, url, topic, hdr string, msg []byte) error {
+	body, ctype := msg, "application/json"
+	if topic != "" {
+		body = []byte(neturl.Values{"topic": {topic}, "data": {string(msg)}}.Encode())
+		ctype = "application/x-www-form-urlencoded"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	req.Header.Set("Content-Type", ctype)
+	if name, value, ok := strings.Cut(hdr, ":"); ok {
+		req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	resp, err := publishClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("publishing: %w", err)
 	}
@@ -444,14 +513,15 @@ func medianTrial(ts []*trial) *trial {
 		FilesBefore:    int(mi(func(t *trial) int64 { return int64(t.FilesBefore) })),
 		FilesAfter:     int(mi(func(t *trial) int64 { return int64(t.FilesAfter) })),
 		Resynced:       int(mi(func(t *trial) int64 { return int64(t.Resynced) })),
+		Retried:        int(mi(func(t *trial) int64 { return int64(t.Retried) })),
 	}
 }
 
 func (t *trial) print(label string) {
-	fmt.Printf("%s: N=%d connect %.2fs | latency p50 %.1f p99 %.1f max %.1f ms (missing %d) | RSS %d -> %d KB = %.1f KB/sub | CPU server %.2fs tool %.2fs other %.2fs in %.1fs = %.1f µs/sub/event | upstream %d req (%.1f/s, max %d in 10ms, %d in 100ms) | RSS during events max %d KB, end %d KB | files %d -> %d | resynced %d\n",
-		label, t.Subscribers, t.ConnectS, t.P50, t.P99, t.Max, t.Missing,
+	fmt.Printf("%s [%s]: N=%d connect %.2fs | latency p50 %.1f p99 %.1f max %.1f ms (missing %d) | RSS %d -> %d KB = %.1f KB/sub | CPU server %.2fs tool %.2fs other %.2fs in %.1fs = %.1f µs/sub/event | upstream %d req (%.1f/s, max %d in 10ms, %d in 100ms) | RSS during events max %d KB, end %d KB | files %d -> %d | resynced %d | connections retried %d\n",
+		label, t.Path, t.Subscribers, t.ConnectS, t.P50, t.P99, t.Max, t.Missing,
 		t.RSSBeforeKB, t.RSSHeldKB, t.KBPerSub, t.ServerCPU, t.ToolCPU, t.OtherCPU, t.WindowS, t.USPerSubEvent,
-		t.Requests, t.RequestsPerS, t.MaxIn10ms, t.MaxIn100ms, t.RSSEventsMaxKB, t.RSSEndKB, t.FilesBefore, t.FilesAfter, t.Resynced)
+		t.Requests, t.RequestsPerS, t.MaxIn10ms, t.MaxIn100ms, t.RSSEventsMaxKB, t.RSSEndKB, t.FilesBefore, t.FilesAfter, t.Resynced, t.Retried)
 	if len(t.Events) > 0 && len(t.Events) <= 10 {
 		for i, e := range t.Events {
 			fmt.Printf("    event %d: p50 %.1f p99 %.1f max %.1f ms, missing %d\n", i+1, e.P50, e.P99, e.Max, e.Missing)

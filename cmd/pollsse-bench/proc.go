@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -29,9 +30,16 @@ type serverConfig struct {
 	pprof        string // admin listen address for /debug/pprof, "" for none
 	// accessLog turns the server's access logs on, written to a file.
 	accessLog bool
+	// tls serves HTTPS with a certificate for localhost from Caddy's
+	// internal CA (a site with `tls internal`), h3 HTTP/3 besides.
+	tls, h3 bool
 	// store is the handler's store module, nil for its default.
 	store map[string]any
 }
+
+// rootCert is where the Caddy of a trial keeps the root certificate of its
+// internal CA, under its directory.
+const rootCert = "storage/pki/authorities/local/root.crt"
 
 // caddyJSON returns the config: one server on port, /sse/<topic> streaming
 // <upstream>/doc/<topic>.
@@ -67,6 +75,27 @@ func caddyJSON(port int, dir string, sc serverConfig) []byte {
 			"handle": []any{handler},
 		}},
 	}
+	apps := map[string]any{"http": map[string]any{"servers": map[string]any{"bench": server}}}
+	if sc.tls {
+		// As a Caddyfile site `https://localhost:PORT { tls internal }`
+		// with the global options local_certs and skip_install_trust.
+		server["tls_connection_policies"] = []any{map[string]any{}}
+		server["automatic_https"] = map[string]any{"disable_redirects": true}
+		server["protocols"] = []string{"h1", "h2"}
+		if sc.h3 {
+			server["protocols"] = []string{"h1", "h2", "h3"}
+		}
+		apps["tls"] = map[string]any{
+			"certificates": map[string]any{"automate": []string{"localhost"}},
+			"automation": map[string]any{"policies": []any{map[string]any{
+				"subjects": []string{"localhost"},
+				"issuers":  []any{map[string]any{"module": "internal"}},
+			}}},
+		}
+		apps["pki"] = map[string]any{"certificate_authorities": map[string]any{
+			"local": map[string]any{"install_trust": false},
+		}}
+	}
 	if sc.accessLog {
 		server["logs"] = map[string]any{}
 		logs["access"] = map[string]any{
@@ -79,7 +108,7 @@ func caddyJSON(port int, dir string, sc serverConfig) []byte {
 		"admin":   admin,
 		"storage": map[string]any{"module": "file_system", "root": filepath.Join(dir, "storage")},
 		"logging": map[string]any{"logs": logs},
-		"apps":    map[string]any{"http": map[string]any{"servers": map[string]any{"bench": server}}},
+		"apps":    apps,
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	return b
@@ -112,11 +141,24 @@ func startCaddy(path string, env []string, sc serverConfig) (*caddyProcess, erro
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", path, err)
 	}
-	p := &caddyProcess{cmd: cmd, pid: strconv.Itoa(cmd.Process.Pid), base: "http://127.0.0.1:" + strconv.Itoa(port), dir: dir}
+	scheme := "http"
+	if sc.tls {
+		scheme = "https"
+	}
+	p := &caddyProcess{cmd: cmd, pid: strconv.Itoa(cmd.Process.Pid), base: scheme + "://127.0.0.1:" + strconv.Itoa(port), dir: dir}
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		// Listening, and with TLS, holding its certificate.
 		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err == nil {
+		if err == nil && sc.tls {
+			tc := tls.Client(c, &tls.Config{ServerName: "localhost", InsecureSkipVerify: true})
+			tc.SetDeadline(time.Now().Add(time.Second))
+			err = tc.Handshake()
+			c = tc
+		}
+		if c != nil {
 			c.Close()
+		}
+		if err == nil {
 			return p, nil
 		}
 		if time.Now().After(deadline) {
