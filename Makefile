@@ -1,7 +1,8 @@
 # make test: install what the tests need when it is missing, then vet,
 # cross-compile for every supported system, build Caddy with xcaddy as a user
 # does, and run every test (Go with the race detector, headless Chromium and
-# nginx included, and the browser client's tests under Node).
+# nginx included, and the browser client's tests under Node), then a minute
+# of the soak on each store.
 
 GO ?= go
 # apt-get needs root; use sudo when not root.
@@ -20,9 +21,9 @@ XCADDY := $(TOOLS)/xcaddy-$(XCADDY_VERSION)/xcaddy
 # The systems the module builds and vets for, as GOOS/GOARCH.
 CROSS_TARGETS ?= windows/amd64 darwin/arm64 freebsd/amd64 linux/amd64 linux/arm64
 
-.PHONY: test deps vet cross xcaddy-build go-test client-deps client-test demo
+.PHONY: test deps vet cross xcaddy-build go-test client-deps client-test demo soak-short
 
-test: deps vet client-test cross xcaddy-build go-test
+test: deps vet client-test cross xcaddy-build go-test soak-short
 
 # Node.js and npm run the browser client's tests (npm installs TypeScript for
 # them); Debian's chromium is the browser that the Go tests drive
@@ -95,3 +96,15 @@ client-test: client-deps
 
 demo:
 	$(GO) run ./cmd/caddy run --config examples/Caddyfile
+
+# soak-short: a minute of everything at once against a race-enabled Caddy
+# (cmd/pollsse-soak, README "Soak test"), with a fixed seed, on the memory
+# store, then a minute of three instances on one redis-server.
+soak-short:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	echo "soak-short: go build -race -o $$tmp/caddy ./cmd/caddy" && \
+	$(GO) build -race -o "$$tmp/caddy" ./cmd/caddy && \
+	echo "soak-short: go run ./cmd/pollsse-soak -duration 60s -seed 1" && \
+	$(GO) run ./cmd/pollsse-soak -caddy "$$tmp/caddy" -duration 60s -seed 1 && \
+	echo "soak-short: go run ./cmd/pollsse-soak -duration 60s -seed 1 -instances 3 -store redis" && \
+	$(GO) run ./cmd/pollsse-soak -caddy "$$tmp/caddy" -duration 60s -seed 1 -instances 3 -store redis

@@ -57,7 +57,9 @@ type eventLog interface {
 	// status event alone, and the cursor after it, from which the first
 	// document is read as a snapshot after the status events before it. A
 	// cursor that has fallen out of the history reads a snapshot, then the
-	// latest status event if it comes after the cursor. A subscriber reads
+	// latest status event if it comes after the cursor; the snapshot is
+	// left out when the cursor is past the current document (only status
+	// events came since), as it would repeat an id. A subscriber reads
 	// every status event, or the latest, in their order among the events:
 	// its idea of the upstream's state is always the current one.
 	read(at cursor, buf []frame) (frames []frame, next cursor, wake <-chan struct{})

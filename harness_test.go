@@ -71,6 +71,9 @@ type caddySettings struct {
 	// accessLogs, when set, is the server's access log configuration
 	// (JSON).
 	accessLogs string
+	// serverFields are more fields of the server's JSON object, such as
+	// its timeouts.
+	serverFields string
 }
 
 // A caddyOption changes the configuration of startCaddy.
@@ -80,6 +83,12 @@ type caddyOption func(*caddySettings)
 // configuration cfg (JSON, such as `{}` or `{"skip_hosts":[...]}`).
 func withAccessLogs(cfg string) caddyOption {
 	return func(s *caddySettings) { s.accessLogs = cfg }
+}
+
+// withServerFields gives the server of startCaddy more fields of its JSON
+// object (such as `"read_header_timeout":"2s"`).
+func withServerFields(fields string) caddyOption {
+	return func(s *caddySettings) { s.serverFields = fields }
 }
 
 // caddyConfig returns a Caddy JSON config with one HTTP server on port whose
@@ -102,9 +111,13 @@ func caddyConfigWith(t testing.TB, port int, routes string, s caddySettings) []b
 		// writer's goroutine would outlive the test.
 		logging = fmt.Sprintf(`{"logs": {"default": {"level": "DEBUG", "writer": {"output": "file", "filename": %q, "roll": false}, "encoder": {"format": "json"}}}}`, s.logFile)
 	}
-	accessLogs := ""
+	// fields are the server's besides its listener and routes.
+	fields := ""
 	if s.accessLogs != "" {
-		accessLogs = `"logs": ` + s.accessLogs + `,`
+		fields = `"logs": ` + s.accessLogs + `,`
+	}
+	if s.serverFields != "" {
+		fields += s.serverFields + ","
 	}
 	cfg := fmt.Sprintf(`{
 		"admin": {"disabled": true},
@@ -116,7 +129,7 @@ func caddyConfigWith(t testing.TB, port int, routes string, s caddySettings) []b
 			%s
 			"routes": %s
 		}}}}
-	}`, t.TempDir(), logging, port, accessLogs, routes)
+	}`, t.TempDir(), logging, port, fields, routes)
 	if !json.Valid([]byte(cfg)) {
 		t.Fatalf("invalid config: %s", cfg)
 	}

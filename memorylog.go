@@ -27,6 +27,8 @@ type snapshotFrame struct {
 	once sync.Once
 	data []byte
 	id   string
+	// pos is the position of the document's entry in its log.
+	pos uint64
 	// bytes is the frame's, whose kind is kindSnapshot: a frame's kind
 	// would grow the allocation of every version.
 	bytes []byte
@@ -93,7 +95,7 @@ func (l *localLog) push(e entry) uint64 {
 // pushDocument appends a document with the given id, as eventLog's
 // appendEvent says. l.mu must be held.
 func (l *localLog) pushDocument(id string, snapshot []byte, event string, data []byte) {
-	l.snap = &snapshotFrame{data: snapshot, id: id}
+	l.snap = &snapshotFrame{data: snapshot, id: id, pos: l.head + 1}
 	// A change sent as a whole snapshot is not kept in the history: the
 	// subscribers that reach its entry read the current snapshot, which is
 	// its frame while it is current, encoded once when first read.
@@ -180,6 +182,7 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 	// after is the status event that follows the snapshot of a subscriber
 	// that starts from one.
 	var after frame
+	behind := false
 	switch {
 	case cursor == 0:
 		// A new subscriber: the upstream's state if it is failing.
@@ -187,6 +190,7 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 	case cursor+1 < l.oldest():
 		// A subscriber that fell behind the history: the latest status
 		// event, unless it has read it, for those that it missed.
+		behind = true
 		if l.statusPos > cursor {
 			after = l.status
 		}
@@ -194,6 +198,14 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 		restart := false
 		for cursor < l.head && len(buf) < cap(buf) {
 			e := l.entry(cursor + 1)
+			if e.frame.bytes == nil && l.snap == nil {
+				// A document that is gone (the redis store's
+				// mirror, once Redis lost the topic): what came
+				// before it is read, and the subscriber waits
+				// there for the next document, which it reads
+				// as a snapshot.
+				break
+			}
 			if e.frame.bytes == nil {
 				// A document without a patch: the snapshot of the
 				// current document says it and everything after it,
@@ -234,7 +246,12 @@ func (l *localLog) readAt(cursor uint64, buf []frame) (uint64, []frame, <-chan s
 		}
 		return head, append(buf, after), wake
 	}
-	buf = append(buf, snap.get())
+	// A subscriber that fell behind while only status events came after
+	// its document has that snapshot already: sending it again would
+	// repeat its id in the stream, and the latest status says the rest.
+	if !behind || snap.pos > from {
+		buf = append(buf, snap.get())
+	}
 	if after.bytes != nil {
 		buf = append(buf, after)
 	}
