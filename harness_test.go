@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -52,14 +53,25 @@ func (c caddyShutdowns) Run() int {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
+//
+// It is chosen below Linux's ephemeral range (32768 and up), from which
+// the kernel takes the local ports of outgoing connections and of port 0:
+// a port from there, free when asked, may be the source port of one of the
+// thousands of connections that other tests open before a Caddy process
+// binds it.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-31999")
+	return 0
 }
 
 // caddySettings are what the options of startCaddy change in the
