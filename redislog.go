@@ -339,14 +339,14 @@ func (l *redisLog) writeLocal(kind string, data, extra []byte) {
 // history resume on it.
 func (l *redisLog) sync() {
 	l.mu.RLock()
-	from, epoch := l.pos, l.epoch
+	from, epoch, check := l.pos, l.epoch, l.check
 	if l.diverged || l.epoch == "" {
 		from = 0
 	}
 	l.mu.RUnlock()
 	ctx, cancel := l.call(context.Background())
 	defer cancel()
-	res, err := readScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream}, from, epoch).Slice()
+	res, err := readScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream}, from, epoch, check).Slice()
 	if err != nil {
 		if unreachable(err) {
 			l.storeFailed(err)

@@ -89,8 +89,10 @@ return {1, epoch, pos, id, kind}
 // reader's position on, the entry at that position included without its
 // data; all of them, and the document, when the reader has none (position
 // 0) or another epoch. The document, which may be large, is read only when
-// there is an entry after the position. KEYS: meta, stream. ARGV: the
-// reader's position and epoch. It returns {false} for a topic without
+// there is an entry after the position or the entry there is not the
+// reader's (another check: a failover lost it and the position was written
+// again). KEYS: meta, stream. ARGV: the reader's position, epoch and the
+// check of its entry at that position. It returns {false} for a topic without
 // keys, else {epoch, head, hc, docid, doc, down, entries}.
 var readScript = redis.NewScript(`
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down')
@@ -98,16 +100,18 @@ if not m[1] then return {false} end
 local head, from = m[2] or '0', '-'
 if tonumber(ARGV[1]) > 0 and m[1] == ARGV[2] then from = ARGV[1] .. '-1' end
 local entries = redis.call('XRANGE', KEYS[2], from, '+')
+local check
 if from ~= '-' and #entries > 0 and entries[1][1] == from then
   -- The entry that the reader has: only its check is wanted.
   local f, keep = entries[1][2], {}
   for i = 1, #f, 2 do
+    if f[i] == 'c' then check = f[i + 1] end
     if f[i] ~= 'd' then keep[#keep + 1] = f[i]; keep[#keep + 1] = f[i + 1] end
   end
   entries[1][2] = keep
 end
 local doc = ''
-if from == '-' or #entries ~= 1 or head ~= ARGV[1] then
+if from == '-' or #entries ~= 1 or head ~= ARGV[1] or check ~= ARGV[3] then
   doc = redis.call('HGET', KEYS[1], 'doc') or ''
 end
 return {m[1], head, m[3] or '', m[4] or '', doc, m[5] or '', entries}

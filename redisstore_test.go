@@ -379,3 +379,52 @@ func TestRedisNewEpochAtSamePosition(t *testing.T) {
 	b.kick()
 	readFrom(t, b, 0, `snapshot:"two"`)
 }
+
+// TestRedisFailoverThatRewroteThePosition: after an asynchronous failover
+// lost the last write (the replica that took over never had it), the next
+// poller writes that position again in the same epoch, with another
+// document. An instance that had read the lost entry finds Redis at its
+// own position with another check, and loads the new document whole: its
+// subscribers read it, never an empty snapshot.
+func TestRedisFailoverThatRewroteThePosition(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
+	name := newTopicName(t)
+	var logs []*redisLog
+	for _, url := range []string{r.url(), r.url() + "/0"} {
+		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hs.Close() })
+		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
+	}
+	a, b := logs[0], logs[1]
+	mustLead(t, a)
+	a.appendEvent(ctx, []byte(`"one"`), "", nil)
+	readFrom(t, b, 0, `snapshot:"one"`)
+	b.conn.mu.Lock()
+	ps := b.conn.pubsub
+	b.conn.mu.Unlock()
+	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
+		t.Fatal(err)
+	}
+	// What the replica that took over holds: the topic's epoch, without
+	// the write of "one" (its stream, which held that write alone, is not
+	// there either).
+	for _, cmd := range [][]any{
+		{"HSET", a.keys.meta, "head", 0},
+		{"HDEL", a.keys.meta, "doc", "docid", "hc"},
+		{"DEL", a.keys.stream},
+	} {
+		if _, err := r.do(cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.appendEvent(ctx, []byte(`"uno"`), "", nil); err != nil {
+		t.Fatal(err)
+	}
+	b.kick()
+	readFrom(t, b, 0, `snapshot:"uno"`)
+}
