@@ -348,27 +348,7 @@ func gaugeValue(g prometheus.Gauge) float64 {
 func TestRedisNewEpochAtSamePosition(t *testing.T) {
 	r := startRedis(t)
 	ctx := context.Background()
-	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
-	name := newTopicName(t)
-	var logs []*redisLog
-	for _, url := range []string{r.url(), r.url() + "/0"} {
-		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { hs.Close() })
-		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
-	}
-	a, b := logs[0], logs[1]
-	mustLead(t, a)
-	a.appendEvent(ctx, []byte(`"one"`), "", nil)
-	readFrom(t, b, 0, `snapshot:"one"`)
-	b.conn.mu.Lock()
-	ps := b.conn.pubsub
-	b.conn.mu.Unlock()
-	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
-		t.Fatal(err)
-	}
+	a, b := deafFollower(t, r)
 	r.do("FLUSHALL")
 	a.renew()
 	mustLead(t, a)
@@ -389,27 +369,7 @@ func TestRedisNewEpochAtSamePosition(t *testing.T) {
 func TestRedisFailoverThatRewroteThePosition(t *testing.T) {
 	r := startRedis(t)
 	ctx := context.Background()
-	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
-	name := newTopicName(t)
-	var logs []*redisLog
-	for _, url := range []string{r.url(), r.url() + "/0"} {
-		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { hs.Close() })
-		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
-	}
-	a, b := logs[0], logs[1]
-	mustLead(t, a)
-	a.appendEvent(ctx, []byte(`"one"`), "", nil)
-	readFrom(t, b, 0, `snapshot:"one"`)
-	b.conn.mu.Lock()
-	ps := b.conn.pubsub
-	b.conn.mu.Unlock()
-	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
-		t.Fatal(err)
-	}
+	a, b := deafFollower(t, r)
 	// What the replica that took over holds: the topic's epoch, without
 	// the write of "one" (its stream, which held that write alone, is not
 	// there either).
@@ -427,4 +387,35 @@ func TestRedisFailoverThatRewroteThePosition(t *testing.T) {
 	}
 	b.kick()
 	readFrom(t, b, 0, `snapshot:"uno"`)
+}
+
+// deafFollower opens one topic's log on two instances of one Redis (their
+// own connections): a polls and has written its first document, "one",
+// which b has read; b then hears no more notices, and reads the topic
+// again only when kicked.
+func deafFollower(t *testing.T, r *redisServer) (a, b *redisLog) {
+	t.Helper()
+	ctx := context.Background()
+	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
+	name := newTopicName(t)
+	var logs []*redisLog
+	for _, url := range []string{r.url(), r.url() + "/0"} {
+		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hs.Close() })
+		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
+	}
+	a, b = logs[0], logs[1]
+	mustLead(t, a)
+	a.appendEvent(ctx, []byte(`"one"`), "", nil)
+	readFrom(t, b, 0, `snapshot:"one"`)
+	b.conn.mu.Lock()
+	ps := b.conn.pubsub
+	b.conn.mu.Unlock()
+	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
