@@ -47,8 +47,8 @@ type poller struct {
 	// prev is the last document that parsed, nil until the first success.
 	prev *document
 	// etag and lastModified are the validators of the response that made
-	// prev, sent as If-None-Match and If-Modified-Since; lastModified only
-	// when it is a strong validator (strongLastModified).
+	// prev, sent as If-None-Match and If-Modified-Since; neither when the
+	// response's Last-Modified is weak (validators).
 	etag, lastModified string
 	// failing is set while polls fail, so that the transitions, not the
 	// polls, make log lines and status events.
@@ -381,11 +381,24 @@ func (p *poller) fetch(ctx context.Context) (response, error) {
 	if int64(len(body)) > p.maxBody {
 		return response{}, &bodyTooLargeError{p.maxBody}
 	}
-	return response{
-		body:         body,
-		etag:         resp.Header.Get("ETag"),
-		lastModified: strongLastModified(resp.Header, received),
-	}, nil
+	etag, lastModified := validators(resp.Header, received)
+	return response{body: body, etag: etag, lastModified: lastModified}, nil
+}
+
+// validators returns the ETag and the Last-Modified of a response received
+// at received that the next poll may send back, "" for each that it may
+// not. An ETag is sent back unless the response's Last-Modified is weak
+// (strongLastModified): file servers derive their ETags from the file's
+// modification time in whole seconds and its size (nginx's "<mtime>-<size>"),
+// so that a file rewritten with the same size in the second of its
+// Last-Modified keeps its ETag, and a poll conditional on it would be
+// answered 304 for a document that it has never seen.
+func validators(header http.Header, received time.Time) (etag, lastModified string) {
+	lastModified = strongLastModified(header, received)
+	if lastModified == "" && header.Get("Last-Modified") != "" {
+		return "", ""
+	}
+	return header.Get("ETag"), lastModified
 }
 
 // strongLastModified returns the Last-Modified of a response received at

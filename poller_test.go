@@ -276,6 +276,39 @@ func TestStrongLastModified(t *testing.T) {
 	}
 }
 
+// TestValidators: an ETag is sent back with a strong Last-Modified or
+// without any, never with a weak one.
+func TestValidators(t *testing.T) {
+	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	date := func(d time.Time) string { return d.Format(http.TimeFormat) }
+	tests := []struct {
+		name                       string
+		etag, lastModified         string
+		wantETag, wantLastModified string
+	}{
+		{"an ETag alone is sent", `"abc"`, "", `"abc"`, ""},
+		{"an ETag with a strong Last-Modified is sent with it", `"abc"`, date(at.Add(-time.Second)), `"abc"`, date(at.Add(-time.Second))},
+		{"an ETag with a weak Last-Modified is not", `"6b0faa27-7"`, date(at), "", ""},
+		{"an ETag with an unparsable Last-Modified is not", `"abc"`, "yesterday", "", ""},
+		{"a strong Last-Modified alone is sent", "", date(at.Add(-time.Hour)), "", date(at.Add(-time.Hour))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{"Date": {date(at)}}
+			if tt.etag != "" {
+				h.Set("ETag", tt.etag)
+			}
+			if tt.lastModified != "" {
+				h.Set("Last-Modified", tt.lastModified)
+			}
+			etag, lastModified := validators(h, at)
+			if etag != tt.wantETag || lastModified != tt.wantLastModified {
+				t.Errorf("validators(ETag %q, Last-Modified %q) = %q, %q, want %q, %q", tt.etag, tt.lastModified, etag, lastModified, tt.wantETag, tt.wantLastModified)
+			}
+		})
+	}
+}
+
 // A fileExchange is one request to a file server and its answer.
 type fileExchange struct {
 	ifModifiedSince    string
@@ -555,4 +588,79 @@ func TestRefusedTopicPollsOnItsBackoff(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestChangeInTheSecondOfAnNginxETagIsDelivered: nginx's ETag for a file is
+// its modification time in whole seconds and its size, so that a file
+// rewritten with the same size in the same second keeps its ETag, and nginx
+// answers 304 to a poll that sends it back. A real nginx serves the
+// document: when it changes within the second of the Last-Modified of the
+// answer that the stream last had, the change is delivered all the same.
+func TestChangeInTheSecondOfAnNginxETagIsDelivered(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	startNginx(t, fmt.Sprintf(`    server {
+        listen 127.0.0.1:%d;
+        root %s;
+    }`, port, dir))
+	origin := fmt.Sprintf("http://127.0.0.1:%d", port)
+	waitFor(t, 5*time.Second, "nginx to listen", func() bool {
+		resp, err := http.Get(origin + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms"`,
+		origin+"/{http.request.uri.query.file}"))+"]")
+
+	// Both versions must be written in one second of the clock, with the
+	// stream's snapshot of the first in between; a slow machine that
+	// crosses a second tries again with another file, another topic.
+	for attempt := 0; ; attempt++ {
+		if attempt == 3 {
+			t.Fatal("the snapshot never came in the second that the file was written")
+		}
+		now := time.Now()
+		time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
+		second := time.Now().Truncate(time.Second)
+		name := fmt.Sprintf("doc%d.json", attempt)
+		file := filepath.Join(dir, name)
+		if err := os.WriteFile(file, []byte(`{"v":1}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get(origin + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		etag := resp.Header.Get("ETag")
+		sc := openStream(t, http.DefaultClient, base+"/events?file="+name, "")
+		if ev := sc.next(5 * time.Second); ev.name != "snapshot" || ev.data != `{"v":1}` {
+			t.Fatalf("got %+v, want the snapshot of v1", ev)
+		}
+		if err := os.WriteFile(file, []byte(`{"v":2}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if !time.Now().Truncate(time.Second).Equal(second) {
+			t.Logf("v2 was written after the second of v1 (%s): again", second.Format(time.TimeOnly))
+			sc.close()
+			continue
+		}
+		// nginx would hide the change from a poll that sent v1's ETag.
+		req, _ := http.NewRequest(http.MethodGet, origin+"/"+name, nil)
+		req.Header.Set("If-None-Match", etag)
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotModified {
+			t.Logf("nginx answers v1's ETag %s for v2 with %s, not 304", etag, resp.Status)
+		}
+		if ev, ok := sc.nextOrTimeout(3 * time.Second); !ok || ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/v","value":2}]`) {
+			t.Fatalf("got %+v, %v; want the patch to v2", ev, ok)
+		}
+		return
+	}
 }
