@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -186,6 +187,11 @@ type instance struct {
 	plain bool
 	// redisPort is the port of the shared store's Redis, 0 for none.
 	redisPort int
+	// written are the route generations (X-Soak-Gen) of the configuration
+	// file, running those of the configuration that the process runs:
+	// instances that share a store share a topic only where their
+	// generations agree.
+	written, running map[string]int
 }
 
 func newInstance(index int, bin, dir string) (*instance, error) {
@@ -241,13 +247,35 @@ func (in *instance) pid() string {
 
 // writeConfig writes the instance's Caddyfile.
 func (in *instance) writeConfig(hc handlerConfig) error {
-	return os.WriteFile(in.config(), []byte(caddyfile(in, hc)), 0o644)
+	if err := os.WriteFile(in.config(), []byte(caddyfile(in, hc)), 0o644); err != nil {
+		return err
+	}
+	in.mu.Lock()
+	in.written = maps.Clone(hc.gens)
+	in.mu.Unlock()
+	return nil
+}
+
+// loaded notes that the process runs the configuration file as written.
+func (in *instance) loaded() {
+	in.mu.Lock()
+	in.running = in.written
+	in.mu.Unlock()
+}
+
+// gen is the X-Soak-Gen of route in the configuration that the process
+// runs.
+func (in *instance) gen(route string) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return route + strconv.Itoa(in.running[route])
 }
 
 // start runs a new Caddy process and waits until both sites serve.
 func (in *instance) start(ctx context.Context) error {
 	in.mu.Lock()
 	in.run++
+	in.running = in.written
 	out, err := os.OpenFile(filepath.Join(in.dir, "caddy.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		in.mu.Unlock()
@@ -341,7 +369,11 @@ func (in *instance) command(args ...string) error {
 // reload makes the instance load its Caddyfile again, whether or not it
 // changed.
 func (in *instance) reload() error {
-	return in.command("reload", "--config", in.config(), "--adapter", "caddyfile", "--force")
+	if err := in.command("reload", "--config", in.config(), "--adapter", "caddyfile", "--force"); err != nil {
+		return err
+	}
+	in.loaded()
+	return nil
 }
 
 // stop ends the process with caddy stop, and kills it if that hangs.

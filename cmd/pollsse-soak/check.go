@@ -97,6 +97,13 @@ type topicSpec struct {
 	cache *verifyCache
 }
 
+// route is the letter of the route that serves the topic, the first
+// segment of its path ("m" of /m/merge).
+func (t *topicSpec) route() string {
+	r, _, _ := strings.Cut(strings.TrimPrefix(t.path, "/"), "/")
+	return r
+}
+
 // A browser is a page's state across its streams: the document, its
 // version and the last id, which it resumes from.
 type browser struct {

@@ -273,7 +273,7 @@ func (r *reader) changed(s *soak, v int, at time.Time) {
 
 // marks is the key of the versions served to the reader's instance.
 func (r *reader) marks() string {
-	return timings{shared: r.shared}.marksKey(r.inst.runID())
+	return timings{shared: r.shared}.marksKey(r.inst.runID(), r.inst.gen(r.topic.route()))
 }
 
 func (r *reader) closed() {

@@ -112,10 +112,14 @@ type upTopic struct {
 const sharedMarks = "cluster"
 
 // marksKey is the key of the versions served to the Caddy process of
-// runID: its own, or the one of all processes when they share a store.
-func (c timings) marksKey(runID string) string {
+// runID for a route of generation gen (X-Soak-Gen): its own, or, when the
+// processes share a store, the one of all that run the route's topic in
+// that generation, which share its topic in the store. Between a reload of
+// one instance that changes a route's configuration and the reload of the
+// others, the two generations are two topics, polled apart.
+func (c timings) marksKey(runID, gen string) string {
 	if c.shared {
-		return sharedMarks
+		return sharedMarks + " " + gen
 	}
 	return runID
 }
@@ -609,7 +613,7 @@ func (u *upstream) answer(w http.ResponseWriter, r *http.Request, t *upTopic, fa
 	}
 	finished()
 	t.mu.Lock()
-	if key := u.cfg.marksKey(instance); t.served[key].v < v {
+	if key := u.cfg.marksKey(instance, r.Header.Get("X-Soak-Gen")); t.served[key].v < v {
 		mark := servedMark{v, time.Now()}
 		t.served[key] = mark
 		marks := append(t.marks[key], mark)
