@@ -81,6 +81,14 @@ func (lb *lockedBuffer) String() string {
 // one more line of the block.
 func startCaddyProcess(t *testing.T, caddyfile string, globalOptions ...string) *caddyProcess {
 	t.Helper()
+	return startCaddyProcessUnder(t, nil, caddyfile, globalOptions...)
+}
+
+// startCaddyProcessUnder is startCaddyProcess with the caddy binary run by
+// the command prefix (such as prlimit and its options), which must exec
+// it, so that the process is Caddy's.
+func startCaddyProcessUnder(t *testing.T, prefix []string, caddyfile string, globalOptions ...string) *caddyProcess {
+	t.Helper()
 	p := &caddyProcess{bin: caddyBinary(t), config: filepath.Join(t.TempDir(), "Caddyfile"), output: new(lockedBuffer), exited: make(chan error, 1)}
 	p.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var extra string
@@ -91,7 +99,8 @@ func startCaddyProcess(t *testing.T, caddyfile string, globalOptions ...string) 
 	if err := os.WriteFile(p.config, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(p.bin, "run", "--config", p.config)
+	args := append(slices.Clone(prefix), p.bin, "run", "--config", p.config)
+	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.output, p.output
 	p.cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
 	if err := p.cmd.Start(); err != nil {

@@ -280,8 +280,18 @@ type statusData struct {
 // are told too, except of a refusal of the topic's credentials, which ends
 // their streams instead, so that their browsers' reconnects get the 401 or
 // 403.
+//
+// A poll that could not be sent for want of resources on this machine
+// (outOfLocalResources) is not counted as a failure of the upstream, which
+// heard nothing: the next poll is at the interval, so that the topic polls
+// on as soon as they are back instead of backing off for up to max_backoff.
+// It is logged at Error, once per outage, since only the operator can
+// help.
 func (p *poller) failed(ctx context.Context, err error) {
-	p.failures++
+	local := outOfLocalResources(err)
+	if !local {
+		p.failures++
+	}
 	var status int
 	var retryAfter time.Duration
 	var ue *upstreamError
@@ -296,7 +306,12 @@ func (p *poller) failed(ctx context.Context, err error) {
 		}
 	} else {
 		p.failing = true
-		p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
+		if local {
+			p.logger.Error("polls cannot be sent: this process is out of resources (open files: ulimit -n, or local ports); polling on at the interval",
+				zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
+		} else {
+			p.logger.Warn("upstream failing", zap.Error(describeRequestError(err)), zap.Duration("retry_in", p.wait))
+		}
 	}
 	if p.downSent || p.prev == nil && refusal(status) {
 		return

@@ -76,6 +76,8 @@ func publicError(err error) string {
 		return "upstream refused the connection"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "upstream closed the connection before the end of its answer"
+	case outOfLocalResources(err):
+		return "the poll could not be sent: this server is out of resources"
 	}
 	var urlErr *url.Error
 	var opErr *net.OpError
@@ -84,4 +86,13 @@ func publicError(err error) string {
 	}
 	// An error of the differ: it describes the body, not where it came from.
 	return err.Error()
+}
+
+// outOfLocalResources tells whether a poll failed before it reached the
+// upstream for want of something on this machine: open files (the process's
+// limit, EMFILE, or the system's, ENFILE), socket buffers, or local ports.
+// Such a failure says nothing of the upstream, which heard nothing.
+func outOfLocalResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.EADDRNOTAVAIL)
 }
