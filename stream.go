@@ -48,17 +48,32 @@ func (c *streamConfig) ended() bool {
 // (fanout.go), and else on this goroutine, through w. The subscription to t
 // is the stream's, which gives it back when it ends.
 func (c *streamConfig) serve(d *detachedStreams, w http.ResponseWriter, r *http.Request, t *topic, at cursor, retry []byte) {
-	k := newResponseSink(beneathIdleTimeout(w), c.writeTimeout)
-	c.writes.add(c, k)
-	defer c.writes.remove(k)
-	if err := k.push(nil, nil, retry); err != nil {
-		c.unsubscribe(t)
+	k := c.begin(w, t, retry)
+	if k == nil {
 		return
 	}
+	defer c.writes.remove(k)
 	if d.detach(w, r, t, at) {
 		return
 	}
 	d.follow(newSubscriber(c, t, at, k), r.Context())
+}
+
+// begin writes retry through a new sink of w, whose writes the write
+// timeout watches, and returns it; nil, with the subscription to t given
+// back, when the write failed. It is a function of its own, not inlined,
+// so that what it needs is off the stack of the stream's life (ServeHTTP).
+//
+//go:noinline
+func (c *streamConfig) begin(w http.ResponseWriter, t *topic, retry []byte) *responseSink {
+	k := newResponseSink(beneathIdleTimeout(w), c.writeTimeout)
+	c.writes.add(c, k)
+	if err := k.push(nil, nil, retry); err != nil {
+		c.writes.remove(k)
+		c.unsubscribe(t)
+		return nil
+	}
+	return k
 }
 
 // follow makes s a follower of its topic's group, streams to it on this
@@ -120,21 +135,30 @@ func (s *subscriber) follow(ctx context.Context) {
 		s.mu.Lock()
 		quiet := time.Since(s.last) >= c.heartbeat
 		s.mu.Unlock()
-		if !quiet {
-			continue
-		}
-		w = followSweepers.Get().(*sweeper)
-		err := s.sink.push(w, nil, heartbeatFrame.bytes)
-		followSweepers.Put(w)
-		if err != nil {
-			metrics.countWriteError(err)
+		if quiet && !s.heartbeat() {
 			return
 		}
-		metrics.countSent(heartbeatFrame)
-		s.mu.Lock()
-		s.last = time.Now()
-		s.mu.Unlock()
 	}
+}
+
+// heartbeat writes a heartbeat to s, a follower, and tells whether it went
+// out. Like streamConfig.begin, it keeps what it needs off the stack that
+// follow holds for the stream's life.
+//
+//go:noinline
+func (s *subscriber) heartbeat() bool {
+	w := followSweepers.Get().(*sweeper)
+	err := s.sink.push(w, nil, heartbeatFrame.bytes)
+	followSweepers.Put(w)
+	if err != nil {
+		metrics.countWriteError(err)
+		return false
+	}
+	metrics.countSent(heartbeatFrame)
+	s.mu.Lock()
+	s.last = time.Now()
+	s.mu.Unlock()
+	return true
 }
 
 // A heartbeatTicker wakes every stream of a handler a few times per
