@@ -306,20 +306,60 @@ func (h *Handler) Cleanup() error {
 // 8 KB to 16 KB at a few hundred bytes more (on HTTP/2, whose writes go
 // deepest).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	t, at, err := h.open(w, r)
+	topicURL, ok, err := h.target(w, r)
+	if !ok {
+		return err
+	}
+	t, at, err := h.open(w, r, topicURL)
 	if t == nil {
 		return err
 	}
+	flushHeaders(w, r)
 	h.streaming.serve(h.detached, w, r, t, at, retryFrame(time.Duration(h.Retry)))
 	return nil
 }
 
-// open answers a request that gets no stream, and returns nil, or the
-// subscription to its topic and where in the log its stream starts, with
-// the stream's headers written.
-func (h *Handler) open(w http.ResponseWriter, r *http.Request) (*topic, cursor, error) {
+// flushHeaders writes the stream's headers. Those of an HTTP/1.1 stream
+// that Caddy records for its access log are written on a goroutine of their
+// own: the request's goroutine then holds the stream's whole life, and
+// net/http writes HTTP/1.1 headers in a 2.8 KB frame, which beneath Caddy's
+// handler chain would move it to a 16 KB stack for good. Any other stream's
+// request goroutine returns once its connection is taken over, or writes no
+// headers itself (HTTP/2, HTTP/3), and is not worth another goroutine. An
+// error shows at the first write of the stream.
+func flushHeaders(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor != 1 || !recorded(w) {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		http.NewResponseController(w).Flush()
+	}()
+	<-done
+}
+
+// recorded tells whether w is, or wraps, one of Caddy's response
+// recorders, as the writer of a request that Caddy logs is.
+func recorded(w http.ResponseWriter) bool {
+	for {
+		if _, ok := w.(caddyhttp.ResponseRecorder); ok {
+			return true
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return false
+		}
+		w = u.Unwrap()
+	}
+}
+
+// target returns the URL of the request's topic, with ok set, or answers a
+// request that gets no stream. Its frame is a small one, since Caddy's
+// replacer, which expands the URL's placeholders, goes deep.
+func (h *Handler) target(w http.ResponseWriter, r *http.Request) (topicURL string, ok bool, err error) {
 	if r.Method != http.MethodGet {
-		return nil, 0, h.serveOtherMethod(w, r)
+		return "", false, h.serveOtherMethod(w, r)
 	}
 	// An EventSource's request has no body. Over HTTP/1.1, a body would
 	// come after the request on the connection that a detached stream
@@ -328,16 +368,23 @@ func (h *Handler) open(w http.ResponseWriter, r *http.Request) (*topic, cursor, 
 	// request without Content-Length has ContentLength -1 whether or not
 	// data follows (every HTTP/3 GET has), and is no body.
 	if r.ContentLength > 0 || (r.ProtoMajor == 1 && r.ContentLength < 0) {
-		return nil, 0, h.writeRefusal(w, http.StatusBadRequest, errors.New("a stream is requested without a body, and this request has one"))
+		return "", false, h.writeRefusal(w, http.StatusBadRequest, errors.New("a stream is requested without a body, and this request has one"))
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	topicURL, err := h.upstream.expand(repl)
+	topicURL, err = h.upstream.expand(repl)
 	if err != nil {
 		if isBadPlaceholder(err) {
-			return nil, 0, h.writeRefusal(w, http.StatusBadRequest, err)
+			return "", false, h.writeRefusal(w, http.StatusBadRequest, err)
 		}
-		return nil, 0, caddyhttp.Error(http.StatusInternalServerError, err)
+		return "", false, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	return topicURL, true, nil
+}
+
+// open subscribes a request to the topic of topicURL and returns the
+// subscription and where in the log its stream starts, with the stream's
+// headers written, or answers the request and returns nil.
+func (h *Handler) open(w http.ResponseWriter, r *http.Request, topicURL string) (*topic, cursor, error) {
 	t, err := h.hub.subscribe(topicURL, h.hub.forwardedHeader(r), clientAddress(r))
 	if err != nil {
 		status, retry := http.StatusServiceUnavailable, time.Duration(h.Retry)
