@@ -293,35 +293,8 @@ func TestRedisStoreLeavesNothing(t *testing.T) {
 // has not yet read (its notice is late) resumes with exactly the events
 // after it, not with a snapshot.
 func TestRedisResumeAhead(t *testing.T) {
-	r := startRedis(t)
 	ctx := context.Background()
-	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
-	name := newTopicName(t)
-	var logs []*redisLog
-	// Two clients of the same Redis, as two instances have; a long lease,
-	// so that the mirror reads Redis only when told to.
-	for _, url := range []string{r.url(), r.url() + "/0"} {
-		hs, err := (&RedisStore{URL: url, Prefix: prefix, Lease: caddy.Duration(time.Minute)}).attach(zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { hs.Close() })
-		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
-	}
-	a, b := logs[0], logs[1]
-	if a.conn == b.conn {
-		t.Fatal("the two instances share a connection")
-	}
-	mustLead(t, a)
-	a.appendEvent(ctx, []byte(`1`), "", nil)
-	readFrom(t, b, 0, "snapshot:1")
-	// b hears no more notices.
-	b.conn.mu.Lock()
-	ps := b.conn.pubsub
-	b.conn.mu.Unlock()
-	if err := ps.Unsubscribe(ctx, b.keys.channel); err != nil {
-		t.Fatal(err)
-	}
+	a, b := deafFollower(t, startRedis(t), `1`)
 	_, at := readUntil(t, a, 0, "snapshot:1")
 	a.appendEvent(ctx, []byte(`2`), eventPatch, []byte(`[2]`))
 	evs, _ := readUntil(t, a, at, "patch:[2]")
@@ -348,7 +321,7 @@ func gaugeValue(g prometheus.Gauge) float64 {
 func TestRedisNewEpochAtSamePosition(t *testing.T) {
 	r := startRedis(t)
 	ctx := context.Background()
-	a, b := deafFollower(t, r)
+	a, b := deafFollower(t, r, `"one"`)
 	r.do("FLUSHALL")
 	a.renew()
 	mustLead(t, a)
@@ -369,7 +342,7 @@ func TestRedisNewEpochAtSamePosition(t *testing.T) {
 func TestRedisFailoverThatRewroteThePosition(t *testing.T) {
 	r := startRedis(t)
 	ctx := context.Background()
-	a, b := deafFollower(t, r)
+	a, b := deafFollower(t, r, `"one"`)
 	// What the replica that took over holds: the topic's epoch, without
 	// the write of "one" (its stream, which held that write alone, is not
 	// there either).
@@ -390,10 +363,11 @@ func TestRedisFailoverThatRewroteThePosition(t *testing.T) {
 }
 
 // deafFollower opens one topic's log on two instances of one Redis (their
-// own connections): a polls and has written its first document, "one",
-// which b has read; b then hears no more notices, and reads the topic
-// again only when kicked.
-func deafFollower(t *testing.T, r *redisServer) (a, b *redisLog) {
+// own connections), with a lease long enough that b reads Redis only when
+// told to: a polls and has written its first document, first, which b has
+// read; b then hears no more notices, and reads the topic again only when
+// kicked.
+func deafFollower(t *testing.T, r *redisServer, first string) (a, b *redisLog) {
 	t.Helper()
 	ctx := context.Background()
 	prefix := fmt.Sprintf("t%d:", time.Now().UnixNano())
@@ -408,9 +382,12 @@ func deafFollower(t *testing.T, r *redisServer) (a, b *redisLog) {
 		logs = append(logs, openLog(t, hs, name, 8).(*redisLog))
 	}
 	a, b = logs[0], logs[1]
+	if a.conn == b.conn {
+		t.Fatal("the two instances share a connection")
+	}
 	mustLead(t, a)
-	a.appendEvent(ctx, []byte(`"one"`), "", nil)
-	readFrom(t, b, 0, `snapshot:"one"`)
+	a.appendEvent(ctx, []byte(first), "", nil)
+	readFrom(t, b, 0, "snapshot:"+first)
 	b.conn.mu.Lock()
 	ps := b.conn.pubsub
 	b.conn.mu.Unlock()
