@@ -67,12 +67,25 @@ func expectOneByOne(t *testing.T, api *fakeAPI, events <-chan sseEvent) {
 	}
 }
 
+// TestEventsArriveOneByOneBehindEncode: compressed streams, on a host with
+// an access log too, where the stream's headers are written apart from its
+// first event (flushHeaders), through encode.
 func TestEventsArriveOneByOneBehindEncode(t *testing.T) {
-	for _, enc := range []string{"gzip", "zstd"} {
-		t.Run(enc, func(t *testing.T) {
+	for _, tt := range []struct {
+		enc    string
+		logged bool
+	}{{"gzip", false}, {"zstd", false}, {"gzip", true}, {"zstd", true}} {
+		enc := tt.enc
+		name := enc
+		var opts []caddyOption
+		if tt.logged {
+			name += " logged"
+			opts = append(opts, withAccessLogs(`{}`))
+		}
+		t.Run(name, func(t *testing.T) {
 			api := newFakeAPI(t, `{"n":0}`)
 			base := startCaddy(t, fmt.Sprintf(`[{"handle":[{"handler":"encode","encodings":{%q:{}},"prefer":[%q]}]},%s]`, enc, enc,
-				pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))))
+				pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))), opts...)
 			req, _ := http.NewRequest(http.MethodGet, base+"/events", nil)
 			req.Header.Set("Accept-Encoding", enc)
 			resp, err := http.DefaultTransport.RoundTrip(req)
