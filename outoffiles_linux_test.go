@@ -1,15 +1,12 @@
 package pollsse
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -129,24 +126,14 @@ func TestPollsOutOfFilesPollOnAtTheInterval(t *testing.T) {
 // endpoint of p, 0 when it is not there.
 func processMetric(t *testing.T, p *caddyProcess, series string) float64 {
 	t.Helper()
-	var resp *http.Response
+	url := "http://" + p.admin + "/metrics"
 	waitFor(t, 10*time.Second, "the admin endpoint's /metrics", func() bool {
-		var err error
-		resp, err = http.Get("http://" + p.admin + "/metrics")
-		return err == nil
-	})
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if value, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, err := strconv.ParseFloat(value, 64)
-			if err != nil {
-				t.Fatalf("%s: %v", sc.Text(), err)
-			}
-			return f
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
 		}
-	}
-	io.Copy(io.Discard, resp.Body)
-	return 0
+		resp.Body.Close()
+		return true
+	})
+	return scrapeMetrics(t, url)[series]
 }
