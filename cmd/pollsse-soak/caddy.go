@@ -68,6 +68,17 @@ const (
 	redisLease = time.Second
 )
 
+// idleTimeout returns the idle_timeout of a route's topics.
+func idleTimeout(route string) time.Duration {
+	switch route {
+	case "u":
+		return userIdle
+	case "t":
+		return tmplIdle
+	}
+	return mainIdle
+}
+
 // caddyfile returns the configuration of one instance.
 func caddyfile(in *instance, hc handlerConfig) string {
 	route := func(route string, history int, maxBody int64) string {
@@ -159,11 +170,11 @@ https://localhost:%d {
 	import streams
 }
 `, in.adminPort, filepath.Join(in.dir, "storage"), filepath.Join(in.dir, "caddy.log"), hc.logLevel, readHeader,
-		hc.upstream, common("s"), mainIdle,
-		hc.upstream, common("m"), mainIdle,
-		hc.upstream, route("f", stillHistory, 8<<20), mainIdle,
-		hc.upstream, common("u"), userIdle,
-		hc.upstream, common("t"), tmplIdle, tmplMaxTopics,
+		hc.upstream, common("s"), idleTimeout("s"),
+		hc.upstream, common("m"), idleTimeout("m"),
+		hc.upstream, route("f", stillHistory, 8<<20), idleTimeout("f"),
+		hc.upstream, common("u"), idleTimeout("u"),
+		hc.upstream, common("t"), idleTimeout("t"), tmplMaxTopics,
 		in.h1Port, in.tlsPort)
 }
 

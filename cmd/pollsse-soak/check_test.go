@@ -275,6 +275,10 @@ func TestExpiredIDIsBeyondTheHistory(t *testing.T) {
 	}
 }
 
+// docX is the topic /doc/x of route s, generation 1, on the first process
+// of instance 1.
+var docX = topicRun{key: "/doc/x", gen: "s1", instance: "i1r1"}
+
 func TestUpstreamChecksPolls(t *testing.T) {
 	cfg := timings{interval: 100 * time.Millisecond, timeout: time.Second, maxBackoff: 2 * time.Second, maxBody: 1 << 20}
 	t0 := time.Now()
@@ -299,7 +303,7 @@ func TestUpstreamChecksPolls(t *testing.T) {
 			rec := &recorder{}
 			u := &upstream{cfg: cfg, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
 			for _, p := range tc.polls {
-				poll := u.arrive("/doc/x gen s1 on i1r1", "/doc/x gen s1 on i1r1", ms(p[0]), "")
+				poll := u.arrive("/doc/x gen s1 on i1r1", docX, ms(p[0]), "")
 				if p[1] >= 0 {
 					u.done(poll, outcome(p[1]), time.Duration(p[2])*time.Millisecond, "")
 				}
@@ -319,7 +323,7 @@ func TestUpstreamChecksPolls(t *testing.T) {
 			trouble := func(from, to time.Time) bool { return !ms(300).Before(from) && !ms(300).After(to) }
 			u.storeTrouble.Store(&trouble)
 			for _, p := range tc.polls {
-				poll := u.arrive("/doc/x gen s1 on every instance", "/doc/x gen s1 on i1r1", ms(p[0]), "")
+				poll := u.arrive("/doc/x gen s1 on every instance", docX, ms(p[0]), "")
 				if p[1] >= 0 {
 					u.done(poll, outcome(p[1]), time.Duration(p[2])*time.Millisecond, "")
 				}
@@ -335,8 +339,8 @@ func TestUpstreamChecksPolls(t *testing.T) {
 func TestUpstreamLetsCaddyGiveUpOnAPoll(t *testing.T) {
 	rec := &recorder{}
 	u := &upstream{cfg: timings{interval: 100 * time.Millisecond, timeout: time.Second, maxBackoff: 2 * time.Second}, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
-	hung := u.arrive("/doc/x gen s1 on i1r1", "/doc/x gen s1 on i1r1", time.Now(), "")
-	next := u.arrive("/doc/x gen s1 on i1r1", "/doc/x gen s1 on i1r1", time.Now(), "")
+	hung := u.arrive("/doc/x gen s1 on i1r1", docX, time.Now(), "")
+	next := u.arrive("/doc/x gen s1 on i1r1", docX, time.Now(), "")
 	// The connection of the hung poll closes a moment after the next
 	// arrived.
 	time.Sleep(50 * time.Millisecond)
@@ -346,6 +350,67 @@ func TestUpstreamLetsCaddyGiveUpOnAPoll(t *testing.T) {
 	time.Sleep(inFlightGrace)
 	if got := rec.all(); got != "" {
 		t.Fatal(got)
+	}
+}
+
+// TestUpstreamKnowsATopicStartedAnew: the polls of a per-user topic that a
+// soak on three instances once took for a broken backoff. The topic got a
+// 429 with Retry-After: 1, stopped for being idle during that second, and
+// the next stream started it anew, whose first poll came at once and whose
+// waits were those of its own first failures. The soak's streams tell
+// when the topic can have started anew; without such a start the same
+// polls are a broken backoff.
+func TestUpstreamKnowsATopicStartedAnew(t *testing.T) {
+	cfg := timings{interval: 100 * time.Millisecond, timeout: 3 * time.Second, maxBackoff: 2 * time.Second, maxBody: 1 << 20}
+	carol := topicRun{key: "user:carol", gen: "u10", instance: "i2r9"}
+	onI2 := presenceKey{instance: "i2", route: "u", key: "user:carol"}
+	onI3 := presenceKey{instance: "i3", route: "u", key: "user:carol"}
+	// (arrival in ms, outcome, Retry-After in ms)
+	polls := [][3]int{{0, 2, 0}, {214, 2, 1000}, {923, 2, 0}, {1109, 2, 0}, {1447, 0, 0}}
+	for _, tc := range []struct {
+		name string
+		// The last stream of the topic before the polls left at left,
+		// and the next came at back, on the instance of k.
+		k          presenceKey
+		left, back int
+		want       string
+	}{
+		{"a stream all along", onI2, 0, 0, "sooner than the backoff allows"},
+		{"streams back within the idle timeout", onI2, -1500, 920, "sooner than the backoff allows"},
+		{"streams back after the idle timeout", onI2, -2200, 920, ""},
+		{"streams back on another instance", onI3, -2200, 920, "sooner than the backoff allows"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t0 := time.Now().Add(-3 * time.Second)
+			at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+			pr := newPresence(func(route string) time.Duration {
+				if route != "u" {
+					t.Errorf("idle timeout of route %q asked for", route)
+				}
+				return 3 * time.Second
+			})
+			pr.opened(tc.k, at(-60000))
+			if tc.back != 0 {
+				pr.closed(tc.k, at(tc.left))
+				pr.opened(tc.k, at(tc.back))
+			}
+			rec := &recorder{}
+			u := &upstream{cfg: cfg, v: rec, series: map[string]*pollSeries{}, faults: map[string]int{}}
+			started := pr.startedAnew
+			u.started.Store(&started)
+			for _, p := range polls {
+				poll := u.arrive(carol.String(), carol, at(p[0]), "")
+				u.done(poll, outcome(p[1]), time.Duration(p[2])*time.Millisecond, "")
+			}
+			time.Sleep(troubleLag + 50*time.Millisecond)
+			got := rec.all()
+			if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+			if restarts := u.restartedRuns(); (tc.want == "") != (restarts > 0) {
+				t.Fatalf("%d runs explained by a new start", restarts)
+			}
+		})
 	}
 }
 

@@ -205,6 +205,11 @@ func (s *soak) session(ctx context.Context, b *browser, o sessionOpts) (res sess
 	}
 	s.stats.sessions.Add(1)
 	s.stats.byProto[o.proto].Add(1)
+	if t := b.topic; t.up != nil && s.presence != nil {
+		k := presenceKey{instance: o.inst.name(), route: t.route(), key: t.up.key}
+		s.presence.opened(k, time.Now())
+		defer func() { s.presence.closed(k, time.Now()) }()
+	}
 	resp, err := s.ts.client(o.proto, o.rate > 0).Do(req)
 	if err != nil {
 		return sessionResult{serverEnded: ctx.Err() == nil, body: err.Error()}

@@ -268,6 +268,9 @@ func (s *soak) run(dir string) int {
 	}
 	defer up.close()
 	s.up = up
+	s.presence = newPresence(idleTimeout)
+	started := s.presence.startedAnew
+	up.started.Store(&started)
 	identify := s.pollerOf
 	up.identify.Store(&identify)
 	s.ledger.shared = shared

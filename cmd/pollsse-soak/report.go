@@ -96,6 +96,7 @@ func (s *soak) report(elapsed time.Duration, race bool) string {
 	line("  faults:     %d of %d polls: %s", n, polls, strings.Join(kinds, ", "))
 	line("  operations: %d reloads with unchanged topics, %d with changed topics, %d stops and starts, %d kills (SIGKILL) and starts",
 		st.reloadsSame.Load(), st.reloadsChanged.Load(), st.restarts.Load(), st.kills.Load())
+	line("  backoff:    %d runs of failed polls were cut short by their topic's start anew, after it had no stream for its idle timeout", s.up.restartedRuns())
 	if s.store != nil {
 		line("  store:      redis, shared by the %d instances; %d samples found one with its store out of reach (it polls alone meanwhile) or a lease lost, which excused %d polls beyond the limits",
 			len(s.insts), s.store.moments(), s.up.excusedPolls())

@@ -46,6 +46,8 @@ type soak struct {
 	mallory *topicSpec
 
 	keepers []*keeper
+	// presence knows when the topics of each instance had no stream.
+	presence *presence
 	// readers are the streams that keep up, open now.
 	readers sync.Map
 

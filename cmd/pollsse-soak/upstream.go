@@ -51,6 +51,11 @@ type upstream struct {
 	// excused counts the polls beyond the limits that a store's outage
 	// explained.
 	excused int
+	// started, when set, tells whether a topic may have started anew
+	// between two times, after it had no stream for its idle timeout; and
+	// restarts counts the runs of failures that such a start explained.
+	started  atomic.Pointer[func(run topicRun, from, to time.Time) bool]
+	restarts int
 
 	mu     sync.Mutex
 	topics map[string]*upTopic
@@ -367,18 +372,17 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	var p *poll
 	if !redirected {
-		topicKey := key + " gen " + r.Header.Get("X-Soak-Gen")
 		// Polls are counted per topic and poller: per instance, or over
 		// all instances when they share a store, which polls each topic
 		// on one instance at a time. The backoff after failures is that
 		// of one instance's poller, which starts anew when another one
 		// takes the topic over.
-		runKey := topicKey + " on " + instance
-		seriesKey := runKey
+		run := topicRun{key: key, gen: r.Header.Get("X-Soak-Gen"), instance: instance}
+		seriesKey := run.String()
 		if u.cfg.shared {
-			seriesKey = topicKey + " on every instance"
+			seriesKey = key + " gen " + run.gen + " on every instance"
 		}
-		p = u.arrive(seriesKey, runKey, time.Now(), r.RemoteAddr+" "+r.URL.RequestURI())
+		p = u.arrive(seriesKey, run, time.Now(), r.RemoteAddr+" "+r.URL.RequestURI())
 		// A poll that Caddy gave up on is over, whatever the handler
 		// still does.
 		stop := context.AfterFunc(r.Context(), func() { u.release(p) })
@@ -404,6 +408,14 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		u.done(p, outcome, retryAfter, fault)
 	}
 }
+
+// A topicRun is a topic on one Caddy process: the upstream's key of its
+// document, the generation of its route (X-Soak-Gen) and the process's run
+// id. Its polls make one schedule, unless the topic stopped for being idle
+// and started anew in between.
+type topicRun struct{ key, gen, instance string }
+
+func (r topicRun) String() string { return r.key + " gen " + r.gen + " on " + r.instance }
 
 // pollerKey is the key of the context value of a connection that names the
 // Caddy process that opened it (upstream.identify).
@@ -687,12 +699,12 @@ const (
 // window; and fewer under backoff, over the span of a run of failures,
 // whose waits (from the start of each poll) add up to at least what the
 // schedule allows.
-func (u *upstream) arrive(key, runKey string, at time.Time, from string) *poll {
+func (u *upstream) arrive(key string, run topicRun, at time.Time, from string) *poll {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.polls++
 	s := u.seriesOf(key)
-	rs := u.seriesOf(runKey)
+	rs := u.seriesOf(run.String())
 	p := &poll{s: s, at: at, from: from}
 	if prev := s.last; prev != nil && !prev.released {
 		// Caddy sends a poll only once it has the answer to the one before
@@ -736,9 +748,9 @@ func (u *upstream) arrive(key, runKey string, at time.Time, from string) *poll {
 				time.AfterFunc(troubleLag, func() {
 					u.mu.Lock()
 					defer u.mu.Unlock()
-					if !u.excuse(begin, at) {
+					if !u.excuse(begin, at) && !u.startedAnew(run, begin, at) {
 						u.v.fail("upstream: %d failed polls of %s and the next came within %s, sooner than the backoff allows (%s): %s, then %s",
-							failureRun, runKey, span.Round(time.Millisecond), least, strings.Join(faults, ", "), from)
+							failureRun, run, span.Round(time.Millisecond), least, strings.Join(faults, ", "), from)
 					}
 				})
 			}
@@ -784,12 +796,32 @@ func (u *upstream) excuse(from, to time.Time) bool {
 	return true
 }
 
+// startedAnew tells whether the topic of run may have stopped for being
+// idle and started again between from and to: the new topic's schedule
+// owes nothing to the failures of the one before. u.mu must be held.
+func (u *upstream) startedAnew(run topicRun, from, to time.Time) bool {
+	started := u.started.Load()
+	if started == nil || !(*started)(run, from, to) {
+		return false
+	}
+	u.restarts++
+	return true
+}
+
 // excusedPolls returns how many polls beyond the limits a store's outage
 // explained.
 func (u *upstream) excusedPolls() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.excused
+}
+
+// restartedRuns returns how many runs of failures a topic's new start
+// explained.
+func (u *upstream) restartedRuns() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.restarts
 }
 
 // seriesOf returns the series of key, made on first use. u.mu must be held.
