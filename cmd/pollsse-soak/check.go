@@ -283,6 +283,15 @@ func (c *streamCheck) position(name string, id eventID, at time.Time) error {
 			if c.r.mustSnapshot {
 				return broken("resumed from %s (%s) and got %s %s first, not a snapshot", strconv.Quote(c.r.sent), c.r.why, name, id)
 			}
+			if c.r.own && c.l.shared && localEpoch(id.epoch) && !localEpoch(c.r.id.epoch) {
+				// An instance that found the shared store out of reach
+				// goes on from its mirror of Redis's log in an epoch
+				// of its own, as its open streams do: the id sent is
+				// continued by a patch of that epoch, which must take
+				// the browser's document to a later version.
+				c.switched = true
+				return nil
+			}
 			if !c.r.own || c.r.id.epoch != id.epoch {
 				return broken("the stream began with %s %s, which continues nothing it sent (resumed from %q)", name, id, c.r.sent)
 			}

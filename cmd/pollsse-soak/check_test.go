@@ -189,6 +189,44 @@ func stream(t *testing.T, b *browser, l *ledger, r resume, at time.Time, events 
 	}
 }
 
+// TestResumeOnAnInstanceThatPollsAlone: a browser resumes with an id of
+// Redis's log on an instance that has just found Redis out of reach and
+// polls alone, numbering in an epoch of its own; the first event of the
+// stream is the patch of that epoch that follows the id, as a seed-5 soak
+// on three instances saw. It continues the browser's document on a shared
+// store, and nothing on instances of their own; a patch that skips a
+// version is still caught.
+func TestResumeOnAnInstanceThatPollsAlone(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		shared bool
+		sent   string
+		first  sseEvent
+		want   string // "" when the stream is right
+	}{
+		{"on a shared store", true, "e-1", patchEv("Lab-1", toV2), ""},
+		{"on instances of their own", false, "e-1", patchEv("Lab-1", toV2), "continues nothing"},
+		{"from another instance's own epoch", true, "Lcd-1", patchEv("Lab-1", toV2), "continues nothing"},
+		{"a patch that skips versions", true, "e-1", patchEv("Lab-1", toV4), "differs from version 4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
+			l := newLedger(32, &recorder{})
+			l.shared = tc.shared
+			stream(t, b, l, resume{instance: "i1r1"}, time.Now(), snap(tc.sent, fakeDocs[1]))
+			id, _ := parseID(tc.sent)
+			c := newStreamCheck(b, resume{sent: tc.sent, id: id, own: true, instance: "i2r1"}, l, "")
+			err := c.event(tc.first, time.Now())
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+			if tc.want == "" && b.version != 2 {
+				t.Fatalf("the browser's document is at version %d, want 2", b.version)
+			}
+		})
+	}
+}
+
 func TestBrowserThatHopsToAnotherInstanceMayFindAnOlderVersion(t *testing.T) {
 	b := &browser{topic: fakeTopic("json_patch", "", fakeDocs)}
 	l := newLedger(32, &recorder{})
