@@ -136,6 +136,43 @@ func TestRedisFencedWrite(t *testing.T) {
 	}
 }
 
+// TestRedisFollowerAsksWhenTheLeaseRunsOut: a follower asks for the lease
+// again when the holder's runs out, not up to a fifth of a lease later,
+// so that the topic of a poller that died goes unpolled for no longer than
+// a lease; a lease given up before it runs out is asked for at least five
+// times a lease. A lease key without an expiry (none of ours) is asked
+// for as often.
+func TestRedisFollowerAsksWhenTheLeaseRunsOut(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	const lease = time.Second
+	logs := redisLogs(t, r, 3, lease)
+	holder, follower, other := logs[0], logs[1], logs[2]
+	mustLead(t, holder)
+	if term, recheck := follower.lead(ctx); term != 0 || recheck != lease/5 {
+		t.Errorf("with the holder's lease just renewed: term %d, recheck %s, want 0 and %s", term, recheck, lease/5)
+	}
+	// An instance that died 950ms ago holds the lease, which runs out in
+	// 50ms.
+	if _, err := r.do("SET", holder.keys.lease, "a dead instance", "PX", 50); err != nil {
+		t.Fatal(err)
+	}
+	term, recheck := follower.lead(ctx)
+	if term != 0 || recheck <= 0 || recheck > 50*time.Millisecond+leaseAsk {
+		t.Fatalf("with the holder's lease running out in 50ms: term %d, recheck %s", term, recheck)
+	}
+	time.Sleep(recheck)
+	if term, _ := follower.lead(ctx); term == 0 {
+		t.Errorf("the follower's ask %s later found the lease still held", recheck)
+	}
+	if _, err := r.do("SET", holder.keys.lease, "another program"); err != nil {
+		t.Fatal(err)
+	}
+	if term, recheck := other.lead(ctx); term != 0 || recheck != lease/5 {
+		t.Errorf("with a lease key without an expiry: term %d, recheck %s, want 0 and %s", term, recheck, lease/5)
+	}
+}
+
 // TestRedisResumeOnNewInstance: an instance on which a topic starts loads
 // the topic's history from Redis, so that an id of another instance
 // resumes on it with exactly the events after it.
