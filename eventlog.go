@@ -45,6 +45,14 @@ type eventLog interface {
 	// from a snapshot are told after it, and those that wait for the first
 	// document are told at once.
 	setStatus(ctx context.Context, data []byte, down bool) error
+	// refused records for the instances that do not poll the topic
+	// whether the upstream's latest answer refuses the topic's
+	// credentials: status is that 401 or 403, else 0. It is no event: a
+	// stream that waits for its first snapshot ends instead of reading one,
+	// and a new subscriber gets the status as its response, on every
+	// instance. errNotPolling means that the caller is no longer the
+	// topic's poller.
+	refused(ctx context.Context, status int) error
 	// resume returns the cursor for a subscriber that last saw the event with
 	// the given id, or the zero cursor when the id is unknown, malformed or too old, in
 	// which case the subscriber starts with a snapshot.

@@ -212,8 +212,9 @@ func (h *hub) subscribe(url string, fwd http.Header, client netip.Prefix) (*topi
 		ctx, cancel := context.WithCancel(h.ctx)
 		id := h.topicID(key)
 		logger := h.logger.With(zap.String("upstream", redactURL(url)), zap.String("topic", id))
-		log := h.store.open(topicRef{id: id, history: h.cfg.History, interval: h.cfg.Interval, logger: logger})
-		t = newTopic(key, id, url, fwd, log, cancel)
+		t = newTopic(key, id, url, fwd, nil, cancel)
+		log := h.store.open(topicRef{id: id, history: h.cfg.History, interval: h.cfg.Interval, logger: logger, state: &t.upstreamState})
+		t.log = log
 		h.topics[key] = t
 		p := h.newPoller(t, logger)
 		h.wg.Add(1)

@@ -5,6 +5,7 @@ package pollsse
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +94,63 @@ func redisContents(t *testing.T, r *redisServer) map[string]string {
 		t.Fatal("Redis holds no keys")
 	}
 	return out
+}
+
+// TestInstancesShareARefusal: the instances of one Redis answer a user
+// whose credentials the upstream refuses as one instance does, whichever
+// of them polls the user's topic; the others learn the refusal from Redis,
+// not from a poll of their own. Before the topic's first document, the
+// browser gets the 403 on every instance (a first stream that opened before
+// its instance heard ends without an event). After a first document, a
+// refusal leaves the open streams open, told that the upstream is down,
+// and new requests get the 403 on every instance, until the upstream takes
+// the credentials again.
+func TestInstancesShareARefusal(t *testing.T) {
+	r := startRedis(t)
+	api := newUsersAPI(t)
+	insts := startInstances(t, 2, api.URL+"/account", redisStoreLines(r.url()), "forward_headers Authorization")
+	for i, in := range insts {
+		if status, _ := eventSourceStatus(t, in.events(), bearer("mallory-token")); status != http.StatusForbidden {
+			t.Errorf("mallory got %d from instance %d, want 403", status, i+1)
+		}
+	}
+
+	// Alice's topic is polled by the first instance, which she opens first.
+	var streams []*streamClient
+	for i, in := range insts {
+		s := openStreamWith(t, in.events(), bearer("alice-token"), "")
+		if ev := s.next(10 * time.Second); ev.name != "snapshot" {
+			t.Fatalf("alice got %+v first on instance %d", ev, i+1)
+		}
+		streams = append(streams, s)
+	}
+	statusOn := func(in *instance) int {
+		status, _ := getStatus(t, in.events(), bearer("alice-token"))
+		return status
+	}
+	api.setFor("Bearer alice-token", http.StatusForbidden, "forbidden")
+	for i, s := range streams {
+		if sd := decodeStatus(t, s.next(10*time.Second)); sd.Upstream != "down" || sd.Status != http.StatusForbidden {
+			t.Errorf("alice's stream on instance %d got %+v, want down with 403", i+1, sd)
+		}
+	}
+	for i, in := range insts {
+		waitFor(t, 5*time.Second, fmt.Sprintf("instance %d to refuse alice's new stream", i+1), func() bool { return statusOn(in) == http.StatusForbidden })
+	}
+
+	api.setFor("Bearer alice-token", http.StatusOK, `{"user":"alice","balance":80}`)
+	for i, s := range streams {
+		for {
+			ev := s.next(10 * time.Second)
+			if ev.name == "patch" && strings.Contains(ev.data, "80") {
+				break
+			}
+			if ev.name != "status" {
+				t.Fatalf("alice's stream on instance %d got %+v, want the up status and the patch", i+1, ev)
+			}
+		}
+	}
+	for i, in := range insts {
+		waitFor(t, 5*time.Second, fmt.Sprintf("instance %d to stream to alice again", i+1), func() bool { return statusOn(in) == http.StatusOK })
+	}
 }

@@ -322,6 +322,9 @@ func (l *memoryLog) setStatus(_ context.Context, data []byte, down bool) error {
 	return nil
 }
 
+// refused has no other instance to tell.
+func (l *memoryLog) refused(context.Context, int) error { return nil }
+
 func (l *memoryLog) resume(lastEventID string) cursor {
 	if len(lastEventID) > maxIDLength || !strings.HasPrefix(lastEventID, l.epoch+"-") {
 		return 0

@@ -63,6 +63,10 @@ type poller struct {
 	// term is the log's term (eventLog.lead) in which prev was written or
 	// read, 0 while another instance polls the topic.
 	term uint64
+	// toldDenied is the refusal (401, 403, or 0 for none) that the log
+	// last recorded for the other instances (eventLog.refused), -1 when
+	// not known, as when this instance has just taken the topic over.
+	toldDenied int
 	// lastPoll is when the last poll started: however often the polling
 	// of the topic moves between instances, this one polls it at most once
 	// per interval.
@@ -153,6 +157,7 @@ func (p *poller) follow() {
 // and the state of the upstream is the one the log last recorded.
 func (p *poller) takeOver(ctx context.Context, term uint64) {
 	p.term = term
+	p.toldDenied = -1
 	p.etag, p.lastModified = "", ""
 	p.failures, p.failing = 0, false
 	p.prev, p.downSent = nil, false
@@ -300,6 +305,7 @@ func (p *poller) failed(ctx context.Context, err error) {
 	}
 	p.wait = p.sched.next(p.failures, retryAfter)
 	p.state.setDenied(status)
+	p.tellDenied(ctx, status)
 	if p.failing {
 		if ce := p.logger.Check(zap.DebugLevel, "poll failed"); ce != nil {
 			ce.Write(zap.Error(describeRequestError(err)), zap.Int("failures", p.failures), zap.Duration("retry_in", p.wait))
@@ -322,11 +328,24 @@ func (p *poller) failed(ctx context.Context, err error) {
 	p.wrote(p.log.setStatus(ctx, b, true))
 }
 
+// tellDenied records in the log whether the upstream refuses the topic's
+// credentials, for the instances that follow the topic, when that changed:
+// status is the failed poll's HTTP status, 0 for a success.
+func (p *poller) tellDenied(ctx context.Context, status int) {
+	if !refusal(status) {
+		status = 0
+	}
+	if status != p.toldDenied && p.wrote(p.log.refused(ctx, status)) {
+		p.toldDenied = status
+	}
+}
+
 // recovered records a successful poll, after failures or not.
 func (p *poller) recovered(ctx context.Context) {
 	p.failures = 0
 	p.wait = p.sched.next(0, 0)
 	p.state.setDenied(0)
+	p.tellDenied(ctx, 0)
 	if !p.failing {
 		return
 	}

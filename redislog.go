@@ -42,6 +42,10 @@ type redisLog struct {
 	history int
 	topicID string
 	logger  *zap.Logger
+	// state is the topic's upstreamState, which the mirror keeps as Redis
+	// tells it while another instance polls the topic; nil in tests of the
+	// log alone.
+	state *upstreamState
 	// token identifies this log's lease.
 	token string
 	// localEpoch is the epoch of the ids issued while Redis is down.
@@ -89,6 +93,7 @@ func newRedisLog(conn *redisConn, t topicRef, lease time.Duration) *redisLog {
 		history:    max(t.history, 1),
 		topicID:    t.id,
 		logger:     t.logger,
+		state:      t.state,
 		token:      randomHex(12),
 		localEpoch: "L" + randomHex(5),
 		kicks:      make(chan struct{}, 1),
@@ -346,7 +351,7 @@ func (l *redisLog) sync() {
 	l.mu.RUnlock()
 	ctx, cancel := l.call(context.Background())
 	defer cancel()
-	res, err := readScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream}, from, epoch, check).Slice()
+	res, err := readScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.stream, l.keys.lease}, from, epoch, check).Slice()
 	if err != nil {
 		if unreachable(err) {
 			l.storeFailed(err)
@@ -356,7 +361,7 @@ func (l *redisLog) sync() {
 		return
 	}
 	l.leaseMu.Lock()
-	local := l.local
+	local, holding := l.local, l.holding
 	l.leaseMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -366,7 +371,10 @@ func (l *redisLog) sync() {
 		return
 	}
 	l.storeAnswered()
-	if epoch, _ = res[0].(string); epoch == "" || len(res) < 7 {
+	if !holding && len(res) > 0 {
+		defer l.keepState(res[len(res)-1])
+	}
+	if epoch, _ = res[0].(string); epoch == "" || len(res) < 8 {
 		// The topic has no keys (yet, or any more): its first document
 		// starts an epoch.
 		return
@@ -403,6 +411,22 @@ func (l *redisLog) sync() {
 		l.snap.data = []byte(doc)
 	}
 	l.pos, l.check = head, hc
+}
+
+// keepState keeps the topic's upstreamState as the instance that polls the
+// topic tells it: denied is the refusal that Redis holds ("" for none), and
+// the topic has its first document once the mirror has one. l.mu must be
+// held.
+func (l *redisLog) keepState(denied any) {
+	if l.state == nil {
+		return
+	}
+	if l.snap != nil {
+		l.state.setDocumented()
+	}
+	status, _ := denied.(string)
+	n, _ := strconv.Atoi(status)
+	l.state.setDenied(n)
 }
 
 // reload loads the mirror anew from Redis's log: a document without a
@@ -448,6 +472,40 @@ func (l *redisLog) reload(epoch string, head uint64, hc, docID string, doc []byt
 // recovered.
 func upstreamUpData(topicID string) []byte {
 	return []byte(`{"upstream":"up","topic":"` + topicID + `"}`)
+}
+
+func (l *redisLog) refused(ctx context.Context, status int) error {
+	l.leaseMu.Lock()
+	local, holding := l.local, l.holding
+	l.leaseMu.Unlock()
+	if local {
+		// Redis is out of reach: the others poll the topic by themselves.
+		return nil
+	}
+	if !holding {
+		return errNotPolling
+	}
+	value := ""
+	if status != 0 {
+		value = strconv.Itoa(status)
+	}
+	ctx, cancel := l.call(ctx)
+	defer cancel()
+	n, err := refuseScript.Run(ctx, l.conn.client, []string{l.keys.meta, l.keys.lease},
+		l.token, value, redisTopicTTL.Milliseconds(), l.keys.channel).Int()
+	switch {
+	case err != nil && unreachable(err) && ctx.Err() != context.Canceled:
+		l.storeFailed(err)
+		return nil
+	case err != nil:
+		return err
+	case n != 1:
+		l.leaseMu.Lock()
+		l.lost("the store refused a write under a lease that had ended")
+		l.leaseMu.Unlock()
+		return errNotPolling
+	}
+	return nil
 }
 
 func (l *redisLog) resume(lastEventID string) cursor {

@@ -14,7 +14,9 @@ import (
 //	<prefix>{<topic id>}:m  hash: epoch, head (the last position), hc (the
 //	                        check of the entry at head), doc and docid (the
 //	                        current document's snapshot data and id), down
-//	                        (the upstream's down status, "" while it is up)
+//	                        (the upstream's down status, "" while it is up),
+//	                        denied (the 401 or 403 of an upstream that
+//	                        refuses the topic's credentials, absent else)
 //	<prefix>{<topic id>}:s  stream of the last `history` entries, entry id
 //	                        "<position>-1", fields k (kind), i (event id),
 //	                        c (check) and d (data)
@@ -85,18 +87,40 @@ redis.call('PUBLISH', ARGV[10], pos)
 return {1, epoch, pos, id, kind}
 `)
 
+// refuseScript records in a topic's meta whether the upstream refuses the
+// topic's credentials, fenced by the lease as appendScript is, and tells
+// the other instances on the topic's channel. KEYS: meta, lease. ARGV:
+// token, the refusal's status ("" for none), TTL in ms, channel. It returns
+// 0 when fenced off, else 1.
+var refuseScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], 'denied')
+else
+  redis.call('HSET', KEYS[1], 'denied', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[4], 'denied')
+return 1
+`)
+
 // readScript reads a topic at once: its state, and its entries from the
 // reader's position on, the entry at that position included without its
 // data; all of them, and the document, when the reader has none (position
 // 0) or another epoch. The document, which may be large, is read only when
 // there is an entry after the position or the entry there is not the
 // reader's (another check: a failover lost it and the position was written
-// again). KEYS: meta, stream. ARGV: the reader's position, epoch and the
-// check of its entry at that position. It returns {false} for a topic without
-// keys, else {epoch, head, hc, docid, doc, down, entries}.
+// again). ARGV: the reader's position, epoch and the
+// check of its entry at that position. denied is the refusal that the
+// topic's poller recorded (refuseScript), while an instance holds the lease
+// to vouch for it, else "". KEYS: meta, stream, lease. It returns {false,
+// denied} for a topic without a document or event yet, else {epoch, head,
+// hc, docid, doc, down, entries, denied}.
 var readScript = redis.NewScript(`
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down')
-if not m[1] then return {false} end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down', 'denied')
+local denied = ''
+if m[6] and redis.call('EXISTS', KEYS[3]) == 1 then denied = m[6] end
+if not m[1] then return {false, denied} end
 local head, from = m[2] or '0', '-'
 if tonumber(ARGV[1]) > 0 and m[1] == ARGV[2] then from = ARGV[1] .. '-1' end
 local entries = redis.call('XRANGE', KEYS[2], from, '+')
@@ -114,7 +138,7 @@ local doc = ''
 if from == '-' or #entries ~= 1 or head ~= ARGV[1] or check ~= ARGV[3] then
   doc = redis.call('HGET', KEYS[1], 'doc') or ''
 end
-return {m[1], head, m[3] or '', m[4] or '', doc, m[5] or '', entries}
+return {m[1], head, m[3] or '', m[4] or '', doc, m[5] or '', entries, denied}
 `)
 
 // entryKind returns the kind of the stream entry of an event.

@@ -53,6 +53,9 @@ type topicRef struct {
 	// interval is the topic's poll interval.
 	interval time.Duration
 	logger   *zap.Logger
+	// state is the topic's upstreamState, which a store shared by several
+	// instances keeps as the instance that polls the topic tells it.
+	state *upstreamState
 }
 
 // MemoryStore keeps each topic's log in this Caddy's memory: ids are valid
