@@ -280,10 +280,7 @@ func (l *redisLog) write(ctx context.Context, kind string, data, extra []byte) e
 		return nil
 	}
 	if n, _ := res[0].(int64); n != 1 {
-		l.leaseMu.Lock()
-		l.lost("the store refused a write under a lease that had ended")
-		l.leaseMu.Unlock()
-		return errNotPolling
+		return l.fencedOff()
 	}
 	epoch, _ := res[1].(string)
 	pos, _ := res[2].(int64)
@@ -500,12 +497,18 @@ func (l *redisLog) refused(ctx context.Context, status int) error {
 	case err != nil:
 		return err
 	case n != 1:
-		l.leaseMu.Lock()
-		l.lost("the store refused a write under a lease that had ended")
-		l.leaseMu.Unlock()
-		return errNotPolling
+		return l.fencedOff()
 	}
 	return nil
+}
+
+// fencedOff gives up the lease after the store refused a write under it,
+// another instance having taken the topic over, and returns errNotPolling.
+func (l *redisLog) fencedOff() error {
+	l.leaseMu.Lock()
+	defer l.leaseMu.Unlock()
+	l.lost("the store refused a write under a lease that had ended")
+	return errNotPolling
 }
 
 func (l *redisLog) resume(lastEventID string) cursor {

@@ -110,12 +110,12 @@ return 1
 // 0) or another epoch. The document, which may be large, is read only when
 // there is an entry after the position or the entry there is not the
 // reader's (another check: a failover lost it and the position was written
-// again). ARGV: the reader's position, epoch and the
-// check of its entry at that position. denied is the refusal that the
-// topic's poller recorded (refuseScript), while an instance holds the lease
-// to vouch for it, else "". KEYS: meta, stream, lease. It returns {false,
-// denied} for a topic without a document or event yet, else {epoch, head,
-// hc, docid, doc, down, entries, denied}.
+// again). denied is the refusal that the topic's poller recorded
+// (refuseScript), while an instance holds the lease to vouch for it, else
+// "". KEYS: meta, stream, lease. ARGV: the reader's position, epoch and the
+// check of its entry at that position. It returns {false, denied} for a
+// topic without a document or event yet, else {epoch, head, hc, docid, doc,
+// down, entries, denied}.
 var readScript = redis.NewScript(`
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'head', 'hc', 'docid', 'down', 'denied')
 local denied = ''
