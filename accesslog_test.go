@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -168,4 +169,141 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
 	return n, err
+}
+
+// TestStreamLogLineIsCaddys: a stream taken over from net/http on a logged
+// host writes its access log line itself, and its request's goroutine
+// returns while the stream goes on. The line is Caddy's: the logger that
+// `log_name` (the access_logger_names variable) picks, the level and
+// message, the same fields as the line Caddy writes for another request of
+// the same route, and the extra fields of `log_append`, written when the
+// request's handler chain returned (the request's uuid here). Caddy writes
+// no line of its own for the stream. A Caddy that keeps its extra log
+// fields where the stream cannot read them fails here.
+func TestStreamLogLineIsCaddys(t *testing.T) {
+	if !canDetach {
+		t.Skip("streams are taken over from net/http on unix systems only (canDetach)")
+	}
+	if !extraFieldsOK {
+		t.Fatal("caddyhttp.ExtraLogFields keeps its fields otherwise: logged streams keep their requests until they end")
+	}
+	api := newFakeAPI(t, `{"a":1}`)
+	before := `{"handler":"vars","access_logger_names":["streams"]},{"handler":"log_append","key":"req_id","value":"{http.request.uuid}"}`
+	routes := fmt.Sprintf(`[
+		{"match":[{"path":["/events"]}],"handle":[%s,{"handler":"poll_sse","upstream":%q,"interval":"100ms","heartbeat":"1h"}]},
+		{"match":[{"path":["/other"]}],"handle":[%s,{"handler":"static_response","status_code":200,"body":"ok"}]}
+	]`, before, api.URL, before)
+	base, log := startCaddyAtDebug(t, routes, withAccessLogs(`{}`))
+	u, _ := url.Parse(base)
+
+	const streams = 3
+	var conns []net.Conn
+	for i := range streams {
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /events?c=%d HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\nX-Probe: yes\r\n\r\n", i, u.Host)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("got %v, %v; want a stream", resp, err)
+		}
+		if ev := nextNamed(t, bufio.NewReader(resp.Body)); ev.name != "snapshot" {
+			t.Fatalf("the stream began with %+v", ev)
+		}
+		conns = append(conns, conn)
+	}
+	waitFor(t, 5*time.Second, "the streams' requests to return", func() bool {
+		watches, inRequests := 0, 0
+		for _, g := range goroutineStacks() {
+			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
+				watches++
+				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
+					inRequests++
+				}
+			}
+		}
+		return watches == streams && inRequests == 0
+	})
+	req, _ := http.NewRequest(http.MethodGet, base+"/other", nil)
+	req.Header.Set("X-Probe", "yes")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	opened := time.Now()
+	time.Sleep(50 * time.Millisecond)
+	for _, c := range conns {
+		c.Close()
+	}
+
+	lines := func(path string) []map[string]any {
+		var out []map[string]any
+		for _, l := range log.lines() {
+			var m map[string]any
+			json.Unmarshal([]byte(l.raw), &m)
+			r, _ := m["request"].(map[string]any)
+			if uri, _ := r["uri"].(string); strings.HasPrefix(uri, path) {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	waitFor(t, 5*time.Second, "a line for each stream", func() bool { return len(lines("/events")) >= streams })
+	time.Sleep(100 * time.Millisecond)
+	other, events := lines("/other"), lines("/events")
+	if len(other) != 1 || len(events) != streams {
+		t.Fatalf("%d lines of /other and %d of the %d streams, want one each:\n%v\n%v", len(other), len(events), streams, other, events)
+	}
+	keys := func(m map[string]any) string {
+		var ks []string
+		for k := range m {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		return strings.Join(ks, ",")
+	}
+	want := other[0]
+	wantReq := want["request"].(map[string]any)
+	ids := map[any]bool{want["req_id"]: true}
+	for _, got := range events {
+		for _, k := range []string{"logger", "level", "msg", "status", "bytes_read", "user_id"} {
+			if got[k] != want[k] {
+				t.Errorf("the stream's line has %s %v, Caddy's line %v", k, got[k], want[k])
+			}
+		}
+		if keys(got) != keys(want) {
+			t.Errorf("the stream's line has the fields %s, Caddy's %s", keys(got), keys(want))
+		}
+		gotReq := got["request"].(map[string]any)
+		if keys(gotReq) != keys(wantReq) {
+			t.Errorf("the stream's request has the fields %s, Caddy's %s", keys(gotReq), keys(wantReq))
+		}
+		for _, k := range []string{"remote_ip", "client_ip", "proto", "method", "host"} {
+			if gotReq[k] != wantReq[k] {
+				t.Errorf("the stream's request has %s %v, Caddy's %v", k, gotReq[k], wantReq[k])
+			}
+		}
+		if h, _ := gotReq["headers"].(map[string]any); fmt.Sprint(h["X-Probe"]) != "[yes]" {
+			t.Errorf("the stream's request headers are %v, want X-Probe", gotReq["headers"])
+		}
+		if id, _ := got["req_id"].(string); len(id) != 36 || ids[id] {
+			t.Errorf("the stream's line has req_id %q, want a uuid of its own", id)
+		}
+		ids[got["req_id"]] = true
+		if h, _ := got["resp_headers"].(map[string]any); fmt.Sprint(h["Content-Type"]) != "[text/event-stream]" {
+			t.Errorf("the stream's response headers are %v", got["resp_headers"])
+		}
+		if d, _ := got["duration"].(float64); time.Duration(d*float64(time.Second)) < time.Since(opened)-time.Second || d <= 0.05 {
+			t.Errorf("the stream's line has a duration of %v s", got["duration"])
+		}
+	}
+	if want["logger"] != "http.log.access.streams" {
+		t.Errorf("Caddy's line went to %v, want http.log.access.streams (access_logger_names)", want["logger"])
+	}
 }

@@ -247,6 +247,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		done:         lifetime.Done(),
 		unsubscribe:  h.hub.unsubscribe,
 		logger:       h.logger,
+		accessLog:    accessLogger(ctx),
 	}
 	h.detached = &detachedStreams{cfg: h.streaming, groups: make(map[*topic]*connGroup)}
 	return nil
@@ -341,14 +342,18 @@ func flushHeaders(w http.ResponseWriter, r *http.Request) {
 
 // recorded tells whether w is, or wraps, one of Caddy's response
 // recorders, as the writer of a request that Caddy logs is.
-func recorded(w http.ResponseWriter) bool {
+func recorded(w http.ResponseWriter) bool { return recorderOf(w) != nil }
+
+// recorderOf returns the response recorder of Caddy's that w is or wraps,
+// nil if none.
+func recorderOf(w http.ResponseWriter) caddyhttp.ResponseRecorder {
 	for {
-		if _, ok := w.(caddyhttp.ResponseRecorder); ok {
-			return true
+		if rec, ok := w.(caddyhttp.ResponseRecorder); ok {
+			return rec
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {
-			return false
+			return nil
 		}
 		w = u.Unwrap()
 	}

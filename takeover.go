@@ -124,15 +124,15 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 // return without touching w again.
 //
 // The subscriber joins t's group when the socket beneath the connection can
-// be reached: a plain one (socketSink), or a TLS one or one that Caddy
-// counts the bytes of for its access log (recordSink). The access log
-// writes its line when the handler returns, so a counted stream's handler
-// returns only when the stream has ended, with its bytes counted: it waits
-// for the client to leave in watch, where any other stream (one whose
-// request the access log skips among them) has a small goroutine of its
-// own do so. A connection whose socket cannot be reached
-// (a listener wrapper's) is written on this goroutine with writes that
-// wait.
+// be reached: a plain one (socketSink) or a TLS one (recordSink). A small
+// goroutine of the stream's own waits for the client to leave, and the
+// handler returns. A stream on a host that Caddy logs writes its access log
+// line itself when it ends (accesslog.go, loggedSink). Where it cannot, Caddy
+// counts its bytes (recordSink, through Caddy's wrapper of the connection)
+// and writes its line when the handler returns, so the handler waits for the
+// client to leave in watch, until the stream has ended. A connection whose
+// socket cannot be reached (a listener wrapper's) is written on this
+// goroutine with writes that wait.
 func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topic, at cursor) bool {
 	if !canDetach || r.ProtoMajor != 1 || r.ProtoMinor != 1 || d.cfg.ended() {
 		return false
@@ -151,10 +151,10 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 	// request; nothing of it is a request that the stream answers.
 	sent := brw.Reader.Buffered()
 	releaseConnBuffers(brw)
-	conn, counted := top, false
+	conn, logged := top, false
 	if inner := countedConn(conn); inner != nil {
-		// A request that the access log skips has no line to wait for.
-		conn, counted = inner, !logSkipped(r)
+		// A request that the access log skips has no line.
+		conn, logged = inner, !logSkipped(r)
 	}
 	tlsConn, _ := conn.(*tls.Conn)
 	if tlsConn != nil {
@@ -172,6 +172,14 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 		// Its socket is read directly from now on.
 		sent += releaseReadBuffers(tlsConn)
 	}
+	// A logged stream whose socket the group writes writes its own line;
+	// one that cannot (a Caddy that keeps the line's fields where it cannot
+	// be read) is counted by Caddy, and waits for its line.
+	var line *streamLogLine
+	if logged && rc != nil && err == nil && (tlsConn == nil || canMeasureRoom) {
+		line = newStreamLogLine(d.cfg.accessLog, recorderOf(w), r)
+	}
+	counted := logged && line == nil
 	switch {
 	case rc == nil || err != nil || ((counted || tlsConn != nil) && !canMeasureRoom):
 		d.followHijacked(top, t, at, sent)
@@ -184,6 +192,9 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 		var k sink = &socketSink{conn: conn, rc: rc, timeout: timeout}
 		if tlsConn != nil {
 			k = newRecordSink(tlsConn, conn, rc, timeout)
+		}
+		if line != nil {
+			k = &loggedSink{sink: k, line: line}
 		}
 		s := newSubscriber(d.cfg, t, at, k)
 		d.join(s, func() { go s.watch(conn, sent) })

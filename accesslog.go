@@ -1,0 +1,267 @@
+package pollsse
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Caddy writes a request's access log line when its handler returns. A
+// stream taken over from net/http would hold its request's goroutine, with
+// Caddy's state for the request, for its whole life to have the line say
+// how long it was and how much it sent. On a logged host the stream writes
+// the line itself when it ends instead, with what Caddy's line has
+// (caddyhttp.Server.logRequest): the same loggers, level, message and
+// fields, the extra fields of `log_append` and the request's uuid among
+// them, and Caddy skips the request's line (log_skip). Its request's
+// goroutine then returns as on a host without logs, and the stream keeps
+// only what its line needs.
+
+// httpApp stands for Caddy's http app, under whose logger ("http") Caddy's
+// access logger ("http.log.access") is named.
+type httpApp struct{}
+
+func (httpApp) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http", New: func() caddy.Module { return httpApp{} }}
+}
+
+// accessLogger returns the logger that Caddy writes access log lines
+// through in the configuration of ctx.
+func accessLogger(ctx caddy.Context) *zap.Logger {
+	return ctx.Logger(httpApp{}).Named("log.access")
+}
+
+// extraFieldsAt is where caddyhttp.ExtraLogFields keeps its fields, which
+// it has no method to read; ok is false if Caddy keeps them otherwise, and
+// then a logged stream keeps its request until it ends and Caddy writes its
+// line (TestStreamLogLineIsCaddys fails on such a Caddy).
+var extraFieldsAt, extraFieldsOK = func() (uintptr, bool) {
+	f, ok := reflect.TypeFor[caddyhttp.ExtraLogFields]().FieldByName("fields")
+	return f.Offset, ok && f.Type == reflect.TypeFor[[]zapcore.Field]()
+}()
+
+// A streamLogLine is the access log line of a stream on a host that Caddy
+// logs, which the stream writes when it has ended and its request's handler
+// chain has returned, whichever is later.
+type streamLogLine struct {
+	logger  *zap.Logger
+	names   []string // of the loggers below logger, "" for logger itself
+	level   zapcore.Level
+	message string
+	// req is what the line says of the request: its fields that Caddy
+	// logs, and the client's address in a context of its own.
+	req         *http.Request
+	credentials bool
+	userID      string
+	status      int
+	respHeader  http.Header
+	start       time.Time
+	// size is what the stream wrote before it was taken over; sent what it
+	// wrote after.
+	size int
+	sent atomic.Int64
+	// extra is Caddy's extra fields for the line, read once the handler
+	// chain has returned, when `log_append` has added its.
+	extraOf *caddyhttp.ExtraLogFields
+	extra   []zapcore.Field
+	end     time.Time
+	// pending counts down the stream's end and the chain's return.
+	pending atomic.Int32
+}
+
+// newStreamLogLine returns the line of the stream that rec, Caddy's recorder
+// of w, records for the access log of r, and makes Caddy skip the request;
+// nil, leaving the line to Caddy, when what it needs is not there.
+func newStreamLogLine(logger *zap.Logger, rec caddyhttp.ResponseRecorder, r *http.Request) *streamLogLine {
+	ctx := r.Context()
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	start, _ := caddyhttp.GetVar(ctx, "start_time").(time.Time)
+	extra, _ := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	repl, _ := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if logger == nil || !extraFieldsOK || srv == nil || srv.Logs == nil || start.IsZero() || extra == nil || repl == nil {
+		return nil
+	}
+	l := &streamLogLine{
+		logger:      logger,
+		names:       loggerNames(srv.Logs, r),
+		level:       zapcore.InfoLevel,
+		message:     "handled request",
+		req:         loggedRequest(r),
+		credentials: srv.Logs.ShouldLogCredentials,
+		status:      rec.Status(),
+		respHeader:  rec.Header(),
+		start:       start,
+		size:        rec.Size(),
+		extraOf:     extra,
+	}
+	l.userID, _ = repl.GetString("http.auth.user.id")
+	if nop, _ := caddyhttp.GetVar(ctx, "unhandled").(bool); nop {
+		l.message = "NOP"
+	}
+	if l.status >= 500 {
+		l.level = zapcore.ErrorLevel
+	}
+	if name, ok := caddyhttp.GetVar(ctx, caddyhttp.LogLevelVar).(string); ok {
+		if level, err := zapcore.ParseLevel(name); err == nil && level >= zapcore.DebugLevel && level <= zapcore.ErrorLevel {
+			l.level = level
+		}
+	}
+	l.pending.Store(2)
+	caddyhttp.SetVar(ctx, caddyhttp.LogSkipVar, true)
+	// net/http cancels the request's context when its handler returns.
+	context.AfterFunc(ctx, l.returned)
+	return l
+}
+
+// loggedRequest returns what an access log line says of r: its method,
+// URI and client as it came (Caddy's original request), its other fields
+// and a copy of its headers as the stream's handler has them, and the
+// client's address.
+func loggedRequest(r *http.Request) *http.Request {
+	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+	if !ok {
+		orig = *r
+	}
+	req := &http.Request{
+		Method:           orig.Method,
+		RequestURI:       orig.RequestURI,
+		RemoteAddr:       orig.RemoteAddr,
+		Proto:            r.Proto,
+		ProtoMajor:       r.ProtoMajor,
+		ProtoMinor:       r.ProtoMinor,
+		Host:             r.Host,
+		Header:           r.Header.Clone(),
+		TransferEncoding: r.TransferEncoding,
+		TLS:              r.TLS,
+	}
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		vars := map[string]any{caddyhttp.ClientIPVarKey: ip}
+		req = req.WithContext(context.WithValue(context.Background(), caddyhttp.VarsCtxKey, vars))
+	}
+	return req
+}
+
+// loggerNames returns the names of the loggers that Caddy writes r's access
+// log line to, below its access logger ("" for that logger itself): those
+// that `log_name` set for the request, or else those of its host in logs
+// (caddyhttp.ServerLogConfig's wrapLogger).
+func loggerNames(logs *caddyhttp.ServerLogConfig, r *http.Request) []string {
+	if names, ok := caddyhttp.GetVar(r.Context(), caddyhttp.AccessLoggerNameVarKey).([]any); ok {
+		out := make([]string, 0, len(names))
+		for _, n := range names {
+			s, _ := n.(string)
+			out = append(out, s)
+		}
+		return out
+	}
+	host, _, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		host = r.Host
+	}
+	host = strings.ToLower(host)
+	if names, ok := logs.LoggerNames[host]; ok {
+		return names
+	}
+	labels := strings.Split(host, ".")
+	for i := range labels {
+		if labels[i] == "" {
+			continue
+		}
+		labels[i] = "*"
+		if names, ok := logs.LoggerNames[strings.Join(labels, ".")]; ok {
+			return names
+		}
+	}
+	return []string{logs.DefaultLoggerName}
+}
+
+// returned is called once the request's handler chain has returned.
+func (l *streamLogLine) returned() {
+	l.extra = append([]zapcore.Field(nil), *(*[]zapcore.Field)(unsafe.Add(unsafe.Pointer(l.extraOf), extraFieldsAt))...)
+	l.extraOf = nil
+	l.done()
+}
+
+// ended is called once when the stream has ended.
+func (l *streamLogLine) ended() {
+	l.end = time.Now()
+	l.done()
+}
+
+// done writes the line on the second of returned and ended.
+func (l *streamLogLine) done() {
+	if l.pending.Add(-1) != 0 {
+		return
+	}
+	var fields []zapcore.Field
+	for _, name := range l.names {
+		logger := l.logger
+		if name != "" {
+			logger = logger.Named(name)
+		}
+		c := logger.Check(l.level, l.message)
+		if c == nil {
+			continue
+		}
+		if fields == nil {
+			fields = append(make([]zapcore.Field, 0, 7+len(l.extra)),
+				zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: l.req, ShouldLogCredentials: l.credentials}),
+				zap.Int("bytes_read", 0),
+				zap.String("user_id", l.userID),
+				zap.Duration("duration", l.end.Sub(l.start)),
+				zap.Int("size", l.size+int(l.sent.Load())),
+				zap.Int("status", l.status),
+				zap.Object("resp_headers", caddyhttp.LoggableHTTPHeader{Header: l.respHeader, ShouldLogCredentials: l.credentials}),
+			)
+			fields = append(fields, l.extra...)
+		}
+		c.Write(fields...)
+	}
+}
+
+// A loggedSink is the sink of a stream that writes its own access log
+// line: it counts what goes to the client, and the line is written when the
+// stream's connection closes.
+type loggedSink struct {
+	sink
+	line *streamLogLine
+}
+
+func (k *loggedSink) offer(w *sweeper, b []byte) (int, error) {
+	n, err := k.sink.offer(w, b)
+	k.line.sent.Add(int64(n))
+	return n, err
+}
+
+func (k *loggedSink) push(w *sweeper, rest, f []byte) error {
+	err := k.sink.push(w, rest, f)
+	if err == nil {
+		n := len(rest)
+		if rest == nil {
+			n = chunkLen(len(f))
+		}
+		k.line.sent.Add(int64(n))
+	}
+	return err
+}
+
+func (k *loggedSink) close() {
+	k.sink.close()
+	k.line.ended()
+}
+
+// chunkLen is the length of a chunk of n bytes (appendChunk).
+func chunkLen(n int) int {
+	return len(strconv.FormatUint(uint64(n), 16)) + len(crlf) + n + len(crlf)
+}
