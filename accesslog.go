@@ -2,10 +2,10 @@ package pollsse
 
 import (
 	"context"
+	"math/bits"
 	"net"
 	"net/http"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -261,7 +261,8 @@ func (k *loggedSink) close() {
 	k.line.ended()
 }
 
-// chunkLen is the length of a chunk of n bytes (appendChunk).
+// chunkLen is the length of a chunk of n bytes (appendChunk): its size in
+// hex digits, CRLF, the bytes and CRLF.
 func chunkLen(n int) int {
-	return len(strconv.FormatUint(uint64(n), 16)) + len(crlf) + n + len(crlf)
+	return max((bits.Len(uint(n))+3)/4, 1) + len(crlf) + n + len(crlf)
 }

@@ -307,3 +307,13 @@ func TestStreamLogLineIsCaddys(t *testing.T) {
 		t.Errorf("Caddy's line went to %v, want http.log.access.streams (access_logger_names)", want["logger"])
 	}
 }
+
+// TestChunkLen: what a logged stream counts of a chunk is the chunk's length
+// on the wire.
+func TestChunkLen(t *testing.T) {
+	for _, n := range []int{0, 1, 15, 16, 255, 256, 4095, 4096, 1 << 20} {
+		if got, want := chunkLen(n), len(appendChunk(nil, make([]byte, n))); got != want {
+			t.Errorf("chunkLen(%d) = %d, want %d", n, got, want)
+		}
+	}
+}
