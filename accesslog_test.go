@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"reflect"
 	"runtime"
 	"sort"
 	"strings"
@@ -314,6 +315,20 @@ func TestChunkLen(t *testing.T) {
 	for _, n := range []int{0, 1, 15, 16, 255, 256, 4095, 4096, 1 << 20} {
 		if got, want := chunkLen(n), len(appendChunk(nil, make([]byte, n))); got != want {
 			t.Errorf("chunkLen(%d) = %d, want %d", n, got, want)
+		}
+	}
+}
+
+// TestHeaderPairs: the headers that a logged stream keeps for its line are
+// the headers it was given, repeated fields and empty values included.
+func TestHeaderPairs(t *testing.T) {
+	for _, h := range []http.Header{
+		{},
+		{"Accept": {"text/event-stream"}},
+		{"Cookie": {"a=1", "b=2"}, "X-Empty": {""}, "Last-Event-Id": {"7"}},
+	} {
+		if got := pairsOf(h).header(); !reflect.DeepEqual(got, h) {
+			t.Errorf("pairsOf(%v).header() = %v", h, got)
 		}
 	}
 }
