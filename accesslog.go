@@ -3,10 +3,12 @@ package pollsse
 import (
 	"context"
 	"crypto/tls"
+	"maps"
 	"math/bits"
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -37,10 +39,31 @@ func (httpApp) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http", New: func() caddy.Module { return httpApp{} }}
 }
 
-// accessLogger returns the logger that Caddy writes access log lines
-// through in the configuration of ctx.
-func accessLogger(ctx caddy.Context) *zap.Logger {
-	return ctx.Logger(httpApp{}).Named("log.access")
+// An accessLog is where the streams of a handler that write their own
+// access log lines write them.
+type accessLog struct {
+	logger *zap.Logger
+	// respHeader is the response header of the last stream that took a
+	// line, which the next ones most often have too, and then share.
+	respHeader atomic.Pointer[headerPairs]
+}
+
+// accessLogger returns the access log of the streams of a handler in the
+// configuration of ctx: the logger that Caddy writes access log lines
+// through.
+func accessLogger(ctx caddy.Context) *accessLog {
+	return &accessLog{logger: ctx.Logger(httpApp{}).Named("log.access")}
+}
+
+// sharedRespHeader returns h as pairs, the pairs of an earlier stream if
+// they are the same.
+func (a *accessLog) sharedRespHeader(h http.Header) headerPairs {
+	p := pairsOf(h)
+	if last := a.respHeader.Load(); last != nil && slices.Equal(*last, p) {
+		return *last
+	}
+	a.respHeader.Store(&p)
+	return p
 }
 
 // extraFieldsAt is where caddyhttp.ExtraLogFields keeps its fields, which
@@ -84,24 +107,24 @@ type streamLogLine struct {
 // newStreamLogLine returns the line of the stream that rec, Caddy's recorder
 // of w, records for the access log of r, and makes Caddy skip the request;
 // nil, leaving the line to Caddy, when what it needs is not there.
-func newStreamLogLine(logger *zap.Logger, rec caddyhttp.ResponseRecorder, r *http.Request) *streamLogLine {
+func newStreamLogLine(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Request) *streamLogLine {
 	ctx := r.Context()
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	start, _ := caddyhttp.GetVar(ctx, "start_time").(time.Time)
 	extra, _ := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
 	repl, _ := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if logger == nil || !extraFieldsOK || srv == nil || srv.Logs == nil || start.IsZero() || extra == nil || repl == nil {
+	if log == nil || !extraFieldsOK || srv == nil || srv.Logs == nil || start.IsZero() || extra == nil || repl == nil {
 		return nil
 	}
 	l := &streamLogLine{
-		logger:      logger,
+		logger:      log.logger,
 		names:       loggerNames(srv.Logs, r),
 		level:       zapcore.InfoLevel,
 		message:     "handled request",
 		req:         newLoggedRequest(r),
 		credentials: srv.Logs.ShouldLogCredentials,
 		status:      rec.Status(),
-		respHeader:  pairsOf(rec.Header()),
+		respHeader:  log.sharedRespHeader(rec.Header()),
 		start:       start,
 		size:        rec.Size(),
 		extraOf:     extra,
@@ -177,18 +200,19 @@ func (q *loggedRequest) request() *http.Request {
 }
 
 // headerPairs is a header as one slice of names and values, a name before
-// each of its values: a fifth of the objects and half the bytes of a
-// header map of a few fields.
+// each of its values, in the order of the names: a fifth of the objects and
+// half the bytes of a header map of a few fields.
 type headerPairs []string
 
 func pairsOf(h http.Header) headerPairs {
+	names := slices.Sorted(maps.Keys(h))
 	n := 0
 	for _, vs := range h {
 		n += 2 * len(vs)
 	}
 	p := make(headerPairs, 0, n)
-	for name, vs := range h {
-		for _, v := range vs {
+	for _, name := range names {
+		for _, v := range h[name] {
 			p = append(p, name, v)
 		}
 	}

@@ -332,3 +332,21 @@ func TestHeaderPairs(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamsShareTheirResponseHeader: logged streams whose response
+// headers are the same keep one copy of them, however their maps iterate,
+// and a stream whose headers differ keeps its own.
+func TestStreamsShareTheirResponseHeader(t *testing.T) {
+	var a accessLog
+	h := http.Header{"Content-Type": {"text/event-stream"}, "Cache-Control": {"no-store"}, "X-Accel-Buffering": {"no"}, "Server": {"Caddy"}}
+	first := a.sharedRespHeader(h)
+	second := a.sharedRespHeader(h.Clone())
+	if &first[0] != &second[0] {
+		t.Error("two streams with the same response header keep a copy each")
+	}
+	other := h.Clone()
+	other.Set("X-Request-Id", "2")
+	if got := a.sharedRespHeader(other); !reflect.DeepEqual(got.header(), other) {
+		t.Errorf("a stream with another response header keeps %v, want %v", got.header(), other)
+	}
+}

@@ -28,9 +28,9 @@ type streamConfig struct {
 	// (hub.unsubscribe).
 	unsubscribe func(*topic)
 	logger      *zap.Logger
-	// accessLog is Caddy's access logger, which the streams that write
-	// their own access log lines write them to (accesslog.go).
-	accessLog *zap.Logger
+	// accessLog is where the streams that write their own access log
+	// lines write them: Caddy's access logger (accesslog.go).
+	accessLog *accessLog
 	// writes ends the writes through net/http that take too long.
 	writes writeWatch
 }
