@@ -333,6 +333,41 @@ func TestHeaderPairs(t *testing.T) {
 	}
 }
 
+// TestServerWriteTimeoutLeavesLoggedStreamsTakenOver: Caddy's server
+// `write` timeout is a deadline from the start of each response, which
+// would cut a stream that keeps its request at that age. A logged HTTP/1.1
+// stream that is taken over from net/http sets its own deadlines, so it
+// outlives the server's timeout and gets the changes after it.
+func TestServerWriteTimeoutLeavesLoggedStreamsTakenOver(t *testing.T) {
+	if !canDetach {
+		t.Skip("streams are taken over from net/http on unix systems only (canDetach)")
+	}
+	api := newFakeAPI(t, `{"n":0}`)
+	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]",
+		withAccessLogs(`{}`), withServerFields(`"write_timeout":"500ms"`))
+	u, _ := url.Parse(base)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", u.Host)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("got %v, %v; want a stream", resp, err)
+	}
+	body := bufio.NewReader(resp.Body)
+	if ev := nextNamed(t, body); ev.name != "snapshot" {
+		t.Fatalf("the stream began with %+v", ev)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	api.set(`{"n":1}`)
+	if ev := nextNamed(t, body); ev.name != "patch" || !strings.Contains(ev.data, `"value":1`) {
+		t.Fatalf("after three of the server's write timeouts the stream had %+v, want the change", ev)
+	}
+}
+
 // TestStreamsShareTheirResponseHeader: logged streams whose response
 // headers are the same keep one copy of them, however their maps iterate,
 // and a stream whose headers differ keeps its own.
