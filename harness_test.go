@@ -52,6 +52,9 @@ func (c caddyShutdowns) Run() int {
 	return code
 }
 
+// portsGiven holds the ports that freePort has returned.
+var portsGiven sync.Map
+
 // freePort returns a loopback TCP port that was free a moment ago.
 //
 // It is chosen below Linux's ephemeral range (32768 and up), from which
@@ -63,6 +66,11 @@ func freePort(t testing.TB) int {
 	t.Helper()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
+		// A port is handed out once: one test often asks for several
+		// before it listens on any of them.
+		if _, taken := portsGiven.LoadOrStore(port, true); taken {
+			continue
+		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
