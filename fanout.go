@@ -157,17 +157,23 @@ func (s *subscriber) close() {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.closeConn()
+	s.closeConn(nil, nil)
 }
 
 // closeConn ends a stream that close, or a writer holding s.mu, marked
-// closed.
-func (s *subscriber) closeConn() {
-	s.sink.close()
+// closed, writing last (with w) before the connection closes when it is
+// not nil. The subscription is given back first: a client that reconnects
+// as soon as it sees the end (EventSource does) must find its place free
+// under max_subscribers.
+func (s *subscriber) closeConn(w *sweeper, last []byte) {
 	if s.g != nil {
 		s.g.detached.leave(s)
 	}
 	s.cfg.unsubscribe(s.t)
+	if last != nil {
+		s.sink.offer(w, last)
+	}
+	s.sink.close()
 }
 
 // sweepShard is the fewest streams one goroutine of a sweep writes to: from
@@ -275,9 +281,8 @@ func (s *subscriber) service(w *sweeper) {
 		}
 	}
 	if s.t.refusedBeforeSnapshot() {
-		s.sink.offer(w, lastChunk)
 		s.closed = true
-		s.closeConn()
+		s.closeConn(w, lastChunk)
 	}
 }
 
@@ -297,7 +302,7 @@ func (s *subscriber) send(w *sweeper, frames []frame, next cursor) {
 		if err != nil {
 			metrics.countWriteError(err)
 			s.closed = true
-			s.closeConn()
+			s.closeConn(nil, nil)
 			return
 		}
 		s.lagging = true
@@ -371,13 +376,19 @@ func (s *subscriber) end() {
 		return
 	}
 	s.mu.Lock()
-	if !s.lagging && !s.closed {
-		w := joinSweepers.Get().(*sweeper)
-		s.sink.offer(w, lastChunk)
-		joinSweepers.Put(w)
+	defer s.mu.Unlock()
+	if s.closed {
+		return
 	}
-	s.mu.Unlock()
-	s.close()
+	s.closed = true
+	if s.lagging {
+		// Its own goroutine is writing a frame: the body is cut, not ended.
+		s.closeConn(nil, nil)
+		return
+	}
+	w := joinSweepers.Get().(*sweeper)
+	s.closeConn(w, lastChunk)
+	joinSweepers.Put(w)
 }
 
 // nudge tells a follower that it has something to do, unless it has been

@@ -166,6 +166,59 @@ func TestDetachedStreamEndsCleanlyOnReload(t *testing.T) {
 	}
 }
 
+// TestStreamEndsOnceItsPlaceIsFree: a stream that the server ends (here by
+// a reload) gives its subscription back before its client sees the end, so
+// that a client that reconnects at once, as EventSource does, is not
+// refused by max_subscribers for the place that it held itself. The window
+// between the two is too short to hit from outside, so the test holds the
+// hub's lock, which giving the subscription back takes, across the reload:
+// the stream must not end until the lock is released.
+func TestStreamEndsOnceItsPlaceIsFree(t *testing.T) {
+	api := newFakeAPI(t, `{"v":0}`)
+	routes := func(retry string) string {
+		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":%q,"max_subscribers":1`, api.URL, retry)) + "]"
+	}
+	base := startCaddy(t, routes("3s"))
+	sc := openStream(t, http.DefaultClient, base+"/events", "")
+	if ev := sc.next(5 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("got %+v", ev)
+	}
+	var h *hub
+	hubs.Range(func(_, v any) bool {
+		if hv := v.(*hub); hv.cfg.Upstream == api.URL {
+			h = hv
+		}
+		return true
+	})
+	if h == nil {
+		t.Fatal("no hub polls the upstream")
+	}
+
+	h.mu.Lock()
+	// The new configuration differs only in retry: it keeps the hub, and
+	// the old one's streams end.
+	reloadCaddy(t, base, routes("4s"))
+	select {
+	case _, open := <-sc.events:
+		if !open {
+			t.Error("the stream ended while its subscription was still held")
+		} else {
+			t.Error("the stream sent an event after the reload")
+		}
+	case <-time.After(time.Second):
+	}
+	h.mu.Unlock()
+	expectEnd(t, sc)
+
+	again := openStream(t, http.DefaultClient, base+"/events", "")
+	if again.resp.StatusCode != http.StatusOK {
+		t.Fatalf("a reconnect at once got %s, want a stream", again.resp.Status)
+	}
+	if ev := again.next(5 * time.Second); ev.name != "snapshot" {
+		t.Fatalf("the reconnect got %+v, want a snapshot", ev)
+	}
+}
+
 // TestDetachedResumeFromFarBackIsSentWhole resumes a detached stream from
 // more events back than one read of the log takes (maxFramesPerWrite), with
 // the upstream unchanged from then on and the heartbeat an hour away:
