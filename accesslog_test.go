@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"reflect"
-	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -114,8 +113,7 @@ func TestAccessLogLineOfAStreamIsWrittenWhenItEnds(t *testing.T) {
 			snapshotAt := time.Now()
 
 			if p.takenOver {
-				buf := make([]byte, 1<<20)
-				stacks := string(buf[:runtime.Stack(buf, true)])
+				stacks := strings.Join(goroutineStacks(), "\n\n")
 				follow := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(")
 				groups := strings.Count(stacks, "caddy-pollsse.(*connGroup).run(")
 				if follow != 0 || groups != 1 {
@@ -218,16 +216,8 @@ func TestStreamLogLineIsCaddys(t *testing.T) {
 		conns = append(conns, conn)
 	}
 	waitFor(t, 5*time.Second, "the streams' requests to return", func() bool {
-		watches, inRequests := 0, 0
-		for _, g := range goroutineStacks() {
-			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
-				watches++
-				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
-					inRequests++
-				}
-			}
-		}
-		return watches == streams && inRequests == 0
+		goroutines, inRequests, byWatcher := watchedClients()
+		return goroutines+byWatcher == streams && inRequests == 0
 	})
 	req, _ := http.NewRequest(http.MethodGet, base+"/other", nil)
 	req.Header.Set("X-Probe", "yes")
