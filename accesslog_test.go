@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -113,7 +114,8 @@ func TestAccessLogLineOfAStreamIsWrittenWhenItEnds(t *testing.T) {
 			snapshotAt := time.Now()
 
 			if p.takenOver {
-				stacks := strings.Join(goroutineStacks(), "\n\n")
+				buf := make([]byte, 1<<20)
+				stacks := string(buf[:runtime.Stack(buf, true)])
 				follow := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(")
 				groups := strings.Count(stacks, "caddy-pollsse.(*connGroup).run(")
 				if follow != 0 || groups != 1 {
@@ -216,8 +218,16 @@ func TestStreamLogLineIsCaddys(t *testing.T) {
 		conns = append(conns, conn)
 	}
 	waitFor(t, 5*time.Second, "the streams' requests to return", func() bool {
-		goroutines, inRequests, byWatcher := watchedClients()
-		return goroutines+byWatcher == streams && inRequests == 0
+		watches, inRequests := 0, 0
+		for _, g := range goroutineStacks() {
+			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
+				watches++
+				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
+					inRequests++
+				}
+			}
+		}
+		return watches == streams && inRequests == 0
 	})
 	req, _ := http.NewRequest(http.MethodGet, base+"/other", nil)
 	req.Header.Set("X-Probe", "yes")
