@@ -195,6 +195,10 @@ func TestStreamEndsOnceItsPlaceIsFree(t *testing.T) {
 	}
 
 	h.mu.Lock()
+	// A reload that fails the test must not leave the lock held for the
+	// cleanup, which stops Caddy.
+	unlock := sync.OnceFunc(h.mu.Unlock)
+	defer unlock()
 	// The new configuration differs only in retry: it keeps the hub, and
 	// the old one's streams end.
 	reloadCaddy(t, base, routes("4s"))
@@ -207,7 +211,7 @@ func TestStreamEndsOnceItsPlaceIsFree(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 	}
-	h.mu.Unlock()
+	unlock()
 	expectEnd(t, sc)
 
 	again := openStream(t, http.DefaultClient, base+"/events", "")
