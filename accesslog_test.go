@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"reflect"
-	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -114,13 +113,7 @@ func TestAccessLogLineOfAStreamIsWrittenWhenItEnds(t *testing.T) {
 			snapshotAt := time.Now()
 
 			if p.takenOver {
-				buf := make([]byte, 1<<20)
-				stacks := string(buf[:runtime.Stack(buf, true)])
-				follow := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(")
-				groups := strings.Count(stacks, "caddy-pollsse.(*connGroup).run(")
-				if follow != 0 || groups != 1 {
-					t.Errorf("%d streams on goroutines of their own and %d groups, want the stream in its topic's group", follow, groups)
-				}
+				expectServedByGroups(t, 1)
 			}
 			if got := accessLines(t, p.accessLog, uri); len(got) != 0 {
 				t.Fatalf("the access log has %+v while the stream is open, want its line when it ends", got)

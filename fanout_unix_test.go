@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,19 +56,11 @@ func TestHTTP1StreamsAreServedByTheirGroup(t *testing.T) {
 				}
 				streams = append(streams, sc)
 			}
-			buf := make([]byte, 1<<20)
-			stacks := string(buf[:runtime.Stack(buf, true)])
-			if n := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow("); n != 0 {
-				t.Errorf("%d goroutines run a stream loop for 10 clients, want 0", n)
-			}
-			if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
-				t.Errorf("%d group goroutines for one topic, want 1", n)
-			}
+			expectServedByGroups(t, 1)
 			// A logged stream's request goroutine gets to its watch after
 			// it has written the snapshot.
 			waitFor(t, 5*time.Second, "a goroutine watching each of the 10 clients", func() bool {
-				stacks := string(buf[:runtime.Stack(buf, true)])
-				return strings.Count(stacks, "caddy-pollsse.(*subscriber).watch(") == 10
+				return strings.Count(strings.Join(goroutineStacks(), "\n\n"), "caddy-pollsse.(*subscriber).watch(") == 10
 			})
 			v++
 			api.set(fmt.Sprintf(`{"a":%d}`, v))
@@ -90,14 +81,7 @@ func TestHTTP1StreamsAreServedWithoutAGoroutineEach(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	base := startCaddy(t, "["+pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","heartbeat":"1h"`, api.URL))+"]")
 	streams := openStreams(t, base+"/events", 20)
-	buf := make([]byte, 1<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
-	if n := strings.Count(stacks, "caddy-pollsse.(*subscriber).follow("); n != 0 {
-		t.Errorf("%d goroutines run a stream loop for 20 HTTP/1.1 clients, want 0", n)
-	}
-	if n := strings.Count(stacks, "caddy-pollsse.(*connGroup).run("); n != 1 {
-		t.Errorf("%d group goroutines for one topic, want 1", n)
-	}
+	expectServedByGroups(t, 1)
 	api.set(`{"a":2}`)
 	for i, sc := range streams {
 		if ev := sc.next(5 * time.Second); ev.name != "patch" || !sameJSON(ev.data, `[{"op":"replace","path":"/a","value":2}]`) {

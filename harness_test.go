@@ -291,6 +291,25 @@ func goroutineStacks() []string {
 	return strings.Split(string(buf[:n]), "\n\n")
 }
 
+// expectServedByGroups fails the test unless the open streams come to be
+// written by the goroutines of their topics' groups, with none on a
+// goroutine of its own (subscriber.follow, which a stream runs on its
+// request's goroutine before its first event). It waits for the groups: a
+// group's goroutine that join started and the scheduler has not run yet
+// shows in a dump as the go statement's wrapper, not as connGroup.run.
+func expectServedByGroups(t testing.TB, groups int) {
+	t.Helper()
+	var follow, running int
+	if !eventually(5*time.Second, func() bool {
+		stacks := strings.Join(goroutineStacks(), "\n\n")
+		follow = strings.Count(stacks, "caddy-pollsse.(*subscriber).follow(")
+		running = strings.Count(stacks, "caddy-pollsse.(*connGroup).run(")
+		return follow == 0 && running == groups
+	}) {
+		t.Errorf("%d streams on goroutines of their own and %d group goroutines, want 0 and %d", follow, running, groups)
+	}
+}
+
 // assertNoStreamGoroutines fails the test if a goroutine of this package's
 // streams, pollers or tickers is still running shortly after Caddy stopped.
 func assertNoStreamGoroutines(t testing.TB) {
