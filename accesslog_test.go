@@ -211,16 +211,8 @@ func TestStreamLogLineIsCaddys(t *testing.T) {
 		conns = append(conns, conn)
 	}
 	waitFor(t, 5*time.Second, "the streams' requests to return", func() bool {
-		watches, inRequests := 0, 0
-		for _, g := range goroutineStacks() {
-			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
-				watches++
-				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
-					inRequests++
-				}
-			}
-		}
-		return watches == streams && inRequests == 0
+		goroutines, inRequests, byWatcher := watchedClients()
+		return goroutines+byWatcher == streams && inRequests == 0
 	})
 	req, _ := http.NewRequest(http.MethodGet, base+"/other", nil)
 	req.Header.Set("X-Probe", "yes")

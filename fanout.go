@@ -23,9 +23,10 @@ import (
 // writes to each of them what lies after its cursor, each frame in one write
 // that goes whole or not at all (a plain socket may take part of it). Such a
 // stream holds no goroutine of net/http, none of its buffers, and no
-// goroutine of its own but a small one that notices the client leaving:
-// about 5 KB per idle subscriber. Publishing stays O(1) on the poller's
-// goroutine: it only wakes the groups. A subscriber whose sink does not take
+// goroutine of its own: on Linux one goroutine of the process waits on an
+// epoll set of their sockets for clients leaving (watch_linux.go), on other
+// systems a small goroutine per stream reads its socket. Publishing stays
+// O(1) on the poller's goroutine: it only wakes the groups. A subscriber whose sink does not take
 // a whole frame at once (its client reads slowly or not at all) is handed to
 // a goroutine of its own that finishes with writes that wait (catchUp), then
 // catches up from its cursor and returns to the group once it has; the group
@@ -87,6 +88,10 @@ type subscriber struct {
 	// to it; the group leaves it alone.
 	lagging bool
 	closed  bool
+	// watched is the socket of a group's stream whose client the
+	// process's watcher watches (watch_linux.go), set as it joins; nil
+	// when a goroutine of the stream's own does.
+	watched *watchedConn
 }
 
 func newSubscriber(cfg *streamConfig, t *topic, at cursor, s sink) *subscriber {
@@ -173,6 +178,7 @@ func (s *subscriber) closeConn(w *sweeper, last []byte) {
 	if last != nil {
 		s.sink.offer(w, last)
 	}
+	s.unwatch()
 	s.sink.close()
 }
 

@@ -223,6 +223,48 @@ func TestStreamEndsOnceItsPlaceIsFree(t *testing.T) {
 	}
 }
 
+// TestClientsLeaveAfterTheirDescriptorsWereReused: the streams that a
+// reload ended free their sockets' descriptors, which the connections of
+// the next streams get again (the lowest free number); the clients of those
+// must still be seen leaving, and their streams end, whether the streams
+// before them were ended by the server or by their clients.
+func TestClientsLeaveAfterTheirDescriptorsWereReused(t *testing.T) {
+	api := newFakeAPI(t, `{"v":0}`)
+	routes := func(retry string) string {
+		return "[" + pollSSERoute("/events", fmt.Sprintf(`"upstream":%q,"interval":"100ms","retry":%q,"heartbeat":"1h"`, api.URL, retry)) + "]"
+	}
+	base := startCaddy(t, routes("3s"))
+	for round, retry := range []string{"4s", "5s", "6s"} {
+		streams := openStreams(t, base+"/events", 5)
+		waitFor(t, 5*time.Second, "the 5 streams watched", func() bool { return streamGoroutines() == 5 })
+		if round%2 == 0 {
+			// The server ends them.
+			reloadCaddy(t, base, routes(retry))
+			for _, sc := range streams {
+				expectEnd(t, sc)
+			}
+		} else {
+			for _, sc := range streams {
+				sc.close()
+			}
+		}
+		waitFor(t, 5*time.Second, "every stream of the round to end", func() bool { return streamGoroutines() == 0 })
+	}
+	// And the clients of streams that the next connections open leave.
+	streams := openStreams(t, base+"/events", 5)
+	waitFor(t, 5*time.Second, "the 5 streams watched", func() bool { return streamGoroutines() == 5 })
+	for _, sc := range streams[:3] {
+		sc.close()
+	}
+	waitFor(t, 5*time.Second, "the streams of the clients that left to end", func() bool { return streamGoroutines() == 2 })
+	api.set(`{"v":1}`)
+	for _, sc := range streams[3:] {
+		if ev := sc.next(5 * time.Second); ev.name != "patch" {
+			t.Fatalf("a client that stayed got %+v", ev)
+		}
+	}
+}
+
 // TestDetachedResumeFromFarBackIsSentWhole resumes a detached stream from
 // more events back than one read of the log takes (maxFramesPerWrite), with
 // the upstream unchanged from then on and the heartbeat an hour away:

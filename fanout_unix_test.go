@@ -35,8 +35,9 @@ func limitSocket(rc syscall.RawConn, rcvbuf, mss int) error {
 
 // TestHTTP1StreamsAreServedByTheirGroup: on every HTTP/1.1 path, plain,
 // logged and HTTPS, the streams of a topic are written by its group, none on
-// a goroutine of its own, and each has one goroutine that waits for its
-// client to leave: a small one of its own, or, on a logged host, its
+// a goroutine of its own, and each client is watched for leaving: on Linux
+// by the process's watcher, with no goroutine per stream, elsewhere by a
+// small goroutine of its own, or, where Caddy counts the bytes, by its
 // request's, which returns when the stream ends so that the access log has
 // the stream's real duration.
 func TestHTTP1StreamsAreServedByTheirGroup(t *testing.T) {
@@ -59,9 +60,13 @@ func TestHTTP1StreamsAreServedByTheirGroup(t *testing.T) {
 			expectServedByGroups(t, 1)
 			// A logged stream's request goroutine gets to its watch after
 			// it has written the snapshot.
-			waitFor(t, 5*time.Second, "a goroutine watching each of the 10 clients", func() bool {
-				return strings.Count(strings.Join(goroutineStacks(), "\n\n"), "caddy-pollsse.(*subscriber).watch(") == 10
+			waitFor(t, 5*time.Second, "each of the 10 clients watched", func() bool {
+				goroutines, _, byWatcher := watchedClients()
+				return goroutines+byWatcher == 10
 			})
+			if goroutines, _, _ := watchedClients(); watcherWatches && goroutines != 0 {
+				t.Errorf("%d clients are watched by goroutines of their own, want none: the process's watcher watches them", goroutines)
+			}
 			v++
 			api.set(fmt.Sprintf(`{"a":%d}`, v))
 			for i, sc := range streams {
@@ -155,26 +160,18 @@ func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 
 // TestStreamsThatTheAccessLogSkipsReturnTheirRequests: on a logged host, a
 // stream whose request the access log skips (`log_skip`) has no line to
-// wait for, so its handler returns as on a host without logs: a small
-// goroutine of its own waits for its client to leave, and its request's
-// goroutine is gone. No access log line is written for it.
+// wait for, so its handler returns as on a host without logs: its client is
+// watched as there, and its request's goroutine is gone. No access log line is written for it.
 func TestStreamsThatTheAccessLogSkipsReturnTheirRequests(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	route := fmt.Sprintf(`{"match":[{"path":["/events"]}],"handle":[{"handler":"vars","log_skip":true},{"handler":"poll_sse","upstream":%q,"interval":"100ms","heartbeat":"1h"}]}`, api.URL)
 	base, log := startCaddyAtDebug(t, "["+route+"]", withAccessLogs(`{}`))
 	streams := openStreams(t, base+"/events", 5)
 	watching := func() (watches, inRequests int) {
-		for _, g := range goroutineStacks() {
-			if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
-				watches++
-				if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
-					inRequests++
-				}
-			}
-		}
-		return watches, inRequests
+		goroutines, inRequests, byWatcher := watchedClients()
+		return goroutines + byWatcher, inRequests
 	}
-	waitFor(t, 5*time.Second, "a goroutine watching each of the 5 clients", func() bool {
+	waitFor(t, 5*time.Second, "each of the 5 clients watched", func() bool {
 		n, _ := watching()
 		return n == 5
 	})

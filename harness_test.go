@@ -310,6 +310,21 @@ func expectServedByGroups(t testing.TB, groups int) {
 	}
 }
 
+// watchedClients counts the streams whose clients are watched for leaving:
+// by goroutines of their own (subscriber.watch), of which inRequests are
+// still their requests' goroutines, and by the process's watcher.
+func watchedClients() (goroutines, inRequests, byWatcher int) {
+	for _, g := range goroutineStacks() {
+		if strings.Contains(g, "caddy-pollsse.(*subscriber).watch(") {
+			goroutines++
+			if strings.Contains(g, "caddyhttp.(*Server).ServeHTTP(") {
+				inRequests++
+			}
+		}
+	}
+	return goroutines, inRequests, watcherStreams()
+}
+
 // assertNoStreamGoroutines fails the test if a goroutine of this package's
 // streams, pollers or tickers is still running shortly after Caddy stopped.
 func assertNoStreamGoroutines(t testing.TB) {
@@ -322,10 +337,13 @@ func assertNoStreamGoroutines(t testing.TB) {
 				leaked = append(leaked, g)
 			}
 		}
-		return len(leaked) == 0
+		return len(leaked) == 0 && watcherStreams() == 0
 	})
 	if !ok {
 		t.Errorf("goroutines of the handler outlived Caddy:\n%s", strings.Join(leaked, "\n\n"))
+	}
+	if n := watcherStreams(); n != 0 {
+		t.Errorf("the watcher still watches %d streams after Caddy stopped", n)
 	}
 }
 

@@ -124,8 +124,9 @@ func writeMoving(conn net.Conn, b net.Buffers, timeout time.Duration) error {
 // return without touching w again.
 //
 // The subscriber joins t's group when the socket beneath the connection can
-// be reached: a plain one (socketSink) or a TLS one (recordSink). A small
-// goroutine of the stream's own waits for the client to leave, and the
+// be reached: a plain one (socketSink) or a TLS one (recordSink). Its
+// client is watched for leaving (watchConn: by the process's watcher on
+// Linux, elsewhere by a small goroutine of the stream's own), and the
 // handler returns. A stream on a host that Caddy logs writes its access log
 // line itself when it ends (accesslog.go, loggedSink). Where it cannot, Caddy
 // counts its bytes (recordSink, through Caddy's wrapper of the connection)
@@ -197,7 +198,7 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 			k = &loggedSink{sink: k, line: line}
 		}
 		s := newSubscriber(d.cfg, t, at, k)
-		d.join(s, func() { go s.watch(conn, sent) })
+		d.join(s, func() { s.watchConn(conn, rc, sent) })
 	}
 	return true
 }
