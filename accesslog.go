@@ -29,7 +29,8 @@ import (
 // fields, the extra fields of `log_append` and the request's uuid among
 // them, and Caddy skips the request's line (log_skip). Its request's
 // goroutine then returns as on a host without logs, and the stream keeps
-// only what its line needs.
+// only what its line needs: its request as Caddy's marshaler wrote it, in
+// one string (logrecord.go), and a few numbers.
 
 // httpApp stands for Caddy's http app, under whose logger ("http") Caddy's
 // access logger ("http.log.access") is named.
@@ -57,13 +58,13 @@ func accessLogger(ctx caddy.Context) *accessLog {
 
 // sharedRespHeader returns h as pairs, the pairs of an earlier stream if
 // they are the same.
-func (a *accessLog) sharedRespHeader(h http.Header) headerPairs {
+func (a *accessLog) sharedRespHeader(h http.Header) *headerPairs {
 	p := pairsOf(h)
 	if last := a.respHeader.Load(); last != nil && slices.Equal(*last, p) {
-		return *last
+		return last
 	}
 	a.respHeader.Store(&p)
-	return p
+	return &p
 }
 
 // extraFieldsAt is where caddyhttp.ExtraLogFields keeps its fields, which
@@ -75,39 +76,45 @@ var extraFieldsAt, extraFieldsOK = func() (uintptr, bool) {
 	return f.Offset, ok && f.Type == reflect.TypeFor[[]zapcore.Field]()
 }()
 
-// A streamLogLine is the access log line of a stream on a host that Caddy
-// logs, which the stream writes when it has ended and its request's handler
-// chain has returned, whichever is later.
-type streamLogLine struct {
-	logger  *zap.Logger
-	names   []string // of the loggers below logger, "" for logger itself
-	level   zapcore.Level
-	message string
-	// req is what the line says of the request: the fields of it that
-	// Caddy logs, which become a request only when the line is written.
-	req         loggedRequest
-	credentials bool
-	userID      string
-	status      int
-	respHeader  headerPairs
-	start       time.Time
+// A loggedSink is the sink of a stream on a host that Caddy logs, which
+// writes the stream's access log line when the stream has ended and its
+// request's handler chain has returned, whichever is later. It counts what
+// goes to the client, and keeps little else: one such sink for each stream.
+type loggedSink struct {
+	sink
+	logger *zap.Logger
+	names  []string // of the loggers below logger, "" for logger itself
+	// request is what the line says of the request, as Caddy's marshaler
+	// said it when the stream was taken over (logrecord.go); req keeps
+	// its fields instead when the marshaler said what a record does not
+	// keep.
+	request    recordedObject
+	req        *loggedRequest
+	userID     string
+	respHeader *headerPairs
+	start      time.Time
 	// size is what the stream wrote before it was taken over; sent what it
 	// wrote after.
 	size int
 	sent atomic.Int64
 	// extra is Caddy's extra fields for the line, read once the handler
 	// chain has returned, when `log_append` has added its.
-	extraOf *caddyhttp.ExtraLogFields
-	extra   []zapcore.Field
-	end     time.Time
+	extraOf  *caddyhttp.ExtraLogFields
+	extra    []zapcore.Field
+	duration time.Duration
+	status   int32
 	// pending counts down the stream's end and the chain's return.
-	pending atomic.Int32
+	pending     atomic.Int32
+	level       zapcore.Level
+	nop         bool // the line's message is "NOP", not "handled request"
+	credentials bool
 }
 
-// newStreamLogLine returns the line of the stream that rec, Caddy's recorder
+// newLoggedSink returns the sink of the stream that rec, Caddy's recorder
 // of w, records for the access log of r, and makes Caddy skip the request;
-// nil, leaving the line to Caddy, when what it needs is not there.
-func newStreamLogLine(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Request) *streamLogLine {
+// nil, leaving the line to Caddy, when what it needs is not there. Its
+// sink is to be set before it is used.
+func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Request) *loggedSink {
 	ctx := r.Context()
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	start, _ := caddyhttp.GetVar(ctx, "start_time").(time.Time)
@@ -116,23 +123,24 @@ func newStreamLogLine(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Re
 	if log == nil || !extraFieldsOK || srv == nil || srv.Logs == nil || start.IsZero() || extra == nil || repl == nil {
 		return nil
 	}
-	l := &streamLogLine{
+	l := &loggedSink{
 		logger:      log.logger,
 		names:       loggerNames(srv.Logs, r),
 		level:       zapcore.InfoLevel,
-		message:     "handled request",
-		req:         newLoggedRequest(r),
 		credentials: srv.Logs.ShouldLogCredentials,
-		status:      rec.Status(),
+		status:      int32(rec.Status()),
 		respHeader:  log.sharedRespHeader(rec.Header()),
 		start:       start,
 		size:        rec.Size(),
 		extraOf:     extra,
 	}
-	l.userID, _ = repl.GetString("http.auth.user.id")
-	if nop, _ := caddyhttp.GetVar(ctx, "unhandled").(bool); nop {
-		l.message = "NOP"
+	q := newLoggedRequest(r)
+	var ok bool
+	if l.request, ok = recordObject(caddyhttp.LoggableHTTPRequest{Request: q.request(), ShouldLogCredentials: l.credentials}); !ok {
+		l.req = &q
 	}
+	l.userID, _ = repl.GetString("http.auth.user.id")
+	l.nop, _ = caddyhttp.GetVar(ctx, "unhandled").(bool)
 	if l.status >= 500 {
 		l.level = zapcore.ErrorLevel
 	}
@@ -151,8 +159,10 @@ func newStreamLogLine(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Re
 // A loggedRequest is what an access log line says of a request
 // (caddyhttp.LoggableHTTPRequest): its method, URI and client as it came
 // (Caddy's original request), and its other fields and headers as the
-// stream's handler has them. It keeps them in fewer and smaller objects
-// than a request does, since a stream keeps them for its whole life.
+// stream's handler has them. It makes the request that a logged stream
+// records for its line, and is kept instead of the record when Caddy's
+// marshaler adds what a record does not keep: in fewer and smaller objects
+// than a request, since a stream keeps it for its whole life.
 type loggedRequest struct {
 	method, uri, remoteAddr, proto, host, clientIP string
 	header                                         headerPairs
@@ -262,22 +272,20 @@ func loggerNames(logs *caddyhttp.ServerLogConfig, r *http.Request) []string {
 }
 
 // returned is called once the request's handler chain has returned.
-func (l *streamLogLine) returned() {
+func (l *loggedSink) returned() {
 	l.extra = append([]zapcore.Field(nil), *(*[]zapcore.Field)(unsafe.Add(unsafe.Pointer(l.extraOf), extraFieldsAt))...)
 	l.extraOf = nil
 	l.done()
 }
 
-// ended is called once when the stream has ended.
-func (l *streamLogLine) ended() {
-	l.end = time.Now()
-	l.done()
-}
-
-// done writes the line on the second of returned and ended.
-func (l *streamLogLine) done() {
+// done writes the line on the second of returned and the stream's end.
+func (l *loggedSink) done() {
 	if l.pending.Add(-1) != 0 {
 		return
+	}
+	message := "handled request"
+	if l.nop {
+		message = "NOP"
 	}
 	var fields []zapcore.Field
 	for _, name := range l.names {
@@ -285,18 +293,22 @@ func (l *streamLogLine) done() {
 		if name != "" {
 			logger = logger.Named(name)
 		}
-		c := logger.Check(l.level, l.message)
+		c := logger.Check(l.level, message)
 		if c == nil {
 			continue
 		}
 		if fields == nil {
+			var request zapcore.ObjectMarshaler = l.request
+			if l.req != nil {
+				request = caddyhttp.LoggableHTTPRequest{Request: l.req.request(), ShouldLogCredentials: l.credentials}
+			}
 			fields = append(make([]zapcore.Field, 0, 7+len(l.extra)),
-				zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: l.req.request(), ShouldLogCredentials: l.credentials}),
+				zap.Object("request", request),
 				zap.Int("bytes_read", 0),
 				zap.String("user_id", l.userID),
-				zap.Duration("duration", l.end.Sub(l.start)),
+				zap.Duration("duration", l.duration),
 				zap.Int("size", l.size+int(l.sent.Load())),
-				zap.Int("status", l.status),
+				zap.Int("status", int(l.status)),
 				zap.Object("resp_headers", caddyhttp.LoggableHTTPHeader{Header: l.respHeader.header(), ShouldLogCredentials: l.credentials}),
 			)
 			fields = append(fields, l.extra...)
@@ -305,35 +317,30 @@ func (l *streamLogLine) done() {
 	}
 }
 
-// A loggedSink is the sink of a stream that writes its own access log
-// line: it counts what goes to the client, and the line is written when the
-// stream's connection closes.
-type loggedSink struct {
-	sink
-	line *streamLogLine
-}
-
-func (k *loggedSink) offer(w *sweeper, b []byte) (int, error) {
-	n, err := k.sink.offer(w, b)
-	k.line.sent.Add(int64(n))
+func (l *loggedSink) offer(w *sweeper, b []byte) (int, error) {
+	n, err := l.sink.offer(w, b)
+	l.sent.Add(int64(n))
 	return n, err
 }
 
-func (k *loggedSink) push(w *sweeper, rest, f []byte) error {
-	err := k.sink.push(w, rest, f)
+func (l *loggedSink) push(w *sweeper, rest, f []byte) error {
+	err := l.sink.push(w, rest, f)
 	if err == nil {
 		n := len(rest)
 		if rest == nil {
 			n = chunkLen(len(f))
 		}
-		k.line.sent.Add(int64(n))
+		l.sent.Add(int64(n))
 	}
 	return err
 }
 
-func (k *loggedSink) close() {
-	k.sink.close()
-	k.line.ended()
+// close closes the stream's connection, and the line is written once the
+// chain has returned too.
+func (l *loggedSink) close() {
+	l.sink.close()
+	l.duration = time.Since(l.start)
+	l.done()
 }
 
 // chunkLen is the length of a chunk of n bytes (appendChunk): its size in

@@ -176,9 +176,9 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 	// A logged stream whose socket the group writes writes its own line;
 	// one that cannot (a Caddy that keeps the line's fields where it cannot
 	// be read) is counted by Caddy, and waits for its line.
-	var line *streamLogLine
+	var line *loggedSink
 	if logged && rc != nil && err == nil && (tlsConn == nil || canMeasureRoom) {
-		line = newStreamLogLine(d.cfg.accessLog, recorderOf(w), r)
+		line = newLoggedSink(d.cfg.accessLog, recorderOf(w), r)
 	}
 	counted := logged && line == nil
 	switch {
@@ -195,7 +195,8 @@ func (d *detachedStreams) detach(w http.ResponseWriter, r *http.Request, t *topi
 			k = newRecordSink(tlsConn, conn, rc, timeout)
 		}
 		if line != nil {
-			k = &loggedSink{sink: k, line: line}
+			line.sink = k
+			k = line
 		}
 		s := newSubscriber(d.cfg, t, at, k)
 		d.join(s, func() { s.watchConn(conn, rc, sent) })
