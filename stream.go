@@ -3,6 +3,7 @@ package pollsse
 import (
 	"context"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,14 +95,49 @@ func (d *detachedStreams) follow(s *subscriber, ctx context.Context) {
 // which Caddy bounds each write by the server's write_idle_timeout: on
 // HTTP/2 each of its writes and flushes sets a deadline, a timer and a
 // message to the connection's goroutine each. A stream's writes are
-// bounded by its write_timeout instead (writeWatch). Any other writer is
-// kept: those that count, compress or rewrite what is written see every
-// frame.
+// bounded by its write_timeout instead (writeWatch). On a host that Caddy
+// logs, its recorder of the response, which counts the bytes for the
+// line, is over that writer: the recorder is kept, and made to write
+// beneath it. Any other writer is kept as it is: those that count,
+// compress or rewrite what is written see every frame.
 func beneathIdleTimeout(w http.ResponseWriter) http.ResponseWriter {
+	if beneath := idleTimeoutBeneath(w); beneath != nil {
+		return beneath
+	}
+	if rec, ok := w.(caddyhttp.ResponseRecorder); ok {
+		if wrapper := recorderWrapper(rec); wrapper != nil {
+			if beneath := idleTimeoutBeneath(wrapper.ResponseWriter); beneath != nil {
+				wrapper.ResponseWriter = beneath
+			}
+		}
+	}
+	return w
+}
+
+// idleTimeoutBeneath returns the writer beneath w if w is Caddy's writer
+// of write_idle_timeout, nil otherwise.
+func idleTimeoutBeneath(w http.ResponseWriter) http.ResponseWriter {
 	if iw, ok := w.(*caddyhttp.IdleTimeoutWriter); ok && iw.ResponseWriterWrapper != nil && iw.ResponseWriterWrapper.ResponseWriter != nil {
 		return iw.ResponseWriterWrapper
 	}
-	return w
+	return nil
+}
+
+// recorderWrapper returns the wrapper through which rec, Caddy's response
+// recorder, writes: the *caddyhttp.ResponseWriterWrapper that it embeds,
+// of its own (NewResponseRecorder makes it), found by reflection since the
+// recorder's type is unexported; nil if rec has none.
+func recorderWrapper(rec caddyhttp.ResponseRecorder) *caddyhttp.ResponseWriterWrapper {
+	v := reflect.ValueOf(rec)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	f := v.Elem().FieldByName("ResponseWriterWrapper")
+	if !f.IsValid() || f.Type() != reflect.TypeFor[*caddyhttp.ResponseWriterWrapper]() || !f.CanInterface() {
+		return nil
+	}
+	wrapper, _ := f.Interface().(*caddyhttp.ResponseWriterWrapper)
+	return wrapper
 }
 
 // followSweepers are the scratch state of the subscribers that run on

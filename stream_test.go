@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -18,8 +19,10 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"go.uber.org/zap"
 )
 
 func TestHeartbeat(t *testing.T) {
@@ -337,5 +340,72 @@ func TestQuietStreamOutlivesItsWriteTimeout(t *testing.T) {
 		if ev, ok := sc.nextOrTimeout(5 * time.Second); !ok || ev.name != "patch" {
 			t.Errorf("%s: after a quiet second got %+v (stream open: %v), want the patch", paths[i].name, ev, ok)
 		}
+	}
+}
+
+// deadlineWriter is a response writer that counts the write deadlines set
+// on it, as net/http's HTTP/2 writer takes them (a message to the
+// connection's goroutine and a timer each).
+type deadlineWriter struct {
+	*httptest.ResponseRecorder
+	deadlines int
+}
+
+func (w *deadlineWriter) SetWriteDeadline(time.Time) error {
+	w.deadlines++
+	return nil
+}
+
+// TestStreamsWriteBeneathCaddysIdleTimeout: a stream's writes and flushes
+// set no write deadline through Caddy's writer of write_idle_timeout (the
+// stream's write_timeout bounds them), on a host that Caddy logs too,
+// where Caddy's recorder of the response is over that writer and still
+// counts every byte for the access log line.
+func TestStreamsWriteBeneathCaddysIdleTimeout(t *testing.T) {
+	chain := func() (*deadlineWriter, *caddyhttp.IdleTimeoutWriter) {
+		inner := &deadlineWriter{ResponseRecorder: httptest.NewRecorder()}
+		return inner, &caddyhttp.IdleTimeoutWriter{
+			ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: inner},
+			Ctrl:                  http.NewResponseController(inner),
+			Deadline:              caddyhttp.IdleDeadline{Start: time.Now(), Timeout: time.Minute},
+			Logger:                zap.NewNop(),
+			ClearBetweenWrites:    true,
+		}
+	}
+	frames := [][]byte{[]byte("retry: 3000\n\n"), []byte("event: snapshot\ndata: {}\n\n")}
+	write := func(w http.ResponseWriter) {
+		for _, f := range frames {
+			w.Write(f)
+			http.NewResponseController(w).Flush()
+		}
+	}
+	want := string(bytes.Join(frames, nil))
+
+	// What the stream would cost through Caddy's writer: a deadline set
+	// and one cleared per write and per flush.
+	inner, idle := chain()
+	write(caddyhttp.NewResponseRecorder(idle, nil, nil))
+	if inner.deadlines == 0 {
+		t.Fatal("writes through Caddy's writer of write_idle_timeout set no deadline: the test measures nothing")
+	}
+
+	inner, idle = chain()
+	write(beneathIdleTimeout(idle))
+	if inner.deadlines != 0 || inner.Body.String() != want {
+		t.Errorf("on a host without logs, the stream set %d deadlines and wrote %q, want none and %q", inner.deadlines, inner.Body.String(), want)
+	}
+
+	inner, idle = chain()
+	rec := caddyhttp.NewResponseRecorder(idle, nil, nil)
+	w := beneathIdleTimeout(rec)
+	write(w)
+	if w != rec {
+		t.Error("on a logged host, the stream does not write through Caddy's recorder")
+	}
+	if inner.deadlines != 0 || inner.Body.String() != want {
+		t.Errorf("on a logged host, the stream set %d deadlines and wrote %q, want none and %q", inner.deadlines, inner.Body.String(), want)
+	}
+	if rec.Size() != len(want) || rec.Status() != http.StatusOK {
+		t.Errorf("Caddy's recorder counted %d bytes, status %d; want %d, 200", rec.Size(), rec.Status(), len(want))
 	}
 }
