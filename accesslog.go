@@ -137,7 +137,8 @@ func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Reque
 	q := newLoggedRequest(r)
 	var ok bool
 	if l.request, ok = recordObject(caddyhttp.LoggableHTTPRequest{Request: q.request(), ShouldLogCredentials: l.credentials}); !ok {
-		l.req = &q
+		l.req = new(loggedRequest)
+		*l.req = q
 	}
 	l.userID, _ = repl.GetString("http.auth.user.id")
 	l.nop, _ = caddyhttp.GetVar(ctx, "unhandled").(bool)
