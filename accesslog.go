@@ -2,7 +2,6 @@ package pollsse
 
 import (
 	"context"
-	"crypto/tls"
 	"maps"
 	"math/bits"
 	"net"
@@ -85,11 +84,8 @@ type loggedSink struct {
 	logger *zap.Logger
 	names  []string // of the loggers below logger, "" for logger itself
 	// request is what the line says of the request, as Caddy's marshaler
-	// said it when the stream was taken over (logrecord.go); req keeps
-	// its fields instead when the marshaler said what a record does not
-	// keep.
+	// said it when the stream was taken over (logrecord.go).
 	request    recordedObject
-	req        *loggedRequest
 	userID     string
 	respHeader *headerPairs
 	start      time.Time
@@ -112,7 +108,8 @@ type loggedSink struct {
 
 // newLoggedSink returns the sink of the stream that rec, Caddy's recorder
 // of w, records for the access log of r, and makes Caddy skip the request;
-// nil, leaving the line to Caddy, when what it needs is not there. Its
+// nil, leaving the line to Caddy, when what it needs is not there or
+// Caddy's marshaler of the request adds what a record does not keep. Its
 // sink is to be set before it is used.
 func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Request) *loggedSink {
 	ctx := r.Context()
@@ -134,11 +131,9 @@ func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Reque
 		size:        rec.Size(),
 		extraOf:     extra,
 	}
-	q := newLoggedRequest(r)
 	var ok bool
-	if l.request, ok = recordObject(caddyhttp.LoggableHTTPRequest{Request: q.request(), ShouldLogCredentials: l.credentials}); !ok {
-		l.req = new(loggedRequest)
-		*l.req = q
+	if l.request, ok = recordObject(caddyhttp.LoggableHTTPRequest{Request: loggedRequest(r), ShouldLogCredentials: l.credentials}); !ok {
+		return nil
 	}
 	l.userID, _ = repl.GetString("http.auth.user.id")
 	l.nop, _ = caddyhttp.GetVar(ctx, "unhandled").(bool)
@@ -157,57 +152,31 @@ func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Reque
 	return l
 }
 
-// A loggedRequest is what an access log line says of a request
-// (caddyhttp.LoggableHTTPRequest): its method, URI and client as it came
-// (Caddy's original request), and its other fields and headers as the
-// stream's handler has them. It makes the request that a logged stream
-// records for its line, and is kept instead of the record when Caddy's
-// marshaler adds what a record does not keep: in fewer and smaller objects
-// than a request, since a stream keeps it for its whole life.
-type loggedRequest struct {
-	method, uri, remoteAddr, proto, host, clientIP string
-	header                                         headerPairs
-	transferEncoding                               []string
-	tls                                            *tls.ConnectionState
-}
-
-func newLoggedRequest(r *http.Request) loggedRequest {
+// loggedRequest returns the request that Caddy's line would log
+// (caddyhttp.LoggableHTTPRequest), for a logged stream to record: r's
+// method, URI and client as they came (Caddy's original request), its
+// other fields and headers as the stream's handler has them, and the
+// client's address in a context of its own.
+func loggedRequest(r *http.Request) *http.Request {
 	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
 	if !ok {
 		orig = *r
 	}
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	return loggedRequest{
-		method:           orig.Method,
-		uri:              orig.RequestURI,
-		remoteAddr:       orig.RemoteAddr,
-		proto:            r.Proto,
-		host:             r.Host,
-		clientIP:         ip,
-		header:           pairsOf(r.Header),
-		transferEncoding: r.TransferEncoding,
-		tls:              r.TLS,
-	}
-}
-
-// request returns the request that Caddy's line would log, with the
-// client's address in a context of its own.
-func (q *loggedRequest) request() *http.Request {
 	ctx := context.Background()
-	if q.clientIP != "" {
-		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: q.clientIP})
+	if ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ip != "" {
+		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
 	}
-	r := &http.Request{
-		Method:           q.method,
-		RequestURI:       q.uri,
-		RemoteAddr:       q.remoteAddr,
-		Proto:            q.proto,
-		Host:             q.host,
-		Header:           q.header.header(),
-		TransferEncoding: q.transferEncoding,
-		TLS:              q.tls,
+	logged := &http.Request{
+		Method:           orig.Method,
+		RequestURI:       orig.RequestURI,
+		RemoteAddr:       orig.RemoteAddr,
+		Proto:            r.Proto,
+		Host:             r.Host,
+		Header:           r.Header,
+		TransferEncoding: r.TransferEncoding,
+		TLS:              r.TLS,
 	}
-	return r.WithContext(ctx)
+	return logged.WithContext(ctx)
 }
 
 // headerPairs is a header as one slice of names and values, a name before
@@ -299,12 +268,8 @@ func (l *loggedSink) done() {
 			continue
 		}
 		if fields == nil {
-			var request zapcore.ObjectMarshaler = l.request
-			if l.req != nil {
-				request = caddyhttp.LoggableHTTPRequest{Request: l.req.request(), ShouldLogCredentials: l.credentials}
-			}
 			fields = append(make([]zapcore.Field, 0, 7+len(l.extra)),
-				zap.Object("request", request),
+				zap.Object("request", l.request),
 				zap.Int("bytes_read", 0),
 				zap.String("user_id", l.userID),
 				zap.Duration("duration", l.duration),

@@ -145,7 +145,7 @@ func TestRecordedRequestIsCaddys(t *testing.T) {
 
 // TestRecordRefusesWhatItDoesNotKeep: a marshaler that adds a time, a
 // complex number or a reflected value, at any depth, is not recorded (its
-// stream keeps the request's fields instead).
+// stream leaves its line to Caddy instead).
 func TestRecordRefusesWhatItDoesNotKeep(t *testing.T) {
 	for name, add := range map[string]func(zapcore.ObjectEncoder){
 		"time":      func(enc zapcore.ObjectEncoder) { enc.AddTime("t", time.Now()) },
