@@ -26,11 +26,12 @@ import (
 // goroutine of its own: on Linux one goroutine of the process waits on an
 // epoll set of their sockets for clients leaving (watch_linux.go), on other
 // systems a small goroutine per stream reads its socket. Publishing stays
-// O(1) on the poller's goroutine: it only wakes the groups. A subscriber whose sink does not take
-// a whole frame at once (its client reads slowly or not at all) is handed to
-// a goroutine of its own that finishes with writes that wait (catchUp), then
-// catches up from its cursor and returns to the group once it has; the group
-// meanwhile skips it, so it costs the others nothing.
+// O(1) on the poller's goroutine: it only wakes the groups. A subscriber
+// whose sink does not take a whole frame at once (its client reads slowly
+// or not at all) is handed to a goroutine of its own that finishes with
+// writes that wait (catchUp), then catches up from its cursor and returns
+// to the group once it has; the group meanwhile skips it, so it costs the
+// others nothing.
 //
 // A subscriber whose sink cannot write without waiting (a follower) runs
 // catchUp on a goroutine of its own, always (follow, stream.go). It is a

@@ -161,7 +161,8 @@ func TestClientThatSendsDataOnItsStreamIsEnded(t *testing.T) {
 // TestStreamsThatTheAccessLogSkipsReturnTheirRequests: on a logged host, a
 // stream whose request the access log skips (`log_skip`) has no line to
 // wait for, so its handler returns as on a host without logs: its client is
-// watched as there, and its request's goroutine is gone. No access log line is written for it.
+// watched as there, and its request's goroutine is gone. No access log line
+// is written for it.
 func TestStreamsThatTheAccessLogSkipsReturnTheirRequests(t *testing.T) {
 	api := newFakeAPI(t, `{"a":1}`)
 	route := fmt.Sprintf(`{"match":[{"path":["/events"]}],"handle":[{"handler":"vars","log_skip":true},{"handler":"poll_sse","upstream":%q,"interval":"100ms","heartbeat":"1h"}]}`, api.URL)

@@ -17,10 +17,11 @@ import (
 // stream was taken over, in the same order.
 
 // A recordedObject is an object as a zapcore.ObjectMarshaler added it to
-// an encoder, replayed by its MarshalLogObject. Each field is an op byte,
-// its key, and its value; an object's or an array's value is its own record,
-// after its length, so that an encoder that leaves a field out (Caddy's
-// filter encoder deleting one) need not read it.
+// an encoder, replayed by its MarshalLogObject. Each field is its key, then
+// its value as a recordedArray's element is: an op byte and the value; an
+// object's or an array's value is its own record, after its length, so
+// that an encoder that leaves a field out (Caddy's filter encoder deleting
+// one) need not read it.
 type recordedObject string
 
 // A recordedArray is an array recorded as a recordedObject's fields are,
@@ -59,13 +60,9 @@ type recorder struct {
 	unsupported bool
 }
 
-func (r *recorder) key(op byte, key string) {
-	r.b = append(r.b, op)
-	r.b = binary.AppendUvarint(r.b, uint64(len(key)))
-	r.b = append(r.b, key...)
-}
-
-func (r *recorder) bytes(s string) { r.b = appendLen(r.b, s) }
+// name starts a field of an object with its key; the field's value
+// follows as an array's element would (Append…).
+func (r *recorder) name(key string) { r.b = appendLen(r.b, key) }
 
 // appendLen appends v to b after its length.
 func appendLen[T string | []byte](b []byte, v T) []byte {
@@ -89,55 +86,38 @@ func (r *recorder) array(m zapcore.ArrayMarshaler) {
 	r.nested(func(sub *recorder) error { return m.MarshalLogArray(sub) })
 }
 
-// The fields of an object.
+// The fields of an object: each a key and then its value as an element.
 
-func (r *recorder) AddString(k, v string) { r.key(recString, k); r.bytes(v) }
-func (r *recorder) AddByteString(k string, v []byte) {
-	r.key(recByteString, k)
-	r.b = appendLen(r.b, v)
+func (r *recorder) AddString(k, v string)            { r.name(k); r.AppendString(v) }
+func (r *recorder) AddByteString(k string, v []byte) { r.name(k); r.AppendByteString(v) }
+func (r *recorder) AddBinary(k string, v []byte) {
+	r.name(k)
+	r.b = appendLen(append(r.b, recBinary), v)
 }
-func (r *recorder) AddBinary(k string, v []byte) { r.key(recBinary, k); r.b = appendLen(r.b, v) }
-func (r *recorder) AddBool(k string, v bool) {
-	r.key(recBool, k)
-	r.b = append(r.b, boolByte(v))
-}
-func (r *recorder) AddInt64(k string, v int64) { r.key(recInt, k); r.b = binary.AppendVarint(r.b, v) }
-func (r *recorder) AddInt(k string, v int)     { r.AddInt64(k, int64(v)) }
-func (r *recorder) AddInt32(k string, v int32) { r.AddInt64(k, int64(v)) }
-func (r *recorder) AddInt16(k string, v int16) { r.AddInt64(k, int64(v)) }
-func (r *recorder) AddInt8(k string, v int8)   { r.AddInt64(k, int64(v)) }
-func (r *recorder) AddUint64(k string, v uint64) {
-	r.key(recUint, k)
-	r.b = binary.AppendUvarint(r.b, v)
-}
-func (r *recorder) AddUint(k string, v uint)       { r.AddUint64(k, uint64(v)) }
-func (r *recorder) AddUint32(k string, v uint32)   { r.AddUint64(k, uint64(v)) }
-func (r *recorder) AddUint16(k string, v uint16)   { r.AddUint64(k, uint64(v)) }
-func (r *recorder) AddUint8(k string, v uint8)     { r.AddUint64(k, uint64(v)) }
-func (r *recorder) AddUintptr(k string, v uintptr) { r.AddUint64(k, uint64(v)) }
-func (r *recorder) AddFloat64(k string, v float64) {
-	r.key(recFloat64, k)
-	r.b = binary.LittleEndian.AppendUint64(r.b, math.Float64bits(v))
-}
-func (r *recorder) AddFloat32(k string, v float32) {
-	r.key(recFloat32, k)
-	r.b = binary.LittleEndian.AppendUint32(r.b, math.Float32bits(v))
-}
-func (r *recorder) AddDuration(k string, v time.Duration) {
-	r.key(recDuration, k)
-	r.b = binary.AppendVarint(r.b, int64(v))
-}
+func (r *recorder) AddBool(k string, v bool)              { r.name(k); r.AppendBool(v) }
+func (r *recorder) AddInt64(k string, v int64)            { r.name(k); r.AppendInt64(v) }
+func (r *recorder) AddInt(k string, v int)                { r.AddInt64(k, int64(v)) }
+func (r *recorder) AddInt32(k string, v int32)            { r.AddInt64(k, int64(v)) }
+func (r *recorder) AddInt16(k string, v int16)            { r.AddInt64(k, int64(v)) }
+func (r *recorder) AddInt8(k string, v int8)              { r.AddInt64(k, int64(v)) }
+func (r *recorder) AddUint64(k string, v uint64)          { r.name(k); r.AppendUint64(v) }
+func (r *recorder) AddUint(k string, v uint)              { r.AddUint64(k, uint64(v)) }
+func (r *recorder) AddUint32(k string, v uint32)          { r.AddUint64(k, uint64(v)) }
+func (r *recorder) AddUint16(k string, v uint16)          { r.AddUint64(k, uint64(v)) }
+func (r *recorder) AddUint8(k string, v uint8)            { r.AddUint64(k, uint64(v)) }
+func (r *recorder) AddUintptr(k string, v uintptr)        { r.AddUint64(k, uint64(v)) }
+func (r *recorder) AddFloat64(k string, v float64)        { r.name(k); r.AppendFloat64(v) }
+func (r *recorder) AddFloat32(k string, v float32)        { r.name(k); r.AppendFloat32(v) }
+func (r *recorder) AddDuration(k string, v time.Duration) { r.name(k); r.AppendDuration(v) }
 func (r *recorder) AddObject(k string, m zapcore.ObjectMarshaler) error {
-	r.key(recObject, k)
-	r.object(m)
-	return nil
+	r.name(k)
+	return r.AppendObject(m)
 }
 func (r *recorder) AddArray(k string, m zapcore.ArrayMarshaler) error {
-	r.key(recArray, k)
-	r.array(m)
-	return nil
+	r.name(k)
+	return r.AppendArray(m)
 }
-func (r *recorder) OpenNamespace(k string) { r.key(recNamespace, k) }
+func (r *recorder) OpenNamespace(k string) { r.name(k); r.b = append(r.b, recNamespace) }
 
 // What a record does not keep: a time is written in the encoder's time
 // format and zone, which replaying it would have to keep too.
@@ -152,7 +132,7 @@ func (r *recorder) AppendReflected(any) error        { r.unsupported = true; ret
 
 // The elements of an array.
 
-func (r *recorder) AppendString(v string)     { r.b = append(r.b, recString); r.bytes(v) }
+func (r *recorder) AppendString(v string)     { r.b = appendLen(append(r.b, recString), v) }
 func (r *recorder) AppendByteString(v []byte) { r.b = appendLen(append(r.b, recByteString), v) }
 func (r *recorder) AppendBool(v bool)         { r.b = append(r.b, recBool, boolByte(v)) }
 func (r *recorder) AppendInt64(v int64)       { r.b = binary.AppendVarint(append(r.b, recInt), v) }
@@ -193,7 +173,7 @@ func boolByte(v bool) byte {
 	return 0
 }
 
-// A replay reads a record back, op by op; a record that it cannot read
+// A replay reads a record back, field by field; a record that it cannot read
 // (none that recorder wrote) ends it.
 type replay struct {
 	s  string
@@ -257,12 +237,12 @@ func (p *replay) op() (byte, bool) {
 // MarshalLogObject adds the recorded fields to enc.
 func (o recordedObject) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	p := replay{s: string(o), ok: true}
-	for {
+	for p.s != "" {
+		k := p.str()
 		op, more := p.op()
 		if !more {
 			return nil
 		}
-		k := p.str()
 		switch op {
 		case recString:
 			enc.AddString(k, p.str())
@@ -292,6 +272,7 @@ func (o recordedObject) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 			return nil
 		}
 	}
+	return nil
 }
 
 // MarshalLogArray appends the recorded elements to enc.
