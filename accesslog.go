@@ -58,10 +58,10 @@ func accessLogger(ctx caddy.Context) *accessLog {
 // sharedRespHeader returns h as pairs, the pairs of an earlier stream if
 // they are the same.
 func (a *accessLog) sharedRespHeader(h http.Header) *headerPairs {
-	p := pairsOf(h)
-	if last := a.respHeader.Load(); last != nil && slices.Equal(*last, p) {
+	if last := a.respHeader.Load(); last != nil && last.is(h) {
 		return last
 	}
+	p := pairsOf(h)
 	a.respHeader.Store(&p)
 	return &p
 }
@@ -132,7 +132,7 @@ func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Reque
 		extraOf:     extra,
 	}
 	var ok bool
-	if l.request, ok = recordObject(caddyhttp.LoggableHTTPRequest{Request: loggedRequest(r), ShouldLogCredentials: l.credentials}); !ok {
+	if l.request, ok = recordRequest(r, l.credentials); !ok {
 		return nil
 	}
 	l.userID, _ = repl.GetString("http.auth.user.id")
@@ -152,31 +152,21 @@ func newLoggedSink(log *accessLog, rec caddyhttp.ResponseRecorder, r *http.Reque
 	return l
 }
 
-// loggedRequest returns the request that Caddy's line would log
-// (caddyhttp.LoggableHTTPRequest), for a logged stream to record: r's
-// method, URI and client as they came (Caddy's original request), its
-// other fields and headers as the stream's handler has them, and the
-// client's address in a context of its own.
-func loggedRequest(r *http.Request) *http.Request {
-	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
-	if !ok {
-		orig = *r
+// recordRequest records what Caddy's line says of r
+// (caddyhttp.LoggableHTTPRequest): its method, URI and client as they came
+// (Caddy's original request), its other fields and headers as the stream's
+// handler has them. The request that Caddy's marshaler is given is a copy
+// on the stack, which nothing keeps: the record is only what the marshaler
+// added.
+func recordRequest(r *http.Request, credentials bool) (recordedObject, bool) {
+	logged := *r
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
+		logged.Method, logged.RequestURI, logged.RemoteAddr = orig.Method, orig.RequestURI, orig.RemoteAddr
 	}
-	ctx := context.Background()
-	if ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ip != "" {
-		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
-	}
-	logged := &http.Request{
-		Method:           orig.Method,
-		RequestURI:       orig.RequestURI,
-		RemoteAddr:       orig.RemoteAddr,
-		Proto:            r.Proto,
-		Host:             r.Host,
-		Header:           r.Header,
-		TransferEncoding: r.TransferEncoding,
-		TLS:              r.TLS,
-	}
-	return logged.WithContext(ctx)
+	rec, ok := record(func(enc *recorder) error {
+		return caddyhttp.LoggableHTTPRequest{Request: &logged, ShouldLogCredentials: credentials}.MarshalLogObject(enc)
+	})
+	return recordedObject(rec), ok
 }
 
 // headerPairs is a header as one slice of names and values, a name before
@@ -197,6 +187,26 @@ func pairsOf(h http.Header) headerPairs {
 		}
 	}
 	return p
+}
+
+// is tells whether p is the pairs of h, without making them; false, too,
+// when h has a name without values, whose pairs are those of h without it.
+func (p headerPairs) is(h http.Header) bool {
+	names := 0
+	for i := 0; i < len(p); names++ {
+		name := p[i]
+		vs := h[name]
+		if len(vs) == 0 || i > 0 && p[i-2] == name {
+			return false
+		}
+		for _, v := range vs {
+			if i+1 >= len(p) || p[i] != name || p[i+1] != v {
+				return false
+			}
+			i += 2
+		}
+	}
+	return names == len(h)
 }
 
 func (p headerPairs) header() http.Header {

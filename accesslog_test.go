@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -368,5 +370,34 @@ func TestStreamsShareTheirResponseHeader(t *testing.T) {
 	other.Set("X-Request-Id", "2")
 	if got := a.sharedRespHeader(other); !reflect.DeepEqual(got.header(), other) {
 		t.Errorf("a stream with another response header keeps %v, want %v", got.header(), other)
+	}
+}
+
+// TestHeaderPairsAreTheirHeaderAlone: pairs are found to be a header's
+// only when they are the pairs that header makes, and always then unless
+// the header has a name without values.
+func TestHeaderPairsAreTheirHeaderAlone(t *testing.T) {
+	headers := []http.Header{
+		{},
+		{"A": {"1"}},
+		{"A": {"2"}},
+		{"B": {"1"}},
+		{"A": {"1", "1"}},
+		{"A": {"1", "2"}},
+		{"A": {"2", "1"}},
+		{"A": {"1"}, "B": {"2"}},
+		{"A": {"1"}, "B": {"2"}, "C": {}},
+		{"A": {"1"}, "B": {"2", "3"}},
+		{"A": {}},
+	}
+	for _, h := range headers {
+		for _, other := range headers {
+			p := pairsOf(other)
+			same := slices.Equal(p, pairsOf(h))
+			empty := slices.ContainsFunc(slices.Collect(maps.Values(h)), func(vs []string) bool { return len(vs) == 0 })
+			if got := p.is(h); got && !same || !got && same && !empty {
+				t.Errorf("the pairs of %v are found to be those of %v: %v", other, h, got)
+			}
+		}
 	}
 }

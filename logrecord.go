@@ -3,6 +3,7 @@ package pollsse
 import (
 	"encoding/binary"
 	"math"
+	"sync"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -46,11 +47,19 @@ const (
 // recordObject records what m adds to an encoder; ok is false when m adds
 // what a record does not keep (times, complex numbers, reflected values).
 func recordObject(m zapcore.ObjectMarshaler) (recordedObject, bool) {
-	var r recorder
-	if err := m.MarshalLogObject(&r); err != nil || r.unsupported {
+	rec, ok := record(func(r *recorder) error { return m.MarshalLogObject(r) })
+	return recordedObject(rec), ok
+}
+
+// record returns what marshal adds to a recorder, as one string: the one
+// allocation a record takes, since recorders and their buffers are reused.
+func record(marshal func(*recorder) error) (string, bool) {
+	r := recorders.Get().(*recorder)
+	defer r.free()
+	if err := marshal(r); err != nil || r.unsupported {
 		return "", false
 	}
-	return recordedObject(r.b), true
+	return string(r.b), true
 }
 
 // A recorder is the encoder that recordObject gives the marshaler, for an
@@ -58,6 +67,20 @@ func recordObject(m zapcore.ObjectMarshaler) (recordedObject, bool) {
 type recorder struct {
 	b           []byte
 	unsupported bool
+}
+
+// recorders are the recorders not in use, with their buffers. A buffer that
+// a large record grew is let go rather than kept.
+var recorders = sync.Pool{New: func() any { return &recorder{b: make([]byte, 0, 512)} }}
+
+const maxPooledRecord = 4 << 10
+
+func (r *recorder) free() {
+	if cap(r.b) > maxPooledRecord {
+		return
+	}
+	*r = recorder{b: r.b[:0]}
+	recorders.Put(r)
 }
 
 // name starts a field of an object with its key; the field's value
@@ -70,8 +93,9 @@ func appendLen[T string | []byte](b []byte, v T) []byte {
 }
 
 func (r *recorder) nested(marshal func(*recorder) error) {
-	var sub recorder
-	if err := marshal(&sub); err != nil || sub.unsupported {
+	sub := recorders.Get().(*recorder)
+	defer sub.free()
+	if err := marshal(sub); err != nil || sub.unsupported {
 		r.unsupported = true
 		return
 	}

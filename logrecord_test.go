@@ -1,6 +1,7 @@
 package pollsse
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"math"
@@ -110,7 +111,9 @@ func TestRecordedObjectIsWhatItsMarshalerAdds(t *testing.T) {
 // TestRecordedRequestIsCaddys: the record of a request that a logged
 // stream keeps writes what Caddy's marshaler writes of the request: its
 // headers, with credentials redacted unless they are to be logged, its
-// transfer encoding and its TLS state.
+// transfer encoding, its TLS state and its client; and its method, URI and
+// remote address as the request came, before a rewrite, as Caddy's line
+// says them.
 func TestRecordedRequestIsCaddys(t *testing.T) {
 	r, _ := http.NewRequest(http.MethodGet, "https://example.com/events?topic=a", nil)
 	r.RequestURI = "/events?topic=a"
@@ -119,6 +122,11 @@ func TestRecordedRequestIsCaddys(t *testing.T) {
 	r.Header = http.Header{"Accept": {"text/event-stream"}, "Authorization": {"Bearer secret"}, "X-Two": {"1", "2"}, "X-Empty": {""}}
 	r.TransferEncoding = []string{"chunked"}
 	r.TLS = &tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256, NegotiatedProtocol: "http/1.1", ServerName: "example.com", DidResume: true}
+	ctx := context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "198.51.100.9"})
+	r = r.WithContext(ctx)
+	came := *r
+	came.Method, came.RequestURI, came.RemoteAddr = http.MethodGet, "/old/events?topic=a", "192.0.2.8:50124"
+	rewritten := r.WithContext(context.WithValue(ctx, caddyhttp.OriginalRequestCtxKey, came))
 	decode := func(s string) map[string]any {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(s), &m); err != nil {
@@ -127,18 +135,26 @@ func TestRecordedRequestIsCaddys(t *testing.T) {
 		return m
 	}
 	for _, credentials := range []bool{false, true} {
-		m := caddyhttp.LoggableHTTPRequest{Request: r, ShouldLogCredentials: credentials}
-		rec, ok := recordObject(m)
-		if !ok {
-			t.Fatal("Caddy's request was not recorded")
-		}
-		got, want := decode(encodeJSON(t, zap.Object("request", rec))), decode(encodeJSON(t, zap.Object("request", m)))
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("with credentials logged %v, the record writes\n%v\nCaddy's marshaler\n%v", credentials, got, want)
-		}
-		auth := got["request"].(map[string]any)["headers"].(map[string]any)["Authorization"]
-		if secret := reflect.DeepEqual(auth, []any{"Bearer secret"}); secret != credentials {
-			t.Errorf("with credentials logged %v, the record has Authorization %v", credentials, auth)
+		for name, c := range map[string]struct{ stream, caddys *http.Request }{
+			"as it came": {r, r},
+			"rewritten":  {rewritten, &came},
+		} {
+			rec, ok := recordRequest(c.stream, credentials)
+			if !ok {
+				t.Fatal("Caddy's request was not recorded")
+			}
+			got := decode(encodeJSON(t, zap.Object("request", rec)))
+			want := decode(encodeJSON(t, zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: c.caddys, ShouldLogCredentials: credentials})))
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%s, with credentials logged %v, the record writes\n%v\nCaddy's marshaler\n%v", name, credentials, got, want)
+			}
+			req := got["request"].(map[string]any)
+			if auth := req["headers"].(map[string]any)["Authorization"]; reflect.DeepEqual(auth, []any{"Bearer secret"}) != credentials {
+				t.Errorf("%s, with credentials logged %v, the record has Authorization %v", name, credentials, auth)
+			}
+			if req["uri"] != c.caddys.RequestURI || req["client_ip"] != "198.51.100.9" {
+				t.Errorf("%s: the record has uri %v and client_ip %v", name, req["uri"], req["client_ip"])
+			}
 		}
 	}
 }
@@ -170,6 +186,27 @@ func TestRecordRefusesWhatItDoesNotKeep(t *testing.T) {
 		})
 		if _, ok := recordObject(m); ok {
 			t.Errorf("a marshaler that adds a %s was recorded", name)
+		}
+	}
+}
+
+// BenchmarkRecordRequest: recording what a logged stream's line says of its
+// request, as a stream is taken over. Of its allocations, one is the
+// record's; Caddy's marshaler of the headers makes the others.
+func BenchmarkRecordRequest(b *testing.B) {
+	r, _ := http.NewRequest(http.MethodGet, "https://example.com/events?topic=a", nil)
+	r.RequestURI, r.RemoteAddr, r.Proto = "/events?topic=a", "192.0.2.7:50123", "HTTP/1.1"
+	r.Header = http.Header{
+		"Accept":          {"text/event-stream"},
+		"Accept-Language": {"en-US,en;q=0.9"},
+		"Cache-Control":   {"no-cache"},
+		"User-Agent":      {"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"},
+	}
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.7"}))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := recordRequest(r, false); !ok {
+			b.Fatal("not recorded")
 		}
 	}
 }
