@@ -68,3 +68,18 @@ func TestPercentile(t *testing.T) {
 		}
 	}
 }
+
+// TestParseMemStatsReadsExpvars: the heap and stacks come from the memstats
+// of expvar's /debug/vars, as Caddy's admin endpoint serves it; a page
+// without them is an error, not zeros.
+func TestParseMemStatsReadsExpvars(t *testing.T) {
+	m, err := parseMemStats([]byte(`{"cmdline":["caddy"],"memstats":{"Alloc":9,"HeapAlloc":11252736,"StackInuse":1310720,"BySize":[{"Size":8}]}}`))
+	if err != nil || m != (memory{HeapAlloc: 11252736, StackInuse: 1310720}) {
+		t.Errorf("parseMemStats = %+v, %v", m, err)
+	}
+	for _, page := range []string{`{"cmdline":["caddy"]}`, `not json`} {
+		if m, err := parseMemStats([]byte(page)); err == nil {
+			t.Errorf("parseMemStats(%s) = %+v, want an error", page, m)
+		}
+	}
+}

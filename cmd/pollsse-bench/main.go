@@ -71,6 +71,7 @@ type options struct {
 	timeout       time.Duration
 	pprof         string
 	pause         bool
+	live          bool
 	accessLog     bool
 	tls           bool
 	h2            bool
@@ -111,6 +112,7 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "", "write every trial's figures, per event included, to this file")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "end the whole run after this long")
 	flag.StringVar(&o.pprof, "pprof", "", "enable Caddy's admin endpoint on this address, for /debug/pprof")
+	flag.BoolVar(&o.live, "live", false, "also report the server's live heap and goroutine stacks per idle subscriber, read after two forced GCs before the clients connect and after the hold (turns the admin endpoint on: that of -pprof, or a free loopback port)")
 	flag.BoolVar(&o.pause, "pause", false, "after holding the idle streams, wait for Enter before the events (to profile)")
 	flag.BoolVar(&o.accessLog, "access-log", false, "turn the server's access logs on, written to a file (as a site with `log`)")
 	flag.BoolVar(&o.tls, "tls", false, "HTTPS: the tool's Caddy serves localhost with a certificate of its internal CA (`tls internal`), which the clients trust; with -target, a https:// URL")
@@ -149,6 +151,18 @@ func run(o options) error {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("building caddy: %w", err)
+		}
+	}
+	if o.live {
+		if o.target != "" || o.hold <= 0 {
+			return fmt.Errorf("-live reads the tool's own Caddy after the hold: not with -target or -hold 0")
+		}
+		if o.pprof == "" {
+			addr, err := freeLoopbackAddr()
+			if err != nil {
+				return err
+			}
+			o.pprof = addr
 		}
 	}
 	if o.instances > 1 {
@@ -219,6 +233,11 @@ type trial struct {
 	FilesAfter     int
 	Resynced       int // clients that received more than one snapshot
 	Retried        int // connection attempts made again
+
+	// With -live: the server's live heap and goroutine stacks per idle
+	// subscriber, after two forced GCs (liveMemory).
+	LiveKBPerSub  float64 `json:",omitempty"`
+	StackKBPerSub float64 `json:",omitempty"`
 }
 
 // pathName says which delivery path a run measures: the protocol, and
@@ -280,6 +299,12 @@ func runTrial(ctx context.Context, o options, proto *protocol) (*trial, error) {
 	}
 	openFiles := func(string) int { return sumProcs(pid, openFiles) }
 	tr := &trial{Subscribers: o.n * o.topics, RSSBeforeKB: rssKB(pid)}
+	var liveBefore memory
+	if o.live {
+		if liveBefore, err = liveMemory(ctx, o.pprof); err != nil {
+			return nil, err
+		}
+	}
 
 	slowEvery := 0
 	if o.slow > 0 {
@@ -303,6 +328,14 @@ func runTrial(ctx context.Context, o options, proto *protocol) (*trial, error) {
 		sleep(ctx, o.hold)
 		tr.RSSHeldKB = rssKB(pid)
 		tr.KBPerSub = float64(tr.RSSHeldKB-tr.RSSBeforeKB) / float64(tr.Subscribers)
+		if o.live {
+			held, err := liveMemory(ctx, o.pprof)
+			if err != nil {
+				return nil, err
+			}
+			tr.LiveKBPerSub = float64(held.HeapAlloc-liveBefore.HeapAlloc) / 1024 / float64(tr.Subscribers)
+			tr.StackKBPerSub = float64(held.StackInuse-liveBefore.StackInuse) / 1024 / float64(tr.Subscribers)
+		}
 	}
 	if o.pause {
 		fmt.Fprintf(os.Stderr, "holding %d streams; Enter to go on\n", tr.Subscribers)
@@ -495,6 +528,8 @@ func medianTrial(ts []*trial) *trial {
 		RSSBeforeKB:    mi(func(t *trial) int64 { return t.RSSBeforeKB }),
 		RSSHeldKB:      mi(func(t *trial) int64 { return t.RSSHeldKB }),
 		KBPerSub:       mf(func(t *trial) float64 { return t.KBPerSub }),
+		LiveKBPerSub:   mf(func(t *trial) float64 { return t.LiveKBPerSub }),
+		StackKBPerSub:  mf(func(t *trial) float64 { return t.StackKBPerSub }),
 		P50:            mf(func(t *trial) float64 { return t.P50 }),
 		P99:            mf(func(t *trial) float64 { return t.P99 }),
 		Max:            mf(func(t *trial) float64 { return t.Max }),
@@ -522,6 +557,9 @@ func (t *trial) print(label string) {
 		label, t.Path, t.Subscribers, t.ConnectS, t.P50, t.P99, t.Max, t.Missing,
 		t.RSSBeforeKB, t.RSSHeldKB, t.KBPerSub, t.ServerCPU, t.ToolCPU, t.OtherCPU, t.WindowS, t.USPerSubEvent,
 		t.Requests, t.RequestsPerS, t.MaxIn10ms, t.MaxIn100ms, t.RSSEventsMaxKB, t.RSSEndKB, t.FilesBefore, t.FilesAfter, t.Resynced, t.Retried)
+	if t.LiveKBPerSub != 0 || t.StackKBPerSub != 0 {
+		fmt.Printf("    after two forced GCs: live heap %.2f KB/sub, goroutine stacks %.2f KB/sub\n", t.LiveKBPerSub, t.StackKBPerSub)
+	}
 	if len(t.Events) > 0 && len(t.Events) <= 10 {
 		for i, e := range t.Events {
 			fmt.Printf("    event %d: p50 %.1f p99 %.1f max %.1f ms, missing %d\n", i+1, e.P50, e.P99, e.Max, e.Missing)

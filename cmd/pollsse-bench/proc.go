@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,4 +184,67 @@ func (p *caddyProcess) stop() {
 		<-done
 	}
 	os.RemoveAll(p.dir)
+}
+
+// freeLoopbackAddr returns a loopback address with a port that was free a
+// moment ago, for the server's admin endpoint.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// memory is what liveMemory reads of the server's runtime.MemStats.
+type memory struct {
+	HeapAlloc  int64 // bytes of live heap objects, right after the GCs
+	StackInuse int64 // bytes of goroutine stacks
+}
+
+// liveMemory forces two garbage collections in the server through its admin
+// endpoint at addr (the first leaves what the second frees: objects whose
+// finalizers ran), then reads its heap and stacks from /debug/vars.
+func liveMemory(ctx context.Context, addr string) (memory, error) {
+	get := func(path string) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", path, resp.Status)
+		}
+		return b, err
+	}
+	for range 2 {
+		if _, err := get("/debug/pprof/heap?gc=1"); err != nil {
+			return memory{}, fmt.Errorf("forcing a GC in the server: %w", err)
+		}
+	}
+	b, err := get("/debug/vars")
+	if err != nil {
+		return memory{}, fmt.Errorf("reading the server's memory: %w", err)
+	}
+	return parseMemStats(b)
+}
+
+// parseMemStats reads the heap and stacks of expvar's memstats.
+func parseMemStats(b []byte) (memory, error) {
+	var vars struct {
+		MemStats *memory `json:"memstats"`
+	}
+	if err := json.Unmarshal(b, &vars); err != nil {
+		return memory{}, fmt.Errorf("the server's /debug/vars: %w", err)
+	}
+	if vars.MemStats == nil {
+		return memory{}, errors.New("the server's /debug/vars has no memstats")
+	}
+	return *vars.MemStats, nil
 }
