@@ -44,15 +44,10 @@ const (
 	recNamespace
 )
 
-// recordObject records what m adds to an encoder; ok is false when m adds
-// what a record does not keep (times, complex numbers, reflected values).
-func recordObject(m zapcore.ObjectMarshaler) (recordedObject, bool) {
-	rec, ok := record(func(r *recorder) error { return m.MarshalLogObject(r) })
-	return recordedObject(rec), ok
-}
-
 // record returns what marshal adds to a recorder, as one string: the one
 // allocation a record takes, since recorders and their buffers are reused.
+// ok is false when marshal adds what a record does not keep (times,
+// complex numbers, reflected values).
 func record(marshal func(*recorder) error) (string, bool) {
 	r := recorders.Get().(*recorder)
 	defer r.free()
@@ -62,7 +57,7 @@ func record(marshal func(*recorder) error) (string, bool) {
 	return string(r.b), true
 }
 
-// A recorder is the encoder that recordObject gives the marshaler, for an
+// A recorder is the encoder that record gives the marshaler, for an
 // object's fields (Add…) and, nested, for an array's elements (Append…).
 type recorder struct {
 	b           []byte

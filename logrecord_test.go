@@ -91,6 +91,13 @@ func (everyKind) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
+// recordObject records what m adds to an encoder, as a logged stream
+// records its request (recordRequest).
+func recordObject(m zapcore.ObjectMarshaler) (recordedObject, bool) {
+	rec, ok := record(func(r *recorder) error { return m.MarshalLogObject(r) })
+	return recordedObject(rec), ok
+}
+
 // TestRecordedObjectIsWhatItsMarshalerAdds: a record replayed into an
 // encoder writes what the marshaler it recorded writes, field for field
 // and in the same order, for every kind of field that a record keeps.
